@@ -1,0 +1,37 @@
+"""The project's own small error tree; third-party exceptions are mapped to these at the edges."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class ListenerError(Exception):
+    """Base of every error hangup-listener raises on purpose."""
+
+
+class ConfigError(ListenerError):
+    """A configuration is invalid; carries every problem found, each named by its dotted key path."""
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems: tuple[str, ...] = tuple(problems)
+        super().__init__("; ".join(self.problems) or "invalid configuration")
+
+
+class FrameError(ListenerError):
+    """The ESL byte stream broke its framing: the connection must be re-established."""
+
+
+class EventError(ListenerError):
+    """An ESL frame was framed correctly but does not hold a usable event."""
+
+
+class ESLError(ListenerError):
+    """Talking to FreeSWITCH failed (connect, authenticate, subscribe, command)."""
+
+
+class AuthError(ESLError):
+    """FreeSWITCH refused our password or rejected us by ACL."""
+
+
+class CommandTimeoutError(ESLError):
+    """A command sent to FreeSWITCH got no reply in time."""

@@ -1,0 +1,296 @@
+"""The frozen ``HangupEvent``: an ESL event's decoded headers, and the only place raw header names live.
+
+Parsing follows FreeSWITCH's wire format, not greenswitch's: a ``text/event-plain`` body is split
+into header lines *first* and each value is URL-decoded on its own, so a caller-controlled ``%0A``
+inside a value can never inject a header. Bytes that are not UTF-8 are decoded with replacement.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import unquote
+
+from listener.errors import EventError
+
+HANGUP_COMPLETE = "CHANNEL_HANGUP_COMPLETE"
+HEARTBEAT = "HEARTBEAT"
+
+
+def _decode_value(raw: str) -> str:
+    """URL-decode one header value (the fast path skips values with no escape)."""
+    if "%" not in raw:
+        return raw
+    return unquote(raw, errors="replace")
+
+
+def parse_header_block(text: str, *, url_decoded: bool) -> dict[str, str]:
+    """Split ``Name: value`` lines first, then decode each value; the first of duplicate names wins."""
+    headers: dict[str, str] = {}
+    for line in text.split("\n"):
+        name, sep, value = line.partition(": ")
+        if not sep:
+            continue  # not a header line (blank, or garbage): never a reason to drop the event
+        name = name.strip()
+        if name and name not in headers:
+            value = value.rstrip("\r")
+            headers[name] = _decode_value(value) if url_decoded else value
+    return headers
+
+
+def parse_plain(body: bytes | str) -> tuple[dict[str, str], str | None]:
+    """Parse a ``text/event-plain`` body into (headers, inner body or None)."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    head, sep, rest = text.partition("\n\n")
+    headers = parse_header_block(head, url_decoded=True)
+    inner: str | None = None
+    if sep and "Content-Length" in headers:
+        inner = rest[: _int(headers["Content-Length"], 0)]
+    return headers, inner
+
+
+def parse_json(body: bytes | str) -> tuple[dict[str, str], str | None]:
+    """Parse a ``text/event-json`` body into (headers, inner body or None)."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EventError(f"event-json body is not JSON: {exc.msg} at {exc.pos}") from None
+    if not isinstance(obj, dict):
+        raise EventError("event-json body is not a JSON object")
+    inner = obj.pop("_body", None)
+    headers = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in obj.items()}
+    return headers, inner if isinstance(inner, str) else None
+
+
+def _int(value: str | None, default: int) -> int:
+    try:
+        return int(value) if value is not None else default
+    except ValueError:
+        return default
+
+
+def _opt_int(value: str | None) -> int | None:
+    if value is None or not value.strip():
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        return None
+
+
+def _sip_code(value: str | None) -> int | None:
+    """A SIP code from ``486`` or ``sip:486``; None for anything else (``q850:17``, empty)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.startswith("sip:"):
+        value = value[4:]
+    code = _opt_int(value)
+    return code if code is not None and 100 <= code <= 699 else None
+
+
+@dataclass(frozen=True, slots=True)
+class HangupEvent:
+    """One ESL event's decoded headers (a read-only mapping) and its inner body, if any."""
+
+    headers: Mapping[str, str]
+    body: str | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str], body: str | None = None) -> HangupEvent:
+        """Freeze a header mapping into an event."""
+        return cls(MappingProxyType(dict(headers)), body)
+
+    @classmethod
+    def from_plain(cls, body: bytes | str) -> HangupEvent:
+        """Build an event from a ``text/event-plain`` body."""
+        return cls.from_headers(*parse_plain(body))
+
+    @classmethod
+    def from_json(cls, body: bytes | str) -> HangupEvent:
+        """Build an event from a ``text/event-json`` body."""
+        return cls.from_headers(*parse_json(body))
+
+    # -- generic access -------------------------------------------------------------------
+    def header(self, name: str) -> str | None:
+        """Any header by its exact name."""
+        return self.headers.get(name)
+
+    def variable(self, name: str) -> str | None:
+        """A channel variable by name (``sip_term_status`` reads ``variable_sip_term_status``)."""
+        return self.headers.get("variable_" + name)
+
+    def _epoch_us(self, name: str) -> int | None:
+        value = _opt_int(self.headers.get(name))
+        return value if value else None  # FreeSWITCH writes 0 for "never happened"
+
+    # -- identity ---------------------------------------------------------------------------
+    @property
+    def event_name(self) -> str:
+        return self.headers.get("Event-Name", "")
+
+    @property
+    def is_hangup_complete(self) -> bool:
+        return self.event_name == HANGUP_COMPLETE
+
+    @property
+    def unique_id(self) -> str:
+        return self.headers.get("Unique-ID") or self.headers.get("Caller-Unique-ID") or ""
+
+    @property
+    def core_uuid(self) -> str:
+        return self.headers.get("Core-UUID", "")
+
+    @property
+    def hostname(self) -> str:
+        return self.headers.get("FreeSWITCH-Hostname", "")
+
+    @property
+    def call_uuid(self) -> str:
+        """The same on both legs of a bridged call (``Channel-Call-UUID``, else ``call_uuid``)."""
+        return (
+            self.headers.get("Channel-Call-UUID")
+            or self.variable("call_uuid")
+            or self.unique_id
+        )
+
+    @property
+    def other_leg_unique_id(self) -> str | None:
+        return self.headers.get("Other-Leg-Unique-ID")
+
+    @property
+    def event_sequence(self) -> int | None:
+        return _opt_int(self.headers.get("Event-Sequence"))
+
+    # -- who and where ----------------------------------------------------------------------
+    @property
+    def direction(self) -> str | None:
+        return self.headers.get("Call-Direction") or self.headers.get("Caller-Direction")
+
+    @property
+    def other_type(self) -> str | None:
+        """``originatee`` on the caller's (A) leg, ``originator`` on the callee's (B) leg."""
+        return self.headers.get("Other-Type")
+
+    @property
+    def caller_number(self) -> str | None:
+        return self.headers.get("Caller-Caller-ID-Number") or self.headers.get("Caller-ANI")
+
+    @property
+    def caller_name(self) -> str | None:
+        return self.headers.get("Caller-Caller-ID-Name")
+
+    @property
+    def destination_number(self) -> str | None:
+        return self.headers.get("Caller-Destination-Number")
+
+    @property
+    def channel_name(self) -> str | None:
+        return self.headers.get("Channel-Name")
+
+    # -- how it ended ---------------------------------------------------------------------------
+    @property
+    def hangup_cause(self) -> str:
+        return self.headers.get("Hangup-Cause") or self.variable("hangup_cause") or ""
+
+    @property
+    def hangup_cause_q850(self) -> int | None:
+        """Informational only: 16 for every FreeSWITCH-only cause, so never classify on it."""
+        return _opt_int(self.variable("hangup_cause_q850"))
+
+    @property
+    def sip_term_status(self) -> int | None:
+        return _sip_code(self.variable("sip_term_status"))
+
+    @property
+    def proto_specific_hangup_cause(self) -> int | None:
+        return _sip_code(self.variable("proto_specific_hangup_cause"))
+
+    @property
+    def last_bridge_proto_specific_hangup_cause(self) -> int | None:
+        return _sip_code(self.variable("last_bridge_proto_specific_hangup_cause"))
+
+    @property
+    def sip_invite_failure_status(self) -> int | None:
+        return _sip_code(self.variable("sip_invite_failure_status"))
+
+    @property
+    def sip_hangup_disposition(self) -> str | None:
+        return self.variable("sip_hangup_disposition")
+
+    @property
+    def endpoint_disposition(self) -> str | None:
+        return self.variable("endpoint_disposition")
+
+    @property
+    def originate_disposition(self) -> str | None:
+        return self.variable("originate_disposition")
+
+    @property
+    def last_bridge_hangup_cause(self) -> str | None:
+        return self.variable("last_bridge_hangup_cause")
+
+    @property
+    def current_application(self) -> str | None:
+        return self.variable("current_application")
+
+    @property
+    def last_application(self) -> str | None:
+        return self.variable("last_app")
+
+    @property
+    def transfer_history(self) -> str | None:
+        return self.variable("transfer_history")
+
+    @property
+    def transfer_source(self) -> str | None:
+        return self.variable("transfer_source")
+
+    # -- timing -----------------------------------------------------------------------------------
+    @property
+    def created_us(self) -> int | None:
+        return self._epoch_us("Caller-Channel-Created-Time")
+
+    @property
+    def answered_us(self) -> int | None:
+        return self._epoch_us("Caller-Channel-Answered-Time")
+
+    @property
+    def progress_us(self) -> int | None:
+        return self._epoch_us("Caller-Channel-Progress-Time")
+
+    @property
+    def hangup_us(self) -> int | None:
+        return self._epoch_us("Caller-Channel-Hangup-Time") or self._epoch_us(
+            "Event-Date-Timestamp"
+        )
+
+    @property
+    def answer_epoch(self) -> int | None:
+        value = _opt_int(self.variable("answer_epoch"))
+        return value if value else None
+
+    @property
+    def billsec(self) -> int | None:
+        return _opt_int(self.variable("billsec"))
+
+    @property
+    def duration_s(self) -> int | None:
+        return _opt_int(self.variable("duration"))
+
+    @property
+    def answered(self) -> bool:
+        """Whether this leg was ever answered (``answer_epoch`` or the answered time is set)."""
+        return bool(self.answer_epoch or self.answered_us)
+
+
+def event_to_dict(event: HangupEvent) -> dict[str, Any]:
+    """The event as a plain dict (headers plus ``_body``), as FreeSWITCH's JSON format writes it."""
+    data: dict[str, Any] = dict(event.headers)
+    if event.body is not None:
+        data["_body"] = event.body
+    return data
