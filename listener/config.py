@@ -1,0 +1,123 @@
+"""Load the TOML configuration into frozen, validated values; every problem reported together.
+
+With no file at all the defaults apply: one node at 127.0.0.1:8021 with password ClueCon
+(FreeSWITCH's stock ``event_socket.conf.xml``), JSON logs on stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from listener.confread import Problems, TableReader
+from listener.errors import ConfigError
+from listener.esl import ESLSettings, Node
+from listener.frame import DEFAULT_MAX_FRAME_BYTES
+from listener.logs import LEVELS
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole, validated configuration."""
+
+    nodes: tuple[Node, ...] = (Node(name="127.0.0.1:8021"),)
+    esl: ESLSettings = field(default_factory=ESLSettings)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str | None = None
+
+
+def _node(reader: TableReader) -> Node:
+    host = reader.string("host", "127.0.0.1")
+    if not host.strip():
+        reader.problem("host", "must not be empty")
+    port = reader.number("port", int, 8021, minimum=1, maximum=65535)
+    password = reader.secret("password", "ClueCon") or "ClueCon"
+    name = reader.string("name", f"{host}:{port}")
+    reader.reject_unknown()
+    return Node(name=name, host=host, port=port, password=password)
+
+
+def _nodes(root: TableReader) -> tuple[Node, ...]:
+    if not root.has("freeswitch"):
+        return Config().nodes
+    nodes = tuple(_node(reader) for reader in root.tables("freeswitch"))
+    if not nodes and not root.problems:
+        root.problem("freeswitch", "give at least one [[freeswitch]] node")
+    names = [node.name for node in nodes]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        root.problem("freeswitch", f"node name {name!r} is used twice; give each node a unique name")
+    return nodes
+
+
+def _esl(reader: TableReader) -> ESLSettings:
+    d = ESLSettings()
+
+    def positive(key: str, default: float) -> float:
+        return reader.number(key, float, default, minimum=0, exclusive_min=True)
+
+    settings = ESLSettings(
+        connect_timeout=positive("connect_timeout", d.connect_timeout),
+        command_timeout=positive("command_timeout", d.command_timeout),
+        liveness_timeout=reader.number(
+            "liveness_timeout", float, d.liveness_timeout, minimum=1, maximum=86_400
+        ),
+        max_frame_bytes=reader.number(
+            "max_frame_bytes", int, DEFAULT_MAX_FRAME_BYTES, minimum=64 * 1024, maximum=1 << 30
+        ),
+        backoff_initial=positive("backoff_initial", d.backoff_initial),
+        backoff_max=positive("backoff_max", d.backoff_max),
+        queue_size=reader.number("queue_size", int, d.queue_size, minimum=1),
+    )
+    if settings.backoff_max < settings.backoff_initial:
+        reader.problem("backoff_max", "must be >= backoff_initial")
+    reader.reject_unknown()
+    return settings
+
+
+def _log(reader: TableReader) -> LogConfig:
+    level = reader.string("level", "info", choices=LEVELS)
+    reader.reject_unknown()
+    return LogConfig(level=level)
+
+
+def from_mapping(
+    data: Mapping[str, Any], *, source: str | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Validate a parsed TOML document; raises ConfigError listing every problem."""
+    problems = Problems()
+    root = TableReader(data, "", problems, environ)
+    config = Config(
+        nodes=_nodes(root),
+        esl=_esl(root.table_at("esl")),
+        log=_log(root.table_at("log")),
+        source=source,
+    )
+    root.reject_unknown()
+    if problems:
+        raise ConfigError(problems.items)
+    return config
+
+
+def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a TOML file (None: the defaults)."""
+    if path is None:
+        return from_mapping({}, environ=environ)
+    file = Path(path)
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{file}: not UTF-8 text"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{file}: not valid TOML: {exc}"]) from None
+    return from_mapping(data, source=str(file), environ=environ)

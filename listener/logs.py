@@ -1,0 +1,54 @@
+"""structlog set-up: one JSON object per line on stdout, flushed as written; stdlib logging routed in.
+
+greenswitch (and any other library) logs through the standard ``logging`` module; a handler on the
+root logger forwards those records into the same structlog pipeline, so operators read one stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _processors() -> list[Any]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        structlog.processors.JSONRenderer(sort_keys=False),
+    ]
+
+
+class StdlibBridge(logging.Handler):
+    """Forwards stdlib log records (greenswitch's) into structlog as ``<logger name>`` events."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a library's broken format string must not kill the caller
+            message = str(record.msg)
+        log = structlog.get_logger().bind(logger=record.name)
+        log.log(record.levelno, message)
+
+
+def configure(level: str = "info", stream: TextIO | None = None) -> None:
+    """Configure structlog and the stdlib bridge; safe to call again (e.g. on reload)."""
+    numeric = logging.getLevelNamesMapping()[level.upper()]
+    structlog.configure(
+        processors=_processors(),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, StdlibBridge):
+            root.removeHandler(handler)
+    root.addHandler(StdlibBridge())
+    root.setLevel(max(numeric, logging.INFO))

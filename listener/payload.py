@@ -1,0 +1,104 @@
+"""The versioned JSON document for one classified call: built here only, logged and sent as is.
+
+``docs/payload.md`` documents it field by field and ``listener/data/call.schema.json`` is its JSON
+Schema; a test validates every document the real captures produce against that schema.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from listener.event import HangupEvent
+from listener.facts import Facts
+
+SCHEMA_VERSION = 1
+#: uuid5 namespace for document ids: id = uuid5(NAMESPACE, "<Core-UUID>/<Unique-ID>").
+ID_NAMESPACE = uuid.UUID("6f1c0c8e-3a4b-5d7e-9f10-2b3c4d5e6f70")
+
+
+class Outcome(Protocol):
+    """What a classifier decides about one event (see ``listener.classify.Outcome``)."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def status_label(self) -> str: ...
+    @property
+    def status_definition(self) -> str: ...
+    @property
+    def bye_reason(self) -> str: ...
+    @property
+    def bye_reason_definition(self) -> str: ...
+    @property
+    def last_response_code(self) -> int | None: ...
+    @property
+    def rule(self) -> str: ...
+    @property
+    def facts(self) -> Facts: ...
+
+
+def document_id(core_uuid: str, unique_id: str) -> str:
+    """Stable id of one hangup event: the same event always gets the same id."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"{core_uuid}/{unique_id}"))
+
+
+def iso_utc(epoch_us: int | None) -> str | None:
+    """Microseconds since the epoch as ISO-8601 UTC with a ``Z``."""
+    if epoch_us is None:
+        return None
+    moment = datetime.fromtimestamp(epoch_us / 1_000_000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _seconds(start_us: int | None, end_us: int | None) -> float | None:
+    if start_us is None or end_us is None or end_us < start_us:
+        return None
+    return round((end_us - start_us) / 1_000_000, 3)
+
+
+def timing(event: HangupEvent) -> dict[str, Any]:
+    """Created / answered / ended timestamps, the call's duration, billed seconds and ring time."""
+    created, answered, ended = event.created_us, event.answered_us, event.hangup_us
+    ring_start = event.progress_us or created
+    return {
+        "created_at": iso_utc(created),
+        "answered_at": iso_utc(answered),
+        "ended_at": iso_utc(ended),
+        "duration_s": _seconds(created, ended),
+        "billsec": event.billsec,
+        "ring_s": _seconds(ring_start, answered or ended),
+    }
+
+
+def build(event: HangupEvent, outcome: Outcome, node_name: str) -> dict[str, Any]:
+    """The classified document for one CHANNEL_HANGUP_COMPLETE."""
+    facts = outcome.facts
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "id": document_id(event.core_uuid, event.unique_id),
+        "status": outcome.status,
+        "status_label": outcome.status_label,
+        "status_definition": outcome.status_definition,
+        "bye_reason": outcome.bye_reason,
+        "bye_reason_definition": outcome.bye_reason_definition,
+        "last_response_code": outcome.last_response_code,
+        "rule": outcome.rule,
+        "hangup_cause": facts.hangup_cause or None,
+        "sip_status": facts.sip_status,
+        "partner_sip_status": facts.partner_sip_status,
+        "hangup_disposition": facts.hangup_disposition,
+        "hangup_by": facts.hangup_by,
+        "leg": facts.leg,
+        "direction": event.direction,
+        "answered": facts.answered,
+        "channel_uuid": event.unique_id,
+        "call_uuid": event.call_uuid,
+        "other_leg_uuid": event.other_leg_unique_id,
+        "caller_number": event.caller_number,
+        "caller_name": event.caller_name,
+        "destination_number": event.destination_number,
+        **timing(event),
+        "node": {"name": node_name, "hostname": event.hostname, "core_uuid": event.core_uuid},
+    }

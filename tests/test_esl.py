@@ -1,0 +1,296 @@
+"""The hardened ESL edge against a fake FreeSWITCH on 127.0.0.1: each greenswitch trap pinned."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import gevent
+import gevent.queue
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from listener.esl import ESLSettings, ESLSource, Node
+from listener.event import HangupEvent
+from tests.fakeesl import (
+    FIXTURES,
+    FakeFreeSWITCH,
+    capture_bodies,
+    event_frame,
+    frame,
+    split_frames,
+    with_header,
+)
+
+FAST = ESLSettings(
+    connect_timeout=2, command_timeout=1, liveness_timeout=5, backoff_initial=0.01, backoff_max=0.05
+)
+
+
+class Listener:
+    """An ESLSource under test, with the events it handled in a queue."""
+
+    def __init__(self, port: int, settings: ESLSettings = FAST, password: str = "ClueCon") -> None:
+        self.events: gevent.queue.Queue[HangupEvent] = gevent.queue.Queue()
+        node = Node(name="fs1", host="127.0.0.1", port=port, password=password)
+        handlers = {"CHANNEL_HANGUP_COMPLETE": self.events.put, "HEARTBEAT": self.events.put}
+        self.source = ESLSource(node, settings, handlers, structlog.get_logger(), rand=lambda: 0.5)
+        self.greenlet = gevent.spawn(self.source.run)
+
+    def take(self, count: int, timeout: float = 5.0) -> list[HangupEvent]:
+        return [self.events.get(timeout=timeout) for _ in range(count)]
+
+    def stop(self) -> None:
+        self.source.stop()
+        self.greenlet.join(timeout=5)
+        assert self.greenlet.dead
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeFreeSWITCH]:
+    with FakeFreeSWITCH() as server:
+        yield server
+
+
+@pytest.fixture
+def logs() -> Iterator[list[dict[str, object]]]:
+    with capture_logs() as captured:
+        yield captured
+
+
+def wait_for_log(logs: list[dict[str, object]], event: str, timeout: float = 5.0) -> dict[str, object]:
+    with gevent.Timeout(timeout, AssertionError(f"no {event} log; got {[e['event'] for e in logs]}")):
+        while True:
+            for entry in logs:
+                if entry["event"] == event:
+                    return entry
+            gevent.sleep(0.005)  # yields to the greenlets under test; bounded by the Timeout above
+
+
+def busy_body() -> bytes:
+    return capture_bodies("uas_486")[0]
+
+
+def test_authenticates_then_subscribes_to_hangups_and_heartbeats(fake: FakeFreeSWITCH) -> None:
+    listener = Listener(fake.port)
+    session = fake.next_session()
+    assert session.commands == ["auth ClueCon", "event plain CHANNEL_HANGUP_COMPLETE HEARTBEAT"]
+    listener.stop()
+
+
+def test_replays_a_real_capture_and_handles_every_hangup_in_order(fake: FakeFreeSWITCH) -> None:
+    listener = Listener(fake.port)
+    session = fake.next_session()
+    wire = (FIXTURES / "att_xfer_complete" / "plain.txt").read_bytes()
+    hangup = b"Event-Name: CHANNEL_HANGUP_COMPLETE\n"
+    expected = [body for _, body in split_frames(wire) if body.startswith(hangup)]
+    session.send(wire)
+    got = listener.take(len(expected))
+    assert [e.unique_id for e in got] == [HangupEvent.from_plain(b).unique_id for b in expected]
+    assert all(e.is_hangup_complete for e in got)
+    assert listener.events.empty()
+    listener.stop()
+
+
+def test_reconnects_with_a_fresh_connection_after_an_abrupt_drop(fake: FakeFreeSWITCH, logs: list) -> None:
+    listener = Listener(fake.port)
+    fake.next_session().abort()
+    second = fake.next_session()
+    second.send_event(busy_body())
+    assert listener.take(1)[0].hangup_cause == "USER_BUSY"
+    lost = wait_for_log(logs, "esl.connection_lost")
+    assert lost["node"] == "fs1"
+    assert "reconnect_in" in lost
+    assert fake.accepted == 2
+    listener.stop()
+
+
+def test_reconnects_after_a_disconnect_notice(fake: FakeFreeSWITCH, logs: list) -> None:
+    listener = Listener(fake.port)
+    first = fake.next_session()
+    first.send_event(busy_body())
+    first.disconnect_notice()
+    first.close()
+    assert listener.take(1)[0].hangup_cause == "USER_BUSY"
+    fake.next_session()
+    assert wait_for_log(logs, "esl.connection_lost")["reason"] == "disconnect-notice from FreeSWITCH"
+    listener.stop()
+
+
+def test_a_wrong_password_is_logged_as_such_and_retried_at_the_backoff_cap(logs: list) -> None:
+    with FakeFreeSWITCH(password="secret") as fake:
+        listener = Listener(fake.port, password="wrong-pw")
+        fake.next_session(subscribed=False)
+        entry = wait_for_log(logs, "esl.auth_failed")
+        assert "refused the password" in str(entry["reason"])
+        assert entry["reconnect_in"] == FAST.backoff_max
+        assert entry["log_level"] == "error"
+        fake.next_session(subscribed=False)  # retried
+        listener.stop()
+    assert "wrong-pw" not in repr(logs)
+
+
+def test_an_acl_rejection_is_logged_as_such(logs: list) -> None:
+    with FakeFreeSWITCH(reject_acl=True) as fake:
+        listener = Listener(fake.port)
+        entry = wait_for_log(logs, "esl.auth_failed")
+        assert "apply-inbound-acl" in str(entry["reason"])
+        listener.stop()
+
+
+def test_a_refused_connection_is_retried_with_growing_backoff(logs: list) -> None:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now
+    settings = ESLSettings(connect_timeout=1, command_timeout=1, backoff_initial=0.02, backoff_max=0.08)
+    listener = Listener(port, settings)
+    with gevent.Timeout(5):
+        while len([e for e in logs if e["event"] == "esl.connect_failed"]) < 4:
+            gevent.sleep(0.005)
+    delays = [e["reconnect_in"] for e in logs if e["event"] == "esl.connect_failed"][:4]
+    assert delays == [0.015, 0.03, 0.06, 0.06]  # rand=0.5: 3/4 of min(cap, initial*2**n)
+    assert "refused" in str(logs[0]["reason"]).lower()
+    listener.stop()
+
+
+def test_a_burst_of_hangups_then_close_loses_none(fake: FakeFreeSWITCH) -> None:
+    listener = Listener(fake.port)
+    session = fake.next_session()
+    body = busy_body()
+    bodies = [with_header(body, "Unique-ID", f"burst-{n:05d}") for n in range(2000)]
+    session.send(b"".join(event_frame(b) for b in bodies))
+    session.disconnect_notice()
+    session.close()
+    got = listener.take(2000)
+    assert [e.unique_id for e in got] == [f"burst-{n:05d}" for n in range(2000)]
+    listener.stop()
+
+
+def test_percent_0a_in_a_value_cannot_inject_a_header(fake: FakeFreeSWITCH) -> None:
+    listener = Listener(fake.port)
+    session = fake.next_session()
+    evil = "Mallory%0AHangup-Cause%3A%20NORMAL_CLEARING%0Avariable_sip_term_status%3A%20200"
+    body = with_header(busy_body(), "Caller-Caller-ID-Name", evil)
+    session.send_event(body)
+    event = listener.take(1)[0]
+    assert event.hangup_cause == "USER_BUSY"
+    assert event.sip_term_status == 486
+    assert event.caller_name == "Mallory\nHangup-Cause: NORMAL_CLEARING\nvariable_sip_term_status: 200"
+    listener.stop()
+
+
+def test_a_non_utf8_byte_is_replaced_and_the_connection_kept(fake: FakeFreeSWITCH, logs: list) -> None:
+    listener = Listener(fake.port)
+    session = fake.next_session()
+    body = busy_body().replace(b"Caller-Caller-ID-Name: sipp%20UAC", b"Caller-Caller-ID-Name: Jos\xe9 \xff")
+    session.send_event(body)
+    session.send_event(with_header(busy_body(), "Unique-ID", "after-bad-byte"))
+    first, second = listener.take(2)
+    assert first.caller_name == "Jos\ufffd \ufffd"
+    assert first.hangup_cause == "USER_BUSY"
+    assert second.unique_id == "after-bad-byte"
+    assert fake.accepted == 1
+    assert not [e for e in logs if e["event"] in ("esl.connection_lost", "esl.frame_rejected")]
+    listener.stop()
+
+
+def test_a_truncated_body_then_eof_is_rejected_and_reconnected(fake: FakeFreeSWITCH, logs: list) -> None:
+    listener = Listener(fake.port)
+    session = fake.next_session()
+    session.send_event(with_header(busy_body(), "Unique-ID", "complete-one"))
+    session.send(b"Content-Length: 5000\nContent-Type: text/event-plain\n\nEvent-Name: CHANNEL_HANG")
+    session.close()
+    assert listener.take(1)[0].unique_id == "complete-one"  # what came whole before is kept
+    rejected = wait_for_log(logs, "esl.frame_rejected")
+    assert "closed inside a frame" in str(rejected["reason"])
+    assert "CHANNEL_HANG" not in repr(rejected)  # never the frame's contents
+    fake.next_session()  # reconnected: the reader neither hung nor spun
+    listener.stop()
+
+
+def test_an_oversize_content_length_is_rejected_unallocated(fake: FakeFreeSWITCH, logs: list) -> None:
+    listener = Listener(fake.port)
+    session = fake.next_session()
+    session.send(b"Content-Length: 999999999999\nContent-Type: text/event-plain\n\n")
+    rejected = wait_for_log(logs, "esl.frame_rejected")
+    assert "exceeds the frame cap" in str(rejected["reason"])
+    fake.next_session()
+    listener.stop()
+
+
+def test_a_half_open_peer_is_detected_by_the_liveness_timeout(fake: FakeFreeSWITCH, logs: list) -> None:
+    settings = ESLSettings(command_timeout=1, liveness_timeout=1, backoff_initial=0.01, backoff_max=0.05)
+    listener = Listener(fake.port, settings)
+    fake.next_session()  # then it sends nothing at all, and keeps the socket open
+    lost = wait_for_log(logs, "esl.connection_lost", timeout=5)
+    assert "liveness" in str(lost["reason"])
+    fake.next_session()
+    listener.stop()
+
+
+def test_heartbeats_keep_a_quiet_connection_alive(fake: FakeFreeSWITCH, logs: list) -> None:
+    settings = ESLSettings(command_timeout=1, liveness_timeout=1, backoff_initial=0.01, backoff_max=0.05)
+    listener = Listener(fake.port, settings)
+    session = fake.next_session()
+    heartbeat = b"Event-Name: HEARTBEAT\nCore-UUID: core-1\nFreeSWITCH-Hostname: vm\n"
+    for _ in range(4):
+        session.send_event(heartbeat)
+        assert listener.take(1)[0].event_name == "HEARTBEAT"
+        gevent.sleep(0.4)  # the quiet gap itself is what is tested, and it is shorter than the window
+    assert not [e for e in logs if e["event"] == "esl.connection_lost"]
+    listener.stop()
+
+
+def test_a_command_that_gets_no_reply_times_out_and_is_retried(logs: list) -> None:
+    with FakeFreeSWITCH(silent=True) as fake:
+        settings = ESLSettings(command_timeout=0.2, backoff_initial=0.01, backoff_max=0.05)
+        listener = Listener(fake.port, settings)
+        failed = wait_for_log(logs, "esl.connect_failed")
+        assert "no reply within 0.2s" in str(failed["reason"])
+        fake.next_session(subscribed=False)
+        fake.next_session(subscribed=False)
+        listener.stop()
+
+
+def test_an_exception_in_a_handler_does_not_stop_the_stream(fake: FakeFreeSWITCH, logs: list) -> None:
+    seen: gevent.queue.Queue[str] = gevent.queue.Queue()
+
+    def handler(event: HangupEvent) -> None:
+        if event.unique_id == "poison":
+            raise RuntimeError("boom")
+        seen.put(event.unique_id)
+
+    node = Node(name="fs1", port=fake.port)
+    source = ESLSource(node, FAST, {"CHANNEL_HANGUP_COMPLETE": handler}, structlog.get_logger())
+    greenlet = gevent.spawn(source.run)
+    session = fake.next_session()
+    session.send_event(with_header(busy_body(), "Unique-ID", "poison"))
+    session.send_event(with_header(busy_body(), "Unique-ID", "healthy"))
+    assert seen.get(timeout=5) == "healthy"
+    failure = wait_for_log(logs, "call.handler_failed")
+    assert failure["channel_uuid"] == "poison"
+    assert fake.accepted == 1
+    source.stop()
+    greenlet.join(timeout=5)
+
+
+def test_an_unparseable_json_event_is_skipped_connection_kept(fake: FakeFreeSWITCH, logs: list) -> None:
+    listener = Listener(fake.port)
+    session = fake.next_session()
+    session.send(frame("text/event-json", b"{not json"))
+    session.send_event(with_header(busy_body(), "Unique-ID", "next"))
+    assert listener.take(1)[0].unique_id == "next"
+    assert wait_for_log(logs, "esl.event_rejected")["content_type"] == "text/event-json"
+    assert fake.accepted == 1
+    listener.stop()
+
+
+def test_stop_ends_the_source_even_while_backing_off(logs: list) -> None:
+    with FakeFreeSWITCH(password="other") as fake:
+        settings = ESLSettings(command_timeout=1, backoff_initial=30, backoff_max=60)
+        listener = Listener(fake.port, settings)
+        wait_for_log(logs, "esl.auth_failed")
+        listener.stop()
+        assert listener.source.state == "stopped"
