@@ -1,0 +1,102 @@
+"""Configuration loading: defaults, every problem named by its dotted path, secrets never echoed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from listener import config
+from listener.errors import ConfigError
+
+EXAMPLE = Path(__file__).parent.parent / "config" / "listener.example.toml"
+
+
+def problems_of(text: str, tmp_path: Path, environ: dict[str, str] | None = None) -> tuple[str, ...]:
+    path = tmp_path / "listener.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        config.load(path, environ=environ or {})
+    return raised.value.problems
+
+
+def test_no_file_means_freeswitch_stock_settings() -> None:
+    cfg = config.load(None)
+    assert [(n.host, n.port, n.password) for n in cfg.nodes] == [("127.0.0.1", 8021, "ClueCon")]
+    assert cfg.esl.liveness_timeout == 60
+    assert cfg.log.level == "info"
+
+
+def test_the_example_configuration_is_valid(tmp_path: Path) -> None:
+    secret = tmp_path / "esl-password"
+    secret.write_text("s3cret\n")
+    environ = {"ESL_PASSWORD_PBX2": "from-env", "CREDENTIALS_DIRECTORY": str(tmp_path)}
+    cfg = config.load(EXAMPLE, environ=environ)
+    assert [n.name for n in cfg.nodes] == ["pbx1", "pbx2"]
+    assert cfg.nodes[0].password == "s3cret"
+    assert cfg.nodes[1].password == "from-env"
+
+
+def test_every_problem_is_reported_at_once_with_its_path(tmp_path: Path) -> None:
+    problems = problems_of(
+        """
+        [[freeswitch]]
+        host = "pbx"
+        port = 70000
+        pasword = "typo"
+
+        [esl]
+        liveness_timeout = "60"
+        backoff_initial = 10
+        backoff_max = 1
+
+        [log]
+        level = "loud"
+
+        [surprise]
+        """,
+        tmp_path,
+    )
+    assert problems == (
+        "freeswitch[0].port: must be <= 65535, got 70000",
+        "freeswitch[0].pasword: unknown key",
+        "esl.liveness_timeout: must be a number, got str",
+        "esl.backoff_max: must be >= backoff_initial",
+        "log.level: must be one of debug, info, warning, error, critical; got 'loud'",
+        "surprise: unknown key",
+    )
+
+
+def test_a_password_from_a_file_or_the_environment(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("from-file\n")
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'[[freeswitch]]\nname = "a"\npassword_file = "{secret}"\n'
+        '[[freeswitch]]\nname = "b"\npassword_env = "FS_PW"\n'
+    )
+    cfg = config.load(path, environ={"FS_PW": "from-env"})
+    assert [n.password for n in cfg.nodes] == ["from-file", "from-env"]
+
+
+def test_secret_problems_name_the_key_but_never_the_secret(tmp_path: Path) -> None:
+    problems = problems_of(
+        '[[freeswitch]]\nname = "a"\npassword = "hunter2"\npassword_env = "X"\n'
+        '[[freeswitch]]\nname = "b"\npassword_env = "MISSING"\n'
+        f'[[freeswitch]]\nname = "c"\npassword_file = "{tmp_path}/absent"\n',
+        tmp_path,
+    )
+    assert problems[0] == "freeswitch[0].password: give only one of password, password_env"
+    assert problems[1] == "freeswitch[1].password_env: environment variable MISSING is not set or empty"
+    assert problems[2].startswith("freeswitch[2].password_file: cannot read")
+    assert "hunter2" not in " ".join(problems)
+
+
+def test_duplicate_node_names_are_refused(tmp_path: Path) -> None:
+    problems = problems_of('[[freeswitch]]\nhost = "a"\n[[freeswitch]]\nhost = "a"\n', tmp_path)
+    assert problems == ("freeswitch: node name 'a:8021' is used twice; give each node a unique name",)
+
+
+def test_a_file_that_is_not_toml_says_so(tmp_path: Path) -> None:
+    (problem,) = problems_of("[[freeswitch]\n", tmp_path)
+    assert "not valid TOML" in problem
