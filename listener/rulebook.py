@@ -141,7 +141,7 @@ def build_rulebook(base: Mapping[str, Any], spec: Spec, overlay: Overlay, report
     rules = _compile_all(ordered, RuleContext(spec, lists), report)
     explicit = {**base["explicit"], **overlay.explicit}
     model = CauseModel(
-        clearing=frozenset(lists.get("clearing_causes", ())),
+        clearing=frozenset(lists.get("unexplained_causes", ())),
         known=frozenset(causes),
         sip_causes=MappingProxyType(_sip_causes(base["sip_causes"])),
     )

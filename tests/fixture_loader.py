@@ -80,3 +80,32 @@ def satisfies(value: Any, wanted: Any) -> bool:
     if isinstance(wanted, dict) and set(wanted) == {"not"}:
         return bool(value != wanted["not"])
     return bool(value == wanted)
+
+
+def synthetic(
+    cause: str = "NORMAL_CLEARING",
+    *,
+    answered: bool = False,
+    leg: str = "a",
+    disposition: str | None = None,
+    app: str | None = None,
+    **variables: str,
+) -> HangupEvent:
+    """A hand-made CHANNEL_HANGUP_COMPLETE with just the headers a test cares about."""
+    headers = {
+        "Event-Name": "CHANNEL_HANGUP_COMPLETE",
+        "Unique-ID": "00000000-0000-0000-0000-000000000001",
+        "Hangup-Cause": cause,
+        "Call-Direction": "inbound" if leg == "a" else "outbound",
+        "variable_answer_epoch": "1795728787" if answered else "0",
+    }
+    if leg == "b":
+        headers["Other-Type"] = "originator"
+        headers["variable_originator"] = "00000000-0000-0000-0000-00000000000a"
+        headers["Other-Leg-Unique-ID"] = "00000000-0000-0000-0000-00000000000a"
+    if disposition:
+        headers["variable_sip_hangup_disposition"] = disposition
+    if app:
+        headers["variable_current_application"] = app
+    headers.update({f"variable_{name}": value for name, value in variables.items()})
+    return HangupEvent.from_headers(headers)
