@@ -1,0 +1,169 @@
+"""Classification: one CHANNEL_HANGUP_COMPLETE -> call status, bye reason, last response code, and why.
+
+Pure and synchronous. The decision is data (``data/rules.toml``, see ``listener.rulebook``): a
+channel variable set by the dialplan wins; otherwise the first matching rule of the ordered table
+decides; the last rule matches everything, so ``classify`` is total and never raises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from listener.confread import TableReader
+from listener.event import HangupEvent
+from listener.facts import Facts
+from listener.rulebook import RULES_FILE, Overlay, RuleBook, build_rulebook
+from listener.rules import Rule, rule_path
+from listener.spec import ByeReason, load_spec, read_data
+from listener.subject import Subject
+
+EXPLICIT_RULE = "dialplan-variable"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one leg ended, in the spec's words, and which rule decided it."""
+
+    status: str
+    status_label: str
+    status_definition: str
+    bye_reason: str
+    bye_reason_definition: str
+    last_response_code: int | None
+    rule: str
+    facts: Facts
+
+
+class Classifier:
+    """Applies a validated ``RuleBook`` to events."""
+
+    def __init__(self, book: RuleBook) -> None:
+        self.book = book
+
+    def classify(self, event: HangupEvent) -> Outcome:
+        """The outcome of one event (pure, deterministic, total)."""
+        facts = Facts.of(event)
+        subject = Subject(event, facts, self.book.cause_model.effective(event, facts))
+        status, reason, rule_id = self._decide(subject)
+        explicit = event.variable(self.book.bye_reason_variable)
+        if explicit in self.book.spec.bye_reasons:
+            assert explicit is not None
+            wanted = event.variable(self.book.status_variable)
+            if wanted in self.book.spec.statuses:
+                assert wanted is not None
+                return self._outcome(wanted, explicit, EXPLICIT_RULE, facts)
+            return self._outcome(status, explicit, f"{EXPLICIT_RULE}+{rule_id}", facts)
+        return self._outcome(status, reason, rule_id, facts)
+
+    def _decide(self, subject: Subject) -> tuple[str, str, str]:
+        """(status, bye reason, rule id) from the first rule that matches."""
+        entry = self.book.causes.get(subject.cause)
+        for rule in self.book.rules:
+            status = rule.status or (entry.status if entry else None)
+            reason = rule.bye_reason or (entry.bye_reason if entry else None)
+            if status and reason and rule.matches(subject):
+                return status, reason, rule.id
+        return self._fallback()
+
+    def _fallback(self) -> tuple[str, str, str]:
+        """Only reached when a user disabled the catch-all: the same outcome it gives."""
+        return "failed", next(iter(self.book.spec.bye_reasons)), "no-rule"
+
+    def _outcome(self, status_id: str, reason_name: str, rule_id: str, facts: Facts) -> Outcome:
+        status = self.book.spec.status(status_id)
+        reason = self.book.spec.bye_reason(reason_name)
+        return Outcome(
+            status=status.id,
+            status_label=status.label,
+            status_definition=status.definition,
+            bye_reason=reason.name,
+            bye_reason_definition=reason.definition,
+            last_response_code=reason.code,
+            rule=rule_id,
+            facts=facts,
+        )
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self.book.rules
+
+
+def _raise_on_problem(path: str, message: str) -> None:
+    raise ValueError(f"built-in classification data is invalid: {path}: {message}")
+
+
+@cache
+def built_in_data() -> dict[str, Any]:
+    """The parsed ``data/rules.toml``."""
+    return read_data(RULES_FILE)
+
+
+def classifier_for(overlay: Overlay, report: Any = _raise_on_problem) -> Classifier:
+    """A classifier of the built-in rules plus ``overlay``; problems go to ``report(path, message)``."""
+    return Classifier(build_rulebook(built_in_data(), load_spec(), overlay, report))
+
+
+@cache
+def default_classifier() -> Classifier:
+    """The built-in rules (built once)."""
+    return classifier_for(Overlay())
+
+
+def _bye_reasons(reader: TableReader) -> list[ByeReason]:
+    reasons = []
+    spec = load_spec()
+    for item in reader.tables("bye_reasons"):
+        name = item.string("name")
+        code = item.number("code", int, 0, minimum=100, maximum=999) if item.has("code") else None
+        definition = item.string("definition")
+        item.reject_unknown()
+        if not name or not definition:
+            item.problem("name" if not name else "definition", "is required")
+        elif name in spec.bye_reasons:
+            item.problem("name", f"{name!r} is already a bye reason of the spec")
+        else:
+            reasons.append(ByeReason(name, code or None, definition, builtin=False))
+    return reasons
+
+
+def _user_rules(reader: TableReader) -> list[tuple[str, dict[str, Any]]]:
+    raw = reader.value("rules", list, [])
+    rules = []
+    for index, item in enumerate(raw):
+        path = f"{reader.key_path('rules')}[{index}]"
+        if not isinstance(item, dict):
+            reader.problems.add(path, "must be a table")
+            continue
+        rules.append((rule_path(path, item), item))
+    return rules
+
+
+def parse_classification(reader: TableReader) -> Classifier:
+    """The ``[classification]`` config table: user rules, bye reasons, causes, lists, explicit vars.
+
+    Problems are added to ``reader.problems`` with dotted paths naming the rule; when there are
+    any, the default classifier is returned.
+    """
+    before = len(reader.problems.items)
+    explicit = reader.table_at("explicit")
+    overlay = Overlay(
+        lists=reader.value("lists", dict, {}),
+        bye_reasons=_bye_reasons(reader),
+        causes=reader.value("causes", dict, {}),
+        rules=_user_rules(reader),
+        disable=reader.strings("disable"),
+        explicit={
+            key: explicit.string(key)
+            for key in ("bye_reason_variable", "status_variable")
+            if explicit.has(key) and explicit.string(key)
+        },
+        path=reader.path,
+    )
+    explicit.reject_unknown()
+    reader.reject_unknown()
+    classifier = classifier_for(overlay, reader.problems.add)
+    if len(reader.problems.items) > before:
+        return default_classifier()
+    return classifier
