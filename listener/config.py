@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from listener.classify import Classifier, default_classifier, parse_classification
 from listener.confread import Problems, TableReader
 from listener.errors import ConfigError
 from listener.esl import ESLSettings, Node
@@ -32,6 +33,7 @@ class Config:
     nodes: tuple[Node, ...] = (Node(name="127.0.0.1:8021"),)
     esl: ESLSettings = field(default_factory=ESLSettings)
     log: LogConfig = field(default_factory=LogConfig)
+    classifier: Classifier = field(default_factory=default_classifier)
     source: str | None = None
 
 
@@ -99,6 +101,7 @@ def from_mapping(
         nodes=_nodes(root),
         esl=_esl(root.table_at("esl")),
         log=_log(root.table_at("log")),
+        classifier=parse_classification(root.table_at("classification")),
         source=source,
     )
     root.reject_unknown()

@@ -1,0 +1,121 @@
+"""Command line: ``run`` (the daemon), ``classify`` (saved ESL traffic), ``check-config``.
+
+gevent's monkey-patching happens here, first, and only for ``run``. Exit codes follow sysexits:
+78 (EX_CONFIG) for an invalid configuration, 65 (EX_DATAERR) for unusable ``classify`` input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from listener import __version__
+
+EX_OK = 0
+EX_DATAERR = 65
+EX_NOINPUT = 66
+EX_CONFIG = 78
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hangup-listener",
+        description="Classify every FreeSWITCH hangup into a call status, bye reason and SIP code.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the daemon (connects to every configured FreeSWITCH)")
+    run.add_argument("--config", type=Path, help="TOML configuration (default: built-in defaults)")
+    run.set_defaults(func=_run)
+
+    classify = commands.add_parser(
+        "classify", help="classify saved ESL traffic (wire frames, plain or JSON events)"
+    )
+    classify.add_argument("files", nargs="*", type=Path, help="capture files (default: stdin)")
+    classify.add_argument("--config", type=Path, help="TOML configuration (for its rules)")
+    classify.add_argument("--node", default="capture", help="node name written in each document")
+    classify.set_defaults(func=_classify)
+
+    check = commands.add_parser("check-config", help="validate a configuration, report every problem")
+    check.add_argument("--config", type=Path, help="TOML configuration")
+    check.set_defaults(func=_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        from gevent import monkey  # noqa: PLC0415 - patched first, before anything else is imported
+
+        monkey.patch_all()
+    code: int = args.func(args)
+    return code
+
+
+def _load(path: Path | None, err: TextIO) -> object | None:
+    """The validated configuration, or None after printing every problem."""
+    from listener import config  # noqa: PLC0415 - imported after monkey-patching
+    from listener.errors import ConfigError  # noqa: PLC0415
+
+    try:
+        return config.load(path)
+    except ConfigError as exc:
+        where = f" ({path})" if path else ""
+        print(f"hangup-listener: invalid configuration{where}:", file=err)
+        for problem in exc.problems:
+            print(f"  {problem}", file=err)
+        return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from listener import app, logs  # noqa: PLC0415 - imported after monkey-patching
+    from listener.config import Config  # noqa: PLC0415
+
+    cfg = _load(args.config, sys.stderr)
+    if not isinstance(cfg, Config):
+        return EX_CONFIG
+    logs.configure(cfg.log.level)
+    app.App(cfg, cfg.classifier.classify).run_forever()
+    return EX_OK
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from listener import capture, payload  # noqa: PLC0415
+    from listener.config import Config  # noqa: PLC0415
+    from listener.errors import ListenerError  # noqa: PLC0415
+
+    cfg = _load(args.config, sys.stderr)
+    if not isinstance(cfg, Config):
+        return EX_CONFIG
+    code = EX_OK
+    sources = [(str(p), p) for p in args.files] or [("<stdin>", None)]
+    for name, path in sources:
+        try:
+            data = path.read_bytes() if path is not None else sys.stdin.buffer.read()
+        except OSError as exc:
+            print(f"hangup-listener: {name}: {exc.strerror or exc}", file=sys.stderr)
+            code = EX_NOINPUT
+            continue
+        try:
+            for event in capture.read_events(data):
+                if event.is_hangup_complete:
+                    document = payload.build(event, cfg.classifier.classify(event), args.node)
+                    sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+        except ListenerError as exc:
+            print(f"hangup-listener: {name}: {exc}", file=sys.stderr)
+            code = EX_DATAERR
+    sys.stdout.flush()
+    return code
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.config, sys.stderr)
+    if cfg is None:
+        return EX_CONFIG
+    print(f"configuration {'in ' + str(args.config) if args.config else '(defaults)'} is valid")
+    return EX_OK

@@ -1,0 +1,122 @@
+"""The command line, as a user runs it: real subprocesses against a fake FreeSWITCH."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO
+
+import gevent
+import pytest
+
+from tests.fakeesl import FIXTURES, FakeFreeSWITCH
+
+ROOT = Path(__file__).parent.parent
+
+
+def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "listener", *args], input=stdin, capture_output=True, timeout=60, check=False
+    )
+
+
+def lines(out: bytes) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.decode().splitlines()]
+
+
+def test_classify_reads_wire_captures_and_skips_other_events() -> None:
+    result = cli("classify", str(FIXTURES / "uas_486" / "plain.txt"))
+    assert result.returncode == 0, result.stderr
+    documents = lines(result.stdout)
+    assert [d["status"] for d in documents] == ["busy", "busy"]
+    assert {d["node"]["name"] for d in documents} == {"capture"}
+
+
+def test_classify_gives_the_same_documents_for_plain_json_and_bare_inputs() -> None:
+    plain = lines(cli("classify", str(FIXTURES / "uas_603" / "hangup_complete.plain.txt")).stdout)
+    json_wire = lines(cli("classify", str(FIXTURES / "uas_603" / "hangup_complete.json.txt")).stdout)
+    json_lines = b"\n".join(
+        json.dumps({"Event-Name": "CHANNEL_HANGUP_COMPLETE", **_headers(d)}).encode() for d in plain
+    )
+    assert plain == json_wire
+    assert len(lines(cli("classify", stdin=json_lines).stdout)) == 2
+
+
+def _headers(document: dict[str, object]) -> dict[str, str]:
+    return {"Unique-ID": str(document["channel_uuid"]), "Hangup-Cause": str(document["hangup_cause"])}
+
+
+def test_classify_reads_a_bare_plain_event_from_stdin() -> None:
+    body = (FIXTURES / "uas_486" / "hangup_complete.plain.txt").read_bytes().split(b"\n\n", 1)[1]
+    result = cli("classify", stdin=body)
+    assert result.returncode == 0, result.stderr
+    assert lines(result.stdout)[0]["bye_reason"] == "USER_BUSY"
+
+
+def test_classify_reports_unusable_input_and_a_missing_file() -> None:
+    broken = cli("classify", stdin=b"Content-Length: 99\nContent-Type: text/event-plain\n\nshort")
+    assert broken.returncode == 65
+    assert b"closed inside a frame" in broken.stderr
+    missing = cli("classify", "/nonexistent/capture.txt")
+    assert missing.returncode == 66
+
+
+def test_check_config_exits_78_and_names_each_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[freeswitch]]\nport = "x"\npassword = "hunter2"\n[esl]\nqueue_size = 0\n')
+    result = cli("check-config", "--config", str(bad))
+    assert result.returncode == 78
+    err = result.stderr.decode()
+    assert "freeswitch[0].port: must be an integer, got str" in err
+    assert "esl.queue_size: must be >= 1, got 0" in err
+    assert "hunter2" not in err
+    assert cli("check-config").returncode == 0
+
+
+def test_run_refuses_an_invalid_config_with_exit_78(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[log]\nlevel = 3\n")
+    result = cli("run", "--config", str(bad))
+    assert result.returncode == 78
+    assert b"log.level: must be a string" in result.stderr
+
+
+def _read_json_line(stream: IO[bytes], want: str, timeout: float = 10) -> dict[str, object]:
+    """Read daemon log lines until one has event ``want`` (each line is flushed as written)."""
+    with gevent.Timeout(timeout, AssertionError(f"no {want} line")):
+        while True:
+            line = gevent.get_hub().threadpool.apply(stream.readline)
+            assert line, f"daemon exited before {want}"
+            entry = json.loads(line)
+            if entry["event"] == want:
+                return dict(entry)
+
+
+@pytest.mark.slow
+def test_run_prints_one_classified_line_per_hangup_and_stops_on_sigterm(tmp_path: Path) -> None:
+    with FakeFreeSWITCH() as fake:
+        config = tmp_path / "c.toml"
+        config.write_text(f'[[freeswitch]]\nname = "lab"\nport = {fake.port}\n')
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "listener", "run", "--config", str(config)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        )
+        try:
+            assert daemon.stdout is not None
+            session = fake.next_session(timeout=15)
+            assert _read_json_line(daemon.stdout, "esl.connected")["node"] == "lab"
+            session.send((FIXTURES / "uas_486" / "hangup_complete.plain.txt").read_bytes())
+            first = _read_json_line(daemon.stdout, "call.classified")
+            second = _read_json_line(daemon.stdout, "call.classified")
+            assert {first["call"]["leg"], second["call"]["leg"]} == {"a", "b"}  # type: ignore[index]
+            assert str(first["timestamp"]).endswith("Z")
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=15) == 0
+        finally:
+            daemon.kill()
+            daemon.wait()

@@ -1,0 +1,150 @@
+"""End to end in process: fake FreeSWITCH nodes -> App -> classified documents and log lines."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import gevent
+import gevent.queue
+import jsonschema
+import pytest
+from structlog.testing import capture_logs
+
+from listener import payload
+from listener.app import App, Pipeline
+from listener.classify import default_classifier
+from listener.config import Config
+from listener.esl import ESLSettings, Node
+from listener.event import HangupEvent
+from tests.fakeesl import FIXTURES, FakeFreeSWITCH, capture_bodies
+
+SCHEMA = json.loads((Path(__file__).parent.parent / "listener/data/call.schema.json").read_text())
+SCENARIOS = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
+FAST = ESLSettings(connect_timeout=2, command_timeout=1, backoff_initial=0.01, backoff_max=0.05)
+
+
+@cache
+def validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())
+
+
+class Collect:
+    """A sink that hands every document to the test."""
+
+    def __init__(self) -> None:
+        self.documents: gevent.queue.Queue[dict[str, Any]] = gevent.queue.Queue()
+
+    def put(self, documents: list[dict[str, Any]]) -> None:
+        for document in documents:
+            self.documents.put(document)
+
+    def take(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        return [self.documents.get(timeout=timeout) for _ in range(count)]
+
+
+def documents_of(scenario: str) -> list[dict[str, Any]]:
+    pipeline = Pipeline(default_classifier().classify, Node(name="lab"), log=None)
+    return [pipeline.process(HangupEvent.from_plain(b)) for b in capture_bodies(scenario)]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_document_from_real_captures_matches_the_schema(scenario: str) -> None:
+    for document in documents_of(scenario):
+        validator().validate(document)
+
+
+def test_a_document_reports_the_facts_of_a_refused_call() -> None:
+    by_leg = {d["leg"]: d for d in documents_of("uas_486")}
+    a, b = by_leg["a"], by_leg["b"]
+    assert (a["status"], a["bye_reason"], a["last_response_code"]) == ("busy", "USER_BUSY", 486)
+    assert a["status_label"] == "Busy"
+    assert a["partner_sip_status"] == 486
+    assert a["hangup_by"] == "callee"
+    assert b["sip_status"] == 486
+    assert b["hangup_disposition"] == "recv_refuse"
+    assert a["call_uuid"] == b["call_uuid"] == a["channel_uuid"]
+    assert a["answered"] is False
+    assert a["answered_at"] is None
+    assert a["billsec"] == 0
+    assert a["ended_at"].endswith("Z")
+    assert a["duration_s"] >= 0
+    assert a["node"] == {"name": "lab", "hostname": "vm", "core_uuid": a["node"]["core_uuid"]}
+    assert a["node"]["core_uuid"] == "1b8e5af5-676a-4b2e-91a0-1ac1b56080da"
+
+
+def test_an_answered_call_has_answer_time_billsec_and_ring_time() -> None:
+    a = next(d for d in documents_of("answered_caller_bye") if d["leg"] == "a")
+    assert a["status"] == "ended"
+    assert a["answered"] is True
+    assert a["answered_at"] is not None
+    assert a["billsec"] == 3
+    assert a["ring_s"] is not None
+    assert a["ring_s"] < a["duration_s"]
+    assert a["hangup_by"] == "caller"
+
+
+def test_the_id_is_stable_and_derived_from_core_uuid_and_unique_id() -> None:
+    first, second = documents_of("uas_603"), documents_of("uas_603")
+    assert [d["id"] for d in first] == [d["id"] for d in second]
+    assert first[0]["id"] == payload.document_id(first[0]["node"]["core_uuid"], first[0]["channel_uuid"])
+    assert len({d["id"] for s in SCENARIOS for d in documents_of(s)}) == sum(
+        len(capture_bodies(s)) for s in SCENARIOS
+    )
+
+
+@pytest.fixture
+def two_nodes() -> Iterator[tuple[FakeFreeSWITCH, FakeFreeSWITCH]]:
+    with FakeFreeSWITCH() as one, FakeFreeSWITCH(password="other") as two:
+        yield one, two
+
+
+def test_two_nodes_at_once_each_document_names_its_node(two_nodes: tuple[FakeFreeSWITCH, ...]) -> None:
+    one, two = two_nodes
+    nodes = (Node("east", port=one.port), Node("west", port=two.port, password="other"))
+    sink = Collect()
+    app = App(Config(nodes=nodes, esl=FAST), default_classifier().classify, sink)
+    with capture_logs() as logs:
+        app.start()
+        one.next_session().send(b"".join(_frames("uas_486")))
+        two.next_session().send(b"".join(_frames("uas_603")))
+        documents = sink.take(4)
+        app.stop(timeout=5)
+    by_node = {(d["node"]["name"], d["status"]) for d in documents}
+    assert by_node == {("east", "busy"), ("west", "declined")}
+    lines = [e for e in logs if e["event"] == "call.classified"]
+    assert len(lines) == 4
+    assert {e["node"] for e in lines} == {"east", "west"}
+    assert all(e["call"]["node"]["name"] == e["node"] for e in lines)
+
+
+def _frames(scenario: str) -> list[bytes]:
+    raw = (FIXTURES / scenario / "hangup_complete.plain.txt").read_bytes()
+    return [raw]
+
+
+def test_a_classification_failure_is_logged_and_the_stream_goes_on() -> None:
+    calls = {"n": 0}
+    real = default_classifier().classify
+
+    def flaky(event: HangupEvent) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ValueError("rule bug")
+        return real(event)
+
+    with FakeFreeSWITCH() as fake:
+        sink = Collect()
+        app = App(Config(nodes=(Node("n", port=fake.port),), esl=FAST), flaky, sink)
+        with capture_logs() as logs:
+            app.start()
+            fake.next_session().send(b"".join(_frames("uas_486")))
+            (document,) = sink.take(1)
+            app.stop(timeout=5)
+    assert document["status"] == "busy"
+    failure = next(e for e in logs if e["event"] == "call.handler_failed")
+    assert failure["log_level"] == "error"
+    assert failure["channel_uuid"]
