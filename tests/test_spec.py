@@ -67,7 +67,9 @@ SPECIAL: dict[str, HangupEvent] = {
     "Caller_Left_Voicemail": synthetic(
         answered=True, disposition="recv_bye", app="voicemail", voicemail_message_len="00:00:03"
     ),
-    "Ended_In_Call_System": synthetic(answered=True, disposition="recv_bye", app="callcenter", cc_cause="cancel"),
+    "Ended_In_Call_System": synthetic(
+        answered=True, disposition="recv_bye", app="callcenter", cc_cause="cancel"
+    ),
     "Transferred_From_Call_System": synthetic(
         answered=True, disposition="recv_bye", app="callcenter", cc_side="member", cc_cause="answered"
     ),
@@ -108,6 +110,8 @@ def test_unanswered_leg_status_follows_the_cause(cause: str, status: str) -> Non
     assert CLASSIFY(_by_cause(cause)).status == status
 
 
-@pytest.mark.parametrize("cause", ["NORMAL_CLEARING", "MEDIA_TIMEOUT", "USER_BUSY", "PROTOCOL_ERROR", "BOGUS"])
+@pytest.mark.parametrize(
+    "cause", ["NORMAL_CLEARING", "MEDIA_TIMEOUT", "USER_BUSY", "PROTOCOL_ERROR", "BOGUS"]
+)
 def test_answered_then_ended_is_call_ended_whatever_the_cause(cause: str) -> None:
     assert CLASSIFY(synthetic(cause, answered=True, disposition="send_bye")).status == "ended"
