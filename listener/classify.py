@@ -41,6 +41,15 @@ class Classifier:
 
     def __init__(self, book: RuleBook) -> None:
         self.book = book
+        self._candidates: dict[tuple[str, bool], tuple[Rule, ...]] = {
+            (cause, answered): self._select(cause, answered)
+            for cause in (*book.causes, "")
+            for answered in (False, True)
+        }
+
+    def _select(self, cause: str, answered: bool) -> tuple[Rule, ...]:
+        """The rules that can match a leg with this effective cause and answered state."""
+        return tuple(rule for rule in self.book.rules if rule.admits(cause, answered))
 
     def classify(self, event: HangupEvent) -> Outcome:
         """The outcome of one event (pure, deterministic, total)."""
@@ -60,7 +69,9 @@ class Classifier:
     def _decide(self, subject: Subject) -> tuple[str, str, str]:
         """(status, bye reason, rule id) from the first rule that matches."""
         entry = self.book.causes.get(subject.cause)
-        for rule in self.book.rules:
+        key = (subject.cause, subject.facts.answered)
+        rules = self._candidates.get(key) or self._select(*key)
+        for rule in rules:
             status = rule.status or (entry.status if entry else None)
             reason = rule.bye_reason or (entry.bye_reason if entry else None)
             if status and reason and rule.matches(subject):
