@@ -7,7 +7,7 @@ decides; the last rule matches everything, so ``classify`` is total and never ra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cache
 from typing import Any
 
@@ -20,6 +20,7 @@ from listener.spec import ByeReason, load_spec, read_data
 from listener.subject import Subject
 
 EXPLICIT_RULE = "dialplan-variable"
+NO_RULE = "no-rule"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,18 @@ class Outcome:
     last_response_code: int | None
     rule: str
     facts: Facts
+
+
+    def summary(self) -> dict[str, object]:
+        """The outcome as plain data (facts included), e.g. for ``hangup-listener classify``."""
+        return {
+            "status": self.status,
+            "status_label": self.status_label,
+            "bye_reason": self.bye_reason,
+            "last_response_code": self.last_response_code,
+            "rule": self.rule,
+            "facts": asdict(self.facts),
+        }
 
 
 class Classifier:
@@ -79,8 +92,11 @@ class Classifier:
         return self._fallback()
 
     def _fallback(self) -> tuple[str, str, str]:
-        """Only reached when a user disabled the catch-all: the same outcome it gives."""
-        return "failed", next(iter(self.book.spec.bye_reasons)), "no-rule"
+        """Only reached when a user disabled or narrowed the catch-all: the outcome it gives.
+
+        spec.toml lists the spec's table in order, and its first row is UNSPECIFIED.
+        """
+        return "failed", next(iter(self.book.spec.bye_reasons)), NO_RULE
 
     def _outcome(self, status_id: str, reason_name: str, rule_id: str, facts: Facts) -> Outcome:
         status = self.book.spec.status(status_id)

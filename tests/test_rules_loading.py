@@ -190,3 +190,53 @@ def test_patterns(raw: object, value: str | None, hit: bool) -> None:
 def test_malformed_patterns_are_rejected(raw: object) -> None:
     with pytest.raises(PatternError):
         compile_pattern(raw, {})
+
+
+def test_narrowed_catch_all_still_gives_an_outcome() -> None:
+    classifier, problems = parse(
+        """
+        [[classification.rules]]
+        id = "catch-all"
+        when = { leg = "b" }
+        status = "failed"
+        bye_reason = "UNSPECIFIED"
+        """
+    )
+    assert problems == []
+    outcome = classifier.classify(synthetic("NO_SUCH_CAUSE", disposition="send_refuse"))
+    assert (outcome.status, outcome.bye_reason, outcome.rule) == ("failed", "UNSPECIFIED", "no-rule")
+
+
+def test_explicit_variable_names_are_configurable() -> None:
+    classifier, problems = parse(
+        """
+        [classification.explicit]
+        bye_reason_variable = "my_bye"
+        """
+    )
+    assert problems == []
+    outcome = classifier.classify(synthetic("USER_BUSY", disposition="send_refuse", my_bye="CALL_FORWARD"))
+    assert outcome.bye_reason == "CALL_FORWARD"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('lists = { ivr_apps = "ivr" }', "classification.lists.ivr_apps: must be a list of strings"),
+        ('lists = { ivr_apps = ["@x"] }', "classification.lists.ivr_apps: a named list cannot refer"),
+        ('causes = { bzy = { X = "USER_BUSY" } }', "classification.causes.bzy: unknown status 'bzy'"),
+        ('causes = { busy = { X = "NOPE" } }', "classification.causes.busy.X: unknown bye reason 'NOPE'"),
+        ('explicit = { colour = "x" }', "classification.explicit.colour: unknown key"),
+    ],
+)
+def test_bad_lists_causes_and_explicit_are_reported(text: str, problem: str) -> None:
+    _, problems = parse(f"[classification]\n{text}\n")
+    assert len(problems) == 1
+    assert problems[0].startswith(problem)
+
+
+def test_outcome_summary_is_plain_data() -> None:
+    summary = default_classifier().classify(BUSY).summary()
+    assert summary["bye_reason"] == "USER_BUSY"
+    assert summary["last_response_code"] == 486
+    assert isinstance(summary["facts"], dict)
