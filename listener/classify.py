@@ -7,7 +7,7 @@ decides; the last rule matches everything, so ``classify`` is total and never ra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cache
 from typing import Any
 
@@ -20,6 +20,7 @@ from listener.spec import ByeReason, load_spec, read_data
 from listener.subject import Subject
 
 EXPLICIT_RULE = "dialplan-variable"
+NO_RULE = "no-rule"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +37,32 @@ class Outcome:
     facts: Facts
 
 
+    def summary(self) -> dict[str, object]:
+        """The outcome as plain data (facts included), e.g. for ``hangup-listener classify``."""
+        return {
+            "status": self.status,
+            "status_label": self.status_label,
+            "bye_reason": self.bye_reason,
+            "last_response_code": self.last_response_code,
+            "rule": self.rule,
+            "facts": asdict(self.facts),
+        }
+
+
 class Classifier:
     """Applies a validated ``RuleBook`` to events."""
 
     def __init__(self, book: RuleBook) -> None:
         self.book = book
+        self._candidates: dict[tuple[str, bool], tuple[Rule, ...]] = {
+            (cause, answered): self._select(cause, answered)
+            for cause in (*book.causes, "")
+            for answered in (False, True)
+        }
+
+    def _select(self, cause: str, answered: bool) -> tuple[Rule, ...]:
+        """The rules that can match a leg with this effective cause and answered state."""
+        return tuple(rule for rule in self.book.rules if rule.admits(cause, answered))
 
     def classify(self, event: HangupEvent) -> Outcome:
         """The outcome of one event (pure, deterministic, total)."""
@@ -60,7 +82,9 @@ class Classifier:
     def _decide(self, subject: Subject) -> tuple[str, str, str]:
         """(status, bye reason, rule id) from the first rule that matches."""
         entry = self.book.causes.get(subject.cause)
-        for rule in self.book.rules:
+        key = (subject.cause, subject.facts.answered)
+        rules = self._candidates.get(key) or self._select(*key)
+        for rule in rules:
             status = rule.status or (entry.status if entry else None)
             reason = rule.bye_reason or (entry.bye_reason if entry else None)
             if status and reason and rule.matches(subject):
@@ -68,8 +92,11 @@ class Classifier:
         return self._fallback()
 
     def _fallback(self) -> tuple[str, str, str]:
-        """Only reached when a user disabled the catch-all: the same outcome it gives."""
-        return "failed", next(iter(self.book.spec.bye_reasons)), "no-rule"
+        """Only reached when a user disabled or narrowed the catch-all: the outcome it gives.
+
+        spec.toml lists the spec's table in order, and its first row is UNSPECIFIED.
+        """
+        return "failed", next(iter(self.book.spec.bye_reasons)), NO_RULE
 
     def _outcome(self, status_id: str, reason_name: str, rule_id: str, facts: Facts) -> Outcome:
         status = self.book.spec.status(status_id)

@@ -72,6 +72,16 @@ class Rule:
     bye_reason: str | None
     why: str = ""
 
+    def admits(self, cause: str, answered: bool) -> bool:
+        """Whether the rule's cause and answered conditions allow this pair (for pre-selection)."""
+        for condition in self.when:
+            if isinstance(condition, FlagCondition):
+                if condition.fact == "answered" and condition.expected is not answered:
+                    return False
+            elif condition.fact == "cause" and not condition.pattern.matches(cause or None):
+                return False
+        return True
+
     def matches(self, subject: Subject) -> bool:
         for condition in self.when:  # noqa: SIM110 - a plain loop: no generator per event
             if not condition.holds(subject):
@@ -126,7 +136,14 @@ def compile_when(when: object, path: str, ctx: RuleContext, report: Report) -> t
         except (PatternError, KeyError) as exc:
             message = exc.args[0] if exc.args else str(exc)
             report(f"{path}.when.{fact}", str(message))
-    return tuple(conditions)
+    return tuple(sorted(conditions, key=_cost))
+
+
+def _cost(condition: Condition) -> int:
+    """Cheap, selective conditions first: the cause and flags, then facts, then raw variables."""
+    if condition.fact == "cause" or isinstance(condition, FlagCondition):
+        return 0
+    return 2 if "." in condition.fact else 1
 
 
 def _target(raw: Mapping[str, Any], key: str, names: Mapping[str, object], path: str,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from fixture_loader import synthetic
 
@@ -67,7 +69,9 @@ SPECIAL: dict[str, HangupEvent] = {
     "Caller_Left_Voicemail": synthetic(
         answered=True, disposition="recv_bye", app="voicemail", voicemail_message_len="00:00:03"
     ),
-    "Ended_In_Call_System": synthetic(answered=True, disposition="recv_bye", app="callcenter", cc_cause="cancel"),
+    "Ended_In_Call_System": synthetic(
+        answered=True, disposition="recv_bye", app="callcenter", cc_cause="cancel"
+    ),
     "Transferred_From_Call_System": synthetic(
         answered=True, disposition="recv_bye", app="callcenter", cc_side="member", cc_cause="answered"
     ),
@@ -108,6 +112,30 @@ def test_unanswered_leg_status_follows_the_cause(cause: str, status: str) -> Non
     assert CLASSIFY(_by_cause(cause)).status == status
 
 
-@pytest.mark.parametrize("cause", ["NORMAL_CLEARING", "MEDIA_TIMEOUT", "USER_BUSY", "PROTOCOL_ERROR", "BOGUS"])
+@pytest.mark.parametrize(
+    "cause", ["NORMAL_CLEARING", "MEDIA_TIMEOUT", "USER_BUSY", "PROTOCOL_ERROR", "BOGUS"]
+)
 def test_answered_then_ended_is_call_ended_whatever_the_cause(cause: str) -> None:
     assert CLASSIFY(synthetic(cause, answered=True, disposition="send_bye")).status == "ended"
+
+
+SPEC_PAGE = Path("/work/shared/spec/call-status-and-bye-reason.md")
+
+
+@pytest.mark.skipif(not SPEC_PAGE.exists(), reason="the shared spec page is not on this machine")
+def test_spec_data_matches_every_row_of_the_spec_page() -> None:
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in SPEC_PAGE.read_text(encoding="utf-8").splitlines()
+        if line.startswith("| ") and not line.startswith("| Last") and not line.startswith("| Call Status")
+    ]
+    reasons = [row for row in rows if len(row) == 3]
+    assert len(reasons) == 67
+    for code, name, definition in reasons:
+        reason = SPEC.bye_reason(name)
+        assert reason.definition == definition
+        if name != "Abandoned_Voicemail":  # listed twice, with and without 904: kept once, as 904
+            assert reason.code == (int(code) if code.isdigit() else None)
+    statuses = {row[0]: row[1].replace("<br>", "\n") for row in rows if len(row) == 2}
+    by_label = {s.label.replace("Call Failed", "Called Failed"): s for s in SPEC.statuses.values()}
+    assert {label: s.definition for label, s in by_label.items()} == statuses
