@@ -16,6 +16,7 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -42,6 +43,19 @@ from listener.webhook import (
 )
 from listener.webhook_config import OutboxConfig, WebhookConfig, safe_url
 
+
+@dataclass(frozen=True, slots=True)
+class Attempted:
+    """One finished delivery attempt, as observers (metrics, tests) see it."""
+
+    endpoint: str
+    event_id: str
+    attempt: int
+    outcome: Outcome
+    latency_s: float
+
+
+Observer = Callable[[Attempted], None]
 P = ParamSpec("P")
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -230,13 +244,15 @@ class EndpointDelivery:
     """The delivery loop of one endpoint: claim due rows, POST them, record each outcome."""
 
     def __init__(self, config: WebhookConfig, writer: OutboxWriter, *, clock: Clock, rng: Random,
-                 poll_interval_s: float, counts: Counter[tuple[str, str, str]]) -> None:
+                 poll_interval_s: float, counts: Counter[tuple[str, str, str]],
+                 observers: Sequence[Observer] = ()) -> None:
         self.config = config
         self._writer = writer
         self._clock = clock
         self._rng = rng
         self._poll = poll_interval_s
         self._counts = counts
+        self._observers = observers
         self._transport = Transport(config)
         self._inflight: dict[int, gevent.Greenlet] = {}
         self._requests = gevent.pool.Group()
@@ -277,7 +293,10 @@ class EndpointDelivery:
             request = build_request(cfg.url, cfg.key, row.event_id, row.body, int(self._clock()))
             started = time.monotonic()
             outcome = self._transport.send(request, self._clock)
-            self._record(row, attempt, outcome, time.monotonic() - started)
+            latency = time.monotonic() - started
+            self._record(row, attempt, outcome, latency)
+            for observe in self._observers:
+                observe(Attempted(self.config.name, row.event_id, attempt, outcome, latency))
         except OutboxError as exc:
             self.crashed = exc
             self.stopping = True
@@ -335,10 +354,12 @@ class WebhookSink:
                  rng: Random | None = None, poll_interval_s: float = 1.0) -> None:
         self._writer = writer
         self.counts: Counter[tuple[str, str, str]] = Counter()
+        """(endpoint, result, reason) -> attempts: delivered/ok, failed/<reason>, gave_up/<reason>."""
+        self.observers: list[Observer] = []
         rng = rng or random.Random().random  # noqa: S311 - jitter, not cryptography
         self.endpoints = {
             w.name: EndpointDelivery(w, writer, clock=clock, rng=rng, poll_interval_s=poll_interval_s,
-                                     counts=self.counts)
+                                     counts=self.counts, observers=self.observers)
             for w in webhooks}
         self._loops = gevent.pool.Group()
         self._started = False
