@@ -77,7 +77,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"ok")
         except OSError:
             pass  # the client gave up (timeout): nothing to answer
-        receiver.record_answer(self.path, status)
+        receiver.answers.put((self.headers.get("webhook-id", ""), status))
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -97,6 +97,7 @@ class Receiver:
         self.received: list[Received] = []
         self._arrivals: queue.Queue[Received] = queue.Queue()
         self.answers: queue.Queue[tuple[str, int]] = queue.Queue()
+        """(webhook-id, status) once each answer was written (or the client had gone)."""
         self.released = threading.Event()
         self.closing = threading.Event()
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
@@ -119,9 +120,6 @@ class Receiver:
         with self._lock:
             self.received.append(request)
         self._arrivals.put(request)
-
-    def record_answer(self, path: str, status: int) -> None:
-        self.answers.put((path, status))
 
     def get(self, timeout: float = 5.0) -> Received:
         """The next request to arrive (raises ``queue.Empty`` after ``timeout``)."""
