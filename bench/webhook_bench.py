@@ -23,8 +23,8 @@ N = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
 
 
 def doc(n: int) -> dict[str, object]:
-    return {"id": f"call-{n}", "status": "answered", "leg": "a", "direction": "inbound", "bye_reason": "callee",
-            "sip_code": 200, "duration_s": 42, "caller": "+33100000000", "callee": "+33100000001"}
+    return {"id": f"call-{n}", "status": "answered", "leg": "a", "direction": "inbound",
+            "bye_reason": "callee", "sip_code": 200, "duration_s": 42, "caller": "+33100000000", "callee": "+33100000001"}
 
 
 def bench_put(tmp: Path, synchronous: str, hook: WebhookConfig) -> None:
@@ -48,7 +48,8 @@ def bench_put(tmp: Path, synchronous: str, hook: WebhookConfig) -> None:
     tick.kill()
     writer.close()
     print(f"put synchronous={synchronous}: sequential {sequential:,.0f} docs/s (one commit each), "
-          f"{N} concurrent callers {concurrent:,.0f} docs/s (group commit); loop lag max {max(lag) * 1000:.1f} ms")
+          f"{N} concurrent callers {concurrent:,.0f} docs/s (group commit); "
+          f"loop lag max {max(lag) * 1000:.1f} ms")
 
 
 def bench_delivery(tmp: Path, receiver: Receiver, hook: WebhookConfig) -> None:
@@ -64,8 +65,8 @@ def bench_delivery(tmp: Path, receiver: Receiver, hook: WebhookConfig) -> None:
     elapsed = time.perf_counter() - started
     sink.stop(5)
     writer.close()
-    print(f"delivery: {N} signed POSTs to the local receiver (concurrency {hook.max_concurrency}, keep-alive): "
-          f"{N / elapsed:,.0f} deliveries/s")
+    print(f"delivery: {N} signed POSTs to the local receiver "
+          f"(concurrency {hook.max_concurrency}, keep-alive): {N / elapsed:,.0f} deliveries/s")
 
 
 def main() -> None:
