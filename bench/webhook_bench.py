@@ -24,7 +24,8 @@ N = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
 
 def doc(n: int) -> dict[str, object]:
     return {"id": f"call-{n}", "status": "answered", "leg": "a", "direction": "inbound",
-            "bye_reason": "callee", "sip_code": 200, "duration_s": 42, "caller": "+33100000000", "callee": "+33100000001"}
+            "bye_reason": "callee", "sip_code": 200, "duration_s": 42,
+            "caller": "+33100000000", "callee": "+33100000001"}
 
 
 def bench_put(tmp: Path, synchronous: str, hook: WebhookConfig) -> None:
