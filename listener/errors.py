@@ -35,3 +35,18 @@ class AuthError(ESLError):
 
 class CommandTimeoutError(ESLError):
     """A command sent to FreeSWITCH got no reply in time."""
+
+
+class OutboxError(ListenerError):
+    """The SQLite outbox failed (disk full, I/O error, corrupt or locked file): ingestion must stop.
+
+    ``code`` is SQLite's error name (``SQLITE_FULL``, ``SQLITE_IOERR_WRITE``, ...) when known.
+    """
+
+    def __init__(self, message: str, code: str = "") -> None:
+        self.code = code
+        super().__init__(f"{message} ({code})" if code else message)
+
+
+class OutboxClosedError(OutboxError):
+    """A document was offered after the outbox writer was closed (shutdown) or failed."""

@@ -1,0 +1,162 @@
+"""The SQLite outbox on a real file: put, due, ack, reschedule, bury and the operator's commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from listener.errors import OutboxError
+from listener.outbox import DEAD, PENDING, Entry, Outbox
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Outbox:
+    box = Outbox.open(tmp_path / "outbox.sqlite3")
+    yield box  # type: ignore[misc]
+    box.close()
+
+
+def entry(event_id: str, *endpoints: str) -> Entry:
+    return Entry(event_id, f'{{"id":"{event_id}"}}', endpoints)
+
+
+def test_open_uses_wal_and_the_chosen_synchronous(tmp_path: Path) -> None:
+    box = Outbox.open(tmp_path / "o.sqlite3", synchronous="normal")
+    assert box._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert box._db.execute("PRAGMA synchronous").fetchone() == (1,)
+    box.close()
+    box = Outbox.open(tmp_path / "o.sqlite3")
+    assert box._db.execute("PRAGMA synchronous").fetchone() == (2,)
+    box.close()
+
+
+def test_put_stores_body_once_and_one_delivery_row_per_endpoint(outbox: Outbox) -> None:
+    assert outbox.put([entry("e1", "crm", "billing"), entry("e2", "crm")], now=100.0) == 3
+    assert outbox._db.execute("SELECT count(*) FROM message").fetchone() == (2,)
+    assert [d.event_id for d in outbox.due("crm", 100.0, 10)] == ["e1", "e2"]
+    assert [d.body for d in outbox.due("billing", 100.0, 10)] == ['{"id":"e1"}']
+
+
+def test_put_skips_documents_no_endpoint_wants(outbox: Outbox) -> None:
+    assert outbox.put([entry("e1")], now=1.0) == 0
+    assert outbox._db.execute("SELECT count(*) FROM message").fetchone() == (0,)
+
+
+def test_put_of_the_same_event_id_again_creates_no_duplicate(outbox: Outbox) -> None:
+    outbox.put([entry("e1", "crm")], now=1.0)
+    assert outbox.put([entry("e1", "crm", "billing")], now=2.0) == 1
+    assert len(outbox.list()) == 2
+
+
+def test_due_honours_time_limit_and_exclusions(outbox: Outbox) -> None:
+    outbox.put([entry(f"e{i}", "crm") for i in range(5)], now=10.0)
+    first = outbox.due("crm", 10.0, 2)
+    assert [d.event_id for d in first] == ["e0", "e1"]
+    assert [d.event_id for d in outbox.due("crm", 10.0, 2, exclude=[d.id for d in first])] == ["e2", "e3"]
+    assert outbox.due("crm", 9.0, 10) == ()
+    assert outbox.due("other", 10.0, 10) == ()
+
+
+def test_ack_deletes_the_row_and_the_message_with_its_last_row(outbox: Outbox) -> None:
+    outbox.put([entry("e1", "crm", "billing")], now=1.0)
+    (crm,) = outbox.due("crm", 1.0, 10)
+    outbox.ack(crm.id)
+    assert outbox._db.execute("SELECT count(*) FROM message").fetchone() == (1,)
+    (billing,) = outbox.due("billing", 1.0, 10)
+    outbox.ack(billing.id)
+    assert outbox._db.execute("SELECT count(*) FROM message").fetchone() == (0,)
+
+
+def test_reschedule_records_attempts_and_hides_the_row_until_its_time(outbox: Outbox) -> None:
+    outbox.put([entry("e1", "crm")], now=1.0)
+    (row,) = outbox.due("crm", 1.0, 10)
+    outbox.reschedule(row.id, 1, next_at=6.0, error="server_error (503)", now=1.0)
+    assert outbox.due("crm", 5.9, 10) == ()
+    (again,) = outbox.due("crm", 6.0, 10)
+    assert (again.attempts, again.last_error) == (1, "server_error (503)")
+    assert outbox.next_due_at("crm") == 6.0
+
+
+def test_bury_keeps_the_row_as_dead_and_out_of_due(outbox: Outbox) -> None:
+    outbox.put([entry("e1", "crm")], now=1.0)
+    (row,) = outbox.due("crm", 1.0, 10)
+    outbox.bury(row.id, 8, "gone (410)", now=2.0)
+    assert outbox.due("crm", 1e12, 10) == ()
+    (dead,) = outbox.list(state=DEAD)
+    assert (dead.event_id, dead.attempts, dead.last_error) == ("e1", 8, "gone (410)")
+
+
+def test_stats_counts_pending_dead_and_oldest_pending_age_per_endpoint(outbox: Outbox) -> None:
+    outbox.put([entry("e1", "crm", "billing")], now=100.0)
+    outbox.put([entry("e2", "crm")], now=150.0)
+    outbox.bury(outbox.due("billing", 200.0, 1)[0].id, 1, "gone", now=200.0)
+    stats = {s.endpoint: s for s in outbox.stats(now=200.0)}
+    assert (stats["crm"].pending, stats["crm"].dead, stats["crm"].oldest_pending_age) == (2, 0, 100.0)
+    billing = stats["billing"]
+    assert (billing.pending, billing.dead, billing.oldest_pending_age) == (0, 1, None)
+
+
+def test_retry_dead_by_endpoint_and_by_id_resets_attempts_and_makes_them_due(outbox: Outbox) -> None:
+    outbox.put([entry("e1", "crm", "billing"), entry("e2", "crm")], now=1.0)
+    for row in outbox.due("crm", 1.0, 10) + outbox.due("billing", 1.0, 10):
+        outbox.bury(row.id, 8, "schedule_exhausted", now=2.0)
+    assert outbox.retry_dead(now=50.0, endpoint="billing") == 1
+    assert outbox.retry_dead(now=50.0, event_ids=["e2"]) == 1
+    assert {(d.endpoint, d.event_id, d.attempts) for d in outbox.due("crm", 50.0, 10)
+            + outbox.due("billing", 50.0, 10)} == {("billing", "e1", 0), ("crm", "e2", 0)}
+    assert [d.event_id for d in outbox.list(state=DEAD)] == ["e1"]
+
+
+def test_retry_and_purge_of_many_rows_report_progress_in_batches(outbox: Outbox) -> None:
+    outbox.put([entry(f"e{i}", "crm") for i in range(2500)], now=1.0)
+    outbox._db.execute("UPDATE delivery SET state = 'dead'")
+    seen: list[int] = []
+    assert outbox.retry_dead(now=2.0, progress=seen.append) == 2500
+    assert seen == [1000, 2000, 2500]
+    assert outbox.purge(state=PENDING, progress=seen.append) == 2500
+    assert outbox._db.execute("SELECT count(*) FROM message").fetchone() == (0,)
+
+
+def test_purge_defaults_to_dead_rows_only(outbox: Outbox) -> None:
+    outbox.put([entry("e1", "crm"), entry("e2", "crm")], now=1.0)
+    outbox.bury(outbox.due("crm", 1.0, 1)[0].id, 1, "gone", now=1.0)
+    assert outbox.purge() == 1
+    assert [d.event_id for d in outbox.list()] == ["e2"]
+
+
+def test_everything_not_delivered_is_there_after_reopening(tmp_path: Path) -> None:
+    box = Outbox.open(tmp_path / "o.sqlite3")
+    box.put([entry("e1", "crm"), entry("e2", "crm")], now=1.0)
+    box.ack(box.due("crm", 1.0, 1)[0].id)
+    box.close()
+    box = Outbox.open(tmp_path / "o.sqlite3")
+    assert [d.event_id for d in box.due("crm", 1.0, 10)] == ["e2"]
+    box.close()
+
+
+def test_a_full_disk_is_an_outbox_error_and_nothing_half_written(outbox: Outbox) -> None:
+    outbox.put([entry("e0", "crm")], now=1.0)
+    (pages,) = outbox._db.execute("PRAGMA page_count").fetchone()
+    outbox._db.execute(f"PRAGMA max_page_count={pages + 2}")
+    big = [Entry(f"big{i}", "x" * 100_000, ("crm",)) for i in range(3)]
+    with pytest.raises(OutboxError) as caught:
+        outbox.put(big, now=2.0)
+    assert caught.value.code == "SQLITE_FULL"
+    assert [d.event_id for d in outbox.list()] == ["e0"]
+
+
+def test_an_unreadable_file_is_an_outbox_error(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(OutboxError) as caught:
+        Outbox.open(path)
+    assert caught.value.code == "SQLITE_NOTADB"
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    box = Outbox.open(tmp_path / "o.sqlite3")
+    box._db.execute("PRAGMA user_version=99")
+    box.close()
+    with pytest.raises(OutboxError, match="newer"):
+        Outbox.open(tmp_path / "o.sqlite3")

@@ -1,0 +1,82 @@
+"""The operator's outbox commands, called as the CLI calls them, on a real file."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from listener.outbox import Entry, Outbox
+from listener.outbox_cli import add_outbox_parser, run_outbox_command
+from listener.webhook_config import OutboxConfig
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> OutboxConfig:
+    box = Outbox.open(tmp_path / "outbox.sqlite3")
+    box.put([Entry(f"e{i}", "{}", ("crm", "billing")) for i in range(3)], now=1000.0)
+    for row in box.due("billing", 1000.0, 2):
+        box.bury(row.id, 8, "gone (410)", now=1001.0)
+    box.close()
+    return OutboxConfig(tmp_path / "outbox.sqlite3")
+
+
+def run(config: OutboxConfig, *argv: str) -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser(prog="hangup-listener")
+    add_outbox_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["outbox", *argv])
+    out, err = io.StringIO(), io.StringIO()
+    code = run_outbox_command(args, config, out=out, err=err, now=lambda: 4600.0)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_stats_shows_pending_dead_and_oldest_age_per_endpoint(config: OutboxConfig) -> None:
+    code, out, _ = run(config, "stats")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[1].split() == ["billing", "1", "2", "1.0h"]
+    assert lines[2].split() == ["crm", "3", "0", "1.0h"]
+    code, out, _ = run(config, "stats", "--json")
+    assert [json.loads(line)["dead"] for line in out.splitlines()] == [2, 0]
+
+
+def test_list_filters_by_state_endpoint_and_id(config: OutboxConfig) -> None:
+    _, out, _ = run(config, "list", "--state", "dead", "--json")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(r["id"], r["endpoint"], r["last_error"]) for r in rows] == [
+        ("e0", "billing", "gone (410)"), ("e1", "billing", "gone (410)")]
+    _, out, _ = run(config, "list", "--endpoint", "crm", "--id", "e2")
+    assert out.split()[:3] == ["e2", "crm", "pending"]
+
+
+def test_retry_by_id_then_all(config: OutboxConfig) -> None:
+    assert run(config, "retry", "--id", "e0")[:2] == (0, "1 dead deliveries made pending again\n")
+    assert run(config, "retry", "--all")[:2] == (0, "1 dead deliveries made pending again\n")
+    box = Outbox.open(config.path)
+    assert sorted(r.next_at for r in box.due("billing", 4600.0, 10)) == [1000.0, 4600.0, 4600.0]
+    box.close()
+
+
+def test_retry_and_purge_need_a_selection(config: OutboxConfig) -> None:
+    code, _, err = run(config, "retry")
+    assert code == 2
+    assert "--all" in err
+
+
+def test_purge_removes_dead_only_unless_pending_is_confirmed(config: OutboxConfig) -> None:
+    assert run(config, "purge", "--endpoint", "billing")[:2] == (0, "2 dead deliveries purged\n")
+    assert run(config, "purge", "--pending", "--all")[0] == 2
+    code, out, err = run(config, "purge", "--pending", "--all", "--yes")
+    assert (code, out) == (0, "4 pending deliveries purged\n")
+    assert err == "purged 4...\n"
+    assert run(config, "stats")[1].endswith("(empty: everything was delivered)\n")
+
+
+def test_a_missing_outbox_file_is_an_error_not_a_new_file(tmp_path: Path) -> None:
+    code, _, err = run(OutboxConfig(tmp_path / "nope.sqlite3"), "stats")
+    assert code == 1
+    assert "no outbox at" in err
+    assert not (tmp_path / "nope.sqlite3").exists()

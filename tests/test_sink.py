@@ -1,0 +1,261 @@
+"""The gevent edge against a real HTTP receiver and a real SQLite file; retry timing on a fake clock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import gevent
+import gevent.queue
+import pytest
+from standardwebhooks.webhooks import Webhook
+from webhook_receiver import Hold, Receiver, Reply, Slow, refused_url
+
+from listener.errors import OutboxClosedError, OutboxError
+from listener.outbox import DEAD, PENDING
+from listener.retry import RetrySchedule
+from listener.sink import Attempted, OutboxWriter, WebhookSink
+from listener.webhook import Delivered, GiveUp, Retry
+from listener.webhook_config import OutboxConfig, WebhookConfig, decode_secret
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+KEY = decode_secret(SECRET) or b""
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = float(int(time.time()))
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def doc(n: int, **extra: Any) -> dict[str, Any]:
+    return {"id": f"call-{n}", "status": "answered", "leg": "a", "direction": "inbound", **extra}
+
+
+def endpoint(name: str, url: str, **kw: Any) -> WebhookConfig:
+    kw.setdefault("retry", RetrySchedule(delays=(5.0, 300.0), jitter=0.0, retry_after_max=900.0))
+    kw.setdefault("timeout", 2.0)
+    return WebhookConfig(name=name, url=url, key=KEY, **kw)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+class Harness:
+    def __init__(self, path: Path, webhooks: list[WebhookConfig]) -> None:
+        self.clock = FakeClock()
+        self.writer = OutboxWriter.open(OutboxConfig(path), webhooks, clock=self.clock)
+        self.sink = WebhookSink(self.writer, webhooks, clock=self.clock, rng=lambda: 0.5, poll_interval_s=5.0)
+        self.attempts: gevent.queue.Queue[Attempted] = gevent.queue.Queue()
+        self.sink.observers.append(self.attempts.put)
+
+    def next(self, timeout: float = 5.0) -> Attempted:
+        return self.attempts.get(timeout=timeout)
+
+    def rows(self, **kw: Any) -> Any:
+        return self.writer.call(self.writer.outbox.list, **kw)
+
+    def advance(self, seconds: float) -> None:
+        self.clock.now += seconds
+        self.sink.wake()
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Any]:
+    made: list[Harness] = []
+
+    def make(*webhooks: WebhookConfig) -> Harness:
+        made.append(Harness(tmp_path / "outbox.sqlite3", list(webhooks)))
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.sink.stop(1.0)
+        h.writer.close()
+
+
+def test_delivers_signed_documents_and_empties_the_outbox(harness: Any, receiver: Receiver) -> None:
+    h = harness(endpoint("crm", receiver.url()))
+    h.sink.start()
+    h.writer.put([doc(1), doc(2, caller="Zoë")])
+    got = {}
+    for _ in range(2):
+        request = receiver.get()
+        got[request.webhook_id] = Webhook(SECRET).verify(request.body, request.headers)
+    assert got == {"call-1": doc(1), "call-2": doc(2, caller="Zoë")}
+    assert {h.next().outcome, h.next().outcome} == {Delivered(200)}
+    assert h.rows() == ()
+    assert h.sink.counts[("crm", "delivered", "ok")] == 2
+
+
+def test_only_documents_matching_the_filters_are_stored(harness: Any, receiver: Receiver) -> None:
+    h = harness(endpoint("answered", receiver.url(), statuses=frozenset({"answered"})),
+                endpoint("outbound", receiver.url(), directions=frozenset({"outbound"})))
+    assert h.writer.put([doc(1), doc(2, status="busy")]) == 1
+    assert [(r.endpoint, r.event_id) for r in h.rows()] == [("answered", "call-1")]
+
+
+def test_retries_follow_the_schedule_and_retry_after_with_the_same_webhook_id(
+        harness: Any, receiver: Receiver) -> None:
+    receiver.script("/hook", Reply(503), Reply(429, {"Retry-After": "600"}), Reply(200))
+    h = harness(endpoint("crm", receiver.url()))
+    h.sink.start()
+    start = h.clock.now
+    h.writer.put([doc(1)])
+    assert h.next().outcome == Retry("server_error", 503)
+    (row,) = h.rows()
+    assert (row.attempts, row.next_at, row.last_error) == (1, start + 5.0, "server_error (503)")
+
+    h.advance(4.0)
+    with pytest.raises(gevent.queue.Empty):
+        h.next(timeout=0.2)  # not yet due: the loop looked (woken) and found nothing
+    h.advance(1.0)
+    assert h.next().outcome == Retry("throttled", 429, 600.0)
+    (row,) = h.rows()
+    assert row.next_at == start + 5.0 + 600.0  # Retry-After 600 beats the scheduled 300
+
+    h.advance(600.0)
+    attempt = h.next()
+    assert (attempt.attempt, attempt.outcome) == (3, Delivered(200))
+    assert h.rows() == ()
+    requests = receiver.received
+    assert [r.webhook_id for r in requests] == ["call-1"] * 3
+    for r in requests:  # each attempt is signed anew over its own timestamp
+        when = datetime.fromtimestamp(int(r.headers["webhook-timestamp"]), UTC)
+        assert Webhook(SECRET).sign("call-1", when, r.body.decode()) == r.headers["webhook-signature"]
+    assert [int(r.headers["webhook-timestamp"]) for r in requests] == [start, start + 5, start + 605]
+
+
+def test_schedule_exhausted_keeps_the_message_as_dead_and_retry_revives_it(
+        harness: Any, receiver: Receiver) -> None:
+    receiver.script("/hook", Reply(500), Reply(500))
+    h = harness(endpoint("crm", receiver.url(), retry=RetrySchedule(delays=(5.0,), jitter=0.0)))
+    h.sink.start()
+    h.writer.put([doc(1)])
+    assert h.next().outcome == Retry("server_error", 500)
+    h.advance(5.0)
+    assert h.next().outcome == Retry("server_error", 500)
+    (row,) = h.rows()
+    assert (row.state, row.attempts) == (DEAD, 2)
+    assert row.last_error == "schedule_exhausted after server_error (500)"
+    assert h.sink.counts[("crm", "gave_up", "schedule_exhausted")] == 1
+
+    assert h.writer.call(h.writer.outbox.retry_dead, h.clock.now) == 1
+    h.sink.wake()
+    assert h.next().outcome == Delivered(200)
+    assert h.rows() == ()
+
+
+def test_410_gone_stops_delivery_of_that_message_to_that_endpoint_only(
+        harness: Any, receiver: Receiver) -> None:
+    receiver.script("/gone", Reply(410))
+    h = harness(endpoint("gone", receiver.url("/gone")), endpoint("ok", receiver.url("/ok")))
+    h.sink.start()
+    h.writer.put([doc(1)])
+    outcomes = {(a.endpoint, a.outcome) for a in (h.next(), h.next())}
+    assert outcomes == {("gone", GiveUp("gone", 410)), ("ok", Delivered(200))}
+    (row,) = h.rows()
+    assert (row.endpoint, row.state, row.attempts, row.last_error) == ("gone", DEAD, 1, "gone (410)")
+
+
+def test_a_response_slower_than_the_timeout_is_a_read_timeout(harness: Any, receiver: Receiver) -> None:
+    receiver.script("/hook", Slow(3.0))
+    h = harness(endpoint("crm", receiver.url(), timeout=0.3))
+    h.sink.start()
+    h.writer.put([doc(1)])
+    attempt = h.next()
+    assert attempt.outcome == Retry("read_timeout")
+    assert 0.3 <= attempt.latency_s < 1.5
+    h.advance(5.0)
+    assert h.next().outcome == Delivered(200)  # a fresh connection, not the half-read one
+
+
+def test_connection_refused_is_told_apart(harness: Any) -> None:
+    h = harness(endpoint("down", refused_url()))
+    h.sink.start()
+    h.writer.put([doc(1)])
+    assert h.next().outcome == Retry("connection_refused")
+    assert h.sink.counts[("down", "failed", "connection_refused")] == 1
+    (row,) = h.rows()
+    assert (row.state, row.last_error) == (PENDING, "connection_refused")
+
+
+def test_a_dead_endpoint_does_not_delay_a_healthy_one(harness: Any, receiver: Receiver) -> None:
+    receiver.script("/dead", *[Hold()] * 2)
+    h = harness(endpoint("dead", receiver.url("/dead"), timeout=20.0, max_concurrency=2),
+                endpoint("healthy", receiver.url("/ok")))
+    h.sink.start()
+    started = time.monotonic()
+    for n in range(10):
+        h.writer.put([doc(n)])
+    delivered = [h.next() for _ in range(10)]
+    assert {a.endpoint for a in delivered} == {"healthy"}
+    assert time.monotonic() - started < 2.0
+    assert sum(1 for r in receiver.received if r.path == "/dead") == 2  # bounded concurrency
+    receiver.release()
+
+
+def test_concurrent_puts_share_commits(harness: Any, receiver: Receiver) -> None:
+    h = harness(endpoint("crm", receiver.url()))
+    commits = []
+    put = h.writer.outbox.put
+
+    def counting_put(entries: Any, now: float) -> int:
+        commits.append(len(entries))
+        return put(entries, now)
+
+    h.writer.outbox.put = counting_put
+    greenlets = [gevent.spawn(h.writer.put, [doc(n)]) for n in range(50)]
+    gevent.joinall(greenlets, timeout=5, raise_error=True)
+    assert [g.value for g in greenlets] == [1] * 50
+    assert sum(commits) == 50
+    assert len(commits) < 50
+
+
+def test_an_outbox_failure_stops_ingestion_loudly(harness: Any, receiver: Receiver) -> None:
+    h = harness(endpoint("crm", receiver.url()))
+    h.sink.start()
+    db = h.writer.outbox._db
+    (pages,) = db.execute("PRAGMA page_count").fetchone()
+    h.writer.call(db.execute, f"PRAGMA max_page_count={pages}")
+    with pytest.raises(OutboxError) as caught:
+        h.writer.put([doc(1, padding="x" * 200_000)])
+    assert caught.value.code == "SQLITE_FULL"
+    assert not h.writer.ready
+    assert not h.sink.ready
+    assert not h.sink.healthy
+    with pytest.raises(OutboxError):
+        h.writer.put([doc(2)])
+
+
+def test_stop_lets_in_flight_requests_finish_within_the_deadline(harness: Any, receiver: Receiver) -> None:
+    receiver.script("/hook", Slow(0.3))
+    h = harness(endpoint("crm", receiver.url()))
+    h.sink.start()
+    h.writer.put([doc(1)])
+    receiver.get()
+    assert h.sink.stop(deadline_s=5.0) is True
+    assert h.rows() == ()
+
+
+def test_stop_past_the_deadline_keeps_the_message_pending(harness: Any, receiver: Receiver) -> None:
+    receiver.script("/hook", Hold())
+    h = harness(endpoint("crm", receiver.url(), timeout=20.0))
+    h.sink.start()
+    h.writer.put([doc(1)])
+    receiver.get()
+    assert h.sink.stop(deadline_s=0.2) is False
+    (row,) = h.rows()
+    assert (row.state, row.attempts) == (PENDING, 0)
+    h.writer.close()
+    with pytest.raises(OutboxClosedError):
+        h.writer.put([doc(2)])

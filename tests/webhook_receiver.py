@@ -1,0 +1,155 @@
+"""A real HTTP receiver on 127.0.0.1 (port 0) with scripted failures, for webhook tests.
+
+Each path answers from its own script (then 200): ``Reply(status, headers)``, ``Slow(seconds)``
+(answers 200 after that long, or at close), ``Hold()`` (answers when ``release()`` is called).
+Requests are recorded as they arrive. Waiting is done on queues with timeouts; from a gevent
+test the wait runs on gevent's thread pool so the hub keeps running meanwhile.
+Run as a script (``python tests/webhook_receiver.py``) it prints its URL and answers 200.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import gevent
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Slow:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Hold:
+    status: int = 200
+
+
+Behaviour = Reply | Slow | Hold
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int
+
+    @property
+    def webhook_id(self) -> str:
+        return self.headers["webhook-id"]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
+    server: _Server
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        receiver = self.server.receiver
+        behaviour = receiver.next_behaviour(self.path)
+        status, headers = 200, {}
+        if isinstance(behaviour, Reply):
+            status, headers = behaviour.status, behaviour.headers
+        receiver.record(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body, status))
+        if isinstance(behaviour, Slow):
+            receiver.closing.wait(behaviour.seconds)
+        elif isinstance(behaviour, Hold):
+            receiver.released.wait(30)
+            status = behaviour.status
+        try:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+        except OSError:
+            pass  # the client gave up (timeout): nothing to answer
+        receiver.answers.put((self.headers.get("webhook-id", ""), status))
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    receiver: Receiver
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.receiver = self
+        self._scripts: dict[str, deque[Behaviour]] = defaultdict(deque)
+        self._lock = threading.Lock()
+        self.received: list[Received] = []
+        self._arrivals: queue.Queue[Received] = queue.Queue()
+        self.answers: queue.Queue[tuple[str, int]] = queue.Queue()
+        """(webhook-id, status) once each answer was written (or the client had gone)."""
+        self.released = threading.Event()
+        self.closing = threading.Event()
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+
+    def url(self, path: str = "/hook") -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}{path}"
+
+    def script(self, path: str, *behaviours: Behaviour) -> None:
+        with self._lock:
+            self._scripts[path].extend(behaviours)
+
+    def next_behaviour(self, path: str) -> Behaviour:
+        with self._lock:
+            script = self._scripts[path]
+            return script.popleft() if script else Reply()
+
+    def record(self, request: Received) -> None:
+        with self._lock:
+            self.received.append(request)
+        self._arrivals.put(request)
+
+    def get(self, timeout: float = 5.0) -> Received:
+        """The next request to arrive (raises ``queue.Empty`` after ``timeout``)."""
+        return _blocking(self._arrivals.get, timeout)
+
+    def release(self) -> None:
+        self.released.set()
+
+    def close(self) -> None:
+        self.closing.set()
+        self.released.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _blocking(get: Any, timeout: float) -> Any:
+    """Wait on a thread queue without stopping the gevent hub of this thread."""
+    return gevent.get_hub().threadpool.apply(get, (True, timeout))
+
+
+def refused_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens (connection refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/hook"
+
+
+if __name__ == "__main__":
+    receiver = Receiver()
+    print(receiver.url(), flush=True)
+    receiver.closing.wait()
