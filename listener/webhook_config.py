@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from listener.confread import TableReader
 from listener.retry import DEFAULT_DELAYS, DEFAULT_JITTER, DEFAULT_RETRY_AFTER_MAX, RetrySchedule
+from listener.spec import load_spec
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 MIN_SECRET_BYTES = 24  # Standard Webhooks: keys SHOULD be 24 to 64 bytes
@@ -103,7 +104,7 @@ def _parse_webhook(reader: TableReader) -> WebhookConfig | None:
         "connect_timeout", float, min(5.0, timeout), minimum=0, exclusive_min=True)
     config = WebhookConfig(
         name=name, url=url, key=key or b"",
-        statuses=frozenset(reader.strings("statuses")),
+        statuses=frozenset(_choices(reader, "statuses", tuple(load_spec().statuses))),
         legs=frozenset(_choices(reader, "legs", LEGS)),
         directions=frozenset(_choices(reader, "directions", DIRECTIONS)),
         timeout=timeout, connect_timeout=connect_timeout,

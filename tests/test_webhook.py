@@ -117,22 +117,23 @@ def test_full_webhook_config(tmp_path: Path) -> None:
     bundle.write_text("x")
     (config,), problems = read({"webhooks": [{
         "name": "crm", "url": "http://127.0.0.1/h", "secret_env": "CRM_SECRET",
-        "statuses": ["answered"], "legs": ["a"], "directions": ["inbound"], "timeout": 3,
+        "statuses": ["ended"], "legs": ["a"], "directions": ["inbound"], "timeout": 3,
         "connect_timeout": 1.5, "retry_schedule": [1, 2], "retry_jitter": 0.0, "retry_after_max": 60,
         "max_concurrency": 2, "ca_bundle": str(bundle)}]}, {"CRM_SECRET": SECRET})
     assert problems == []
     assert config.retry.delays == (1.0, 2.0)
     assert (config.timeout, config.connect_timeout, config.ca_bundle) == (3.0, 1.5, bundle)
-    assert config.matches({"status": "answered", "leg": "a", "direction": "inbound"})
+    assert config.matches({"status": "ended", "leg": "a", "direction": "inbound"})
     assert not config.matches({"status": "busy", "leg": "a", "direction": "inbound"})
-    assert not config.matches({"status": "answered", "leg": "b", "direction": "inbound"})
-    assert not config.matches({"status": "answered", "leg": "a", "direction": "outbound"})
+    assert not config.matches({"status": "ended", "leg": "b", "direction": "inbound"})
+    assert not config.matches({"status": "ended", "leg": "a", "direction": "outbound"})
 
 
 def test_every_problem_is_reported_with_its_path_and_never_the_secret() -> None:
     bad_secret = "whsec_!!!notbase64"
     configs, problems = read({"webhooks": [
-        {"url": "ftp://x", "secret": bad_secret, "legs": ["c"], "timeout": 0, "tiemout": 1},
+        {"url": "ftp://x", "secret": bad_secret, "legs": ["c"], "statuses": ["answered"],
+         "timeout": 0, "tiemout": 1},
         {"url": "http://a/", "secret": "whsec_" + "QUJD"},
         {"url": "http://a/"},
         {"name": "n", "url": "http://a/", "secret": SECRET},
@@ -141,6 +142,7 @@ def test_every_problem_is_reported_with_its_path_and_never_the_secret() -> None:
     assert "webhooks[0].url: must be an http(s) URL" in problems
     assert "webhooks[0].secret: must be whsec_ followed by base64" in problems
     assert any(p.startswith("webhooks[0].legs: must be among a, b") for p in problems)
+    assert any(p.startswith("webhooks[0].statuses: must be among ended, declined") for p in problems)
     assert any(p.startswith("webhooks[0].timeout: must be > 0") for p in problems)
     assert "webhooks[0].tiemout: unknown key" in problems
     assert "webhooks[1].secret: must decode to 24..64 bytes, got 3" in problems
