@@ -18,8 +18,10 @@ import structlog
 
 from listener import payload
 from listener.config import Config
+from listener.errors import OutboxError
 from listener.esl import ESLSource, EventHandler, Node
 from listener.event import HANGUP_COMPLETE, HEARTBEAT, HangupEvent
+from listener.sink import OutboxWriter, WebhookSink
 
 Classify = Callable[[HangupEvent], payload.Outcome]
 Document = dict[str, Any]
@@ -28,17 +30,25 @@ Document = dict[str, Any]
 class Sink(Protocol):
     """Where documents go before they count as handled (the durable outbox)."""
 
-    def put(self, documents: list[Document]) -> None: ...
+    def put(self, documents: list[Document]) -> object: ...
 
 
 class Pipeline:
-    """The per-event work for one node: classify, build, hand over, log one line."""
+    """The per-event work for one node: classify, build, store durably, log one line."""
 
-    def __init__(self, classify: Classify, node: Node, log: Any, sink: Sink | None = None) -> None:
+    def __init__(
+        self,
+        classify: Classify,
+        node: Node,
+        log: Any,
+        sink: Sink | None = None,
+        on_sink_failure: Callable[[OutboxError], None] | None = None,
+    ) -> None:
         self.classify = classify
         self.node = node
         self.log = log
         self.sink = sink
+        self.on_sink_failure = on_sink_failure
 
     def process(self, event: HangupEvent) -> Document:
         """The classified document for one event (pure)."""
@@ -46,9 +56,21 @@ class Pipeline:
 
     def __call__(self, event: HangupEvent) -> None:
         document = self.process(event)
-        if self.sink is not None:
-            self.sink.put([document])
+        if self.sink is not None and not self._store(document):
+            return
         self.log.info("call.classified", call=document)
+
+    def _store(self, document: Document) -> bool:
+        """Commit the document to the outbox; on failure log it whole (never lost silently)."""
+        assert self.sink is not None
+        try:
+            self.sink.put([document])
+        except OutboxError as exc:
+            self.log.error("outbox.write_failed", reason=str(exc), call=document)
+            if self.on_sink_failure is not None:
+                self.on_sink_failure(exc)
+            return False
+        return True
 
 
 class NodeHealth:
@@ -67,10 +89,24 @@ class NodeHealth:
 
 
 class App:
-    """The daemon: owns every greenlet (one group) and stops them in order."""
+    """The daemon: owns every greenlet (one group) and stops them in order.
 
-    def __init__(self, config: Config, classify: Classify, sink: Sink | None = None) -> None:
+    Order of shutdown: stop reading FreeSWITCH (events already received are still classified and
+    committed), then let webhook requests in flight finish within the deadline, then close the
+    outbox. Everything not yet delivered stays in the outbox for the next start.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        classify: Classify,
+        sink: Sink | None = None,
+        delivery: WebhookSink | None = None,
+    ) -> None:
         self.config = config
+        self.sink = sink
+        self.delivery = delivery
+        self.ingesting = True
         self.log = structlog.get_logger("listener")
         self.group = gevent.pool.Group()
         self.stopping = gevent.event.Event()
@@ -80,23 +116,45 @@ class App:
             node_log = self.log.bind(node=node.name)
             self.health[node.name] = NodeHealth(node_log)
             handlers: dict[str, EventHandler] = {
-                HANGUP_COMPLETE: Pipeline(classify, node, node_log, sink),
+                HANGUP_COMPLETE: Pipeline(classify, node, node_log, sink, self._sink_failed),
                 HEARTBEAT: self.health[node.name],
             }
             self.sources.append(ESLSource(node, config.esl, handlers, self.log))
 
+    @classmethod
+    def from_config(cls, config: Config) -> App:
+        """The daemon for ``config``: with webhooks, the outbox is opened (and resumed) first."""
+        if not config.webhooks:
+            return cls(config, config.classifier.classify)
+        writer = OutboxWriter.open(config.outbox, config.webhooks)
+        return cls(config, config.classifier.classify, writer, WebhookSink(writer, config.webhooks))
+
     def start(self) -> None:
-        """Start one greenlet per node."""
+        """Start delivery (pending messages resume), then one greenlet per node."""
+        if self.delivery is not None:
+            self.delivery.start()
         self.log.info("listener.started", nodes=[node.name for node in self.config.nodes])
         for source in self.sources:
             self.group.spawn(source.run)
 
+    def _sink_failed(self, exc: OutboxError) -> None:
+        """The outbox cannot take documents: stop ingesting, loudly; delivery of what is stored goes on."""
+        if self.ingesting:
+            self.ingesting = False
+            self.log.critical("listener.ingestion_stopped", reason=str(exc))
+            for source in self.sources:
+                source.stop()
+
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop reconnecting, drop connections, let queued events finish (within ``timeout``)."""
+        """Stop reading, let queued events finish, then in-flight deliveries, then close the outbox."""
         for source in self.sources:
             source.stop()
         self.group.join(timeout=timeout)
         self.group.kill(timeout=1)
+        if self.delivery is not None:
+            self.delivery.stop(deadline_s=timeout)
+        if isinstance(self.sink, OutboxWriter):
+            self.sink.close()
         self.log.info("listener.stopped")
 
     def run_forever(self) -> None:

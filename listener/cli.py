@@ -1,4 +1,4 @@
-"""Command line: ``run`` (the daemon), ``classify`` (saved ESL traffic), ``check-config``.
+"""Command line: ``run`` (the daemon), ``classify`` (saved ESL traffic), ``check-config``, ``outbox``.
 
 gevent's monkey-patching happens here, first, and only for ``run``. Exit codes follow sysexits:
 78 (EX_CONFIG) for an invalid configuration, 65 (EX_DATAERR) for unusable ``classify`` input.
@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import TextIO
 
 from listener import __version__
+from listener.outbox_cli import add_outbox_parser
 
 EX_OK = 0
 EX_DATAERR = 65
 EX_NOINPUT = 66
+EX_IOERR = 74
 EX_CONFIG = 78
 
 
@@ -44,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a configuration, report every problem")
     check.add_argument("--config", type=Path, help="TOML configuration")
     check.set_defaults(func=_check_config)
+
+    outbox = add_outbox_parser(commands)
+    outbox.add_argument("--config", type=Path, help="TOML configuration (for its [outbox] path)")
+    outbox.set_defaults(func=_outbox)
     return parser
 
 
@@ -75,12 +81,18 @@ def _load(path: Path | None, err: TextIO) -> object | None:
 def _run(args: argparse.Namespace) -> int:
     from listener import app, logs  # noqa: PLC0415 - imported after monkey-patching
     from listener.config import Config  # noqa: PLC0415
+    from listener.errors import OutboxError  # noqa: PLC0415
 
     cfg = _load(args.config, sys.stderr)
     if not isinstance(cfg, Config):
         return EX_CONFIG
     logs.configure(cfg.log.level)
-    app.App(cfg, cfg.classifier.classify).run_forever()
+    try:
+        daemon = app.App.from_config(cfg)
+    except OutboxError as exc:
+        print(f"hangup-listener: cannot open the outbox {cfg.outbox.path}: {exc}", file=sys.stderr)
+        return EX_IOERR
+    daemon.run_forever()
     return EX_OK
 
 
@@ -111,6 +123,16 @@ def _classify(args: argparse.Namespace) -> int:
             code = EX_DATAERR
     sys.stdout.flush()
     return code
+
+
+def _outbox(args: argparse.Namespace) -> int:
+    from listener.config import Config  # noqa: PLC0415
+    from listener.outbox_cli import run_outbox_command  # noqa: PLC0415
+
+    cfg = _load(args.config, sys.stderr)
+    if not isinstance(cfg, Config):
+        return EX_CONFIG
+    return run_outbox_command(args, cfg.outbox)
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -19,6 +19,13 @@ from listener.errors import ConfigError
 from listener.esl import ESLSettings, Node
 from listener.frame import DEFAULT_MAX_FRAME_BYTES
 from listener.logs import LEVELS
+from listener.webhook_config import (
+    OutboxConfig,
+    WebhookConfig,
+    default_outbox_path,
+    parse_outbox,
+    parse_webhooks,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +41,8 @@ class Config:
     esl: ESLSettings = field(default_factory=ESLSettings)
     log: LogConfig = field(default_factory=LogConfig)
     classifier: Classifier = field(default_factory=default_classifier)
+    webhooks: tuple[WebhookConfig, ...] = ()
+    outbox: OutboxConfig = field(default_factory=lambda: OutboxConfig(path=default_outbox_path(os.environ)))
     source: str | None = None
 
 
@@ -102,6 +111,8 @@ def from_mapping(
         esl=_esl(root.table_at("esl")),
         log=_log(root.table_at("log")),
         classifier=parse_classification(root.table_at("classification")),
+        webhooks=parse_webhooks(root),
+        outbox=parse_outbox(root),
         source=source,
     )
     root.reject_unknown()

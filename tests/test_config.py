@@ -8,6 +8,7 @@ import pytest
 
 from listener import config
 from listener.errors import ConfigError
+from listener.event import HangupEvent
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "listener.example.toml"
 
@@ -30,10 +31,21 @@ def test_no_file_means_freeswitch_stock_settings() -> None:
 def test_the_example_configuration_is_valid(tmp_path: Path) -> None:
     secret = tmp_path / "esl-password"
     secret.write_text("s3cret\n")
+    (tmp_path / "crm-webhook-secret").write_text("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n")
     environ = {"ESL_PASSWORD_PBX2": "from-env", "CREDENTIALS_DIRECTORY": str(tmp_path)}
     cfg = config.load(EXAMPLE, environ=environ)
     assert [n.name for n in cfg.nodes] == ["pbx1", "pbx2"]
     assert cfg.nodes[0].password == "s3cret"
+    assert [w.name for w in cfg.webhooks] == ["crm"]
+    survey = HangupEvent.from_headers({
+        "Event-Name": "CHANNEL_HANGUP_COMPLETE", "Hangup-Cause": "NORMAL_CLEARING",
+        "Call-Direction": "inbound",
+        "variable_answer_epoch": "1795728797", "variable_sip_hangup_disposition": "recv_bye",
+        "variable_survey_active": "true",
+    })
+    outcome = cfg.classifier.classify(survey)
+    assert (outcome.status, outcome.bye_reason) == ("abandoned", "Abandoned_Survey")
+    assert outcome.last_response_code == 951
     assert cfg.nodes[1].password == "from-env"
 
 

@@ -1,0 +1,166 @@
+"""The whole daemon as a subprocess: fake FreeSWITCH -> classify -> outbox -> signed webhooks.
+
+SIGKILL mid-delivery then a restart loses nothing (duplicates only with the same webhook-id);
+SIGTERM lets requests in flight finish and exits 0; a dead endpoint does not delay a healthy one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import gevent
+import pytest
+from standardwebhooks.webhooks import Webhook
+from webhook_receiver import Hold, Receiver, Reply, refused_url
+
+from listener.event import HangupEvent
+from tests.fakeesl import FakeFreeSWITCH, Session, capture_bodies, event_frame, with_header
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def write_config(tmp_path: Path, fake: FakeFreeSWITCH, *urls: str) -> Path:
+    config = tmp_path / "listener.toml"
+    hooks = "".join(
+        f'[[webhooks]]\nname = "hook{n}"\nurl = "{url}"\nsecret = "{SECRET}"\n'
+        f"timeout = 2\nretry_schedule = [0.2, 0.2, 0.2, 0.2, 0.2]\nretry_jitter = 0\n"
+        for n, url in enumerate(urls)
+    )
+    config.write_text(
+        f'[[freeswitch]]\nname = "lab"\nport = {fake.port}\n'
+        f"[esl]\nbackoff_initial = 0.05\nbackoff_max = 0.2\n"
+        f'[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\nsynchronous = "normal"\n{hooks}'
+    )
+    return config
+
+
+def start_daemon(config: Path, *, read_log: bool = False) -> subprocess.Popen[bytes]:
+    """The daemon; with ``read_log`` its stdout is a pipe the test must keep reading."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "listener", "run", "--config", str(config)],
+        stdout=subprocess.PIPE if read_log else subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def wait_classified(daemon: subprocess.Popen[bytes], count: int) -> None:
+    """Read the daemon's log until ``count`` calls were classified (each logged after its commit)."""
+    assert daemon.stdout is not None
+    seen = 0
+    while seen < count:
+        line = gevent.get_hub().threadpool.apply(daemon.stdout.readline)
+        assert line, "the daemon exited"
+        seen += json.loads(line)["event"] == "call.classified"
+
+
+def bodies(count: int) -> list[bytes]:
+    template = capture_bodies("uas_486")[0]
+    return [with_header(template, "Unique-ID", f"call-{n:04d}") for n in range(count)]
+
+
+def send(session: Session, events: list[bytes]) -> None:
+    session.send(b"".join(event_frame(body) for body in events))
+
+
+def verified_ids(receiver: Receiver, path: str = "/hook") -> list[str]:
+    """Every received webhook-id on ``path``, each signature checked by the reference library."""
+    verifier = Webhook(SECRET)
+    ids = []
+    for request in [r for r in receiver.received if r.path == path]:
+        payload = verifier.verify(request.body, request.headers)
+        assert payload["id"] == request.webhook_id
+        ids.append(request.webhook_id)
+    return ids
+
+
+def expected_ids(events: list[bytes]) -> set[str]:
+    from listener.payload import document_id  # noqa: PLC0415
+
+    return {document_id(e.core_uuid, e.unique_id) for e in map(HangupEvent.from_plain, events)}
+
+
+def test_sigkill_mid_delivery_then_restart_loses_nothing(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.script("/hook", *[Reply(200)] * 5, *[Hold()] * 4)
+    events = bodies(30)
+    with FakeFreeSWITCH() as fake:
+        config = write_config(tmp_path, fake, receiver.url())
+        daemon = start_daemon(config, read_log=True)
+        try:
+            send(fake.next_session(timeout=15), events)
+            wait_classified(daemon, len(events))  # every event read is committed
+            for _ in range(9):
+                receiver.get(timeout=15)  # 5 answered, 4 held in flight: kill now
+            daemon.send_signal(signal.SIGKILL)
+            assert daemon.wait(timeout=10) == -signal.SIGKILL
+        finally:
+            daemon.kill()
+        receiver.release()
+        restarted = start_daemon(config)
+        try:
+            fake.next_session(timeout=15)
+            want = expected_ids(events)
+            while set(verified_ids(receiver)) != want:
+                receiver.get(timeout=15)
+            restarted.send_signal(signal.SIGTERM)
+            assert restarted.wait(timeout=15) == 0
+        finally:
+            restarted.kill()
+    ids = verified_ids(receiver)
+    assert set(ids) == want
+    assert len(ids) - len(want) <= 4  # duplicates: at most the ones in flight, same webhook-id
+
+
+def test_sigterm_lets_requests_in_flight_finish_keeps_the_rest(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.script("/hook", *[Hold()] * 4)
+    events = bodies(10)
+    with FakeFreeSWITCH() as fake:
+        daemon = start_daemon(write_config(tmp_path, fake, receiver.url()))
+        try:
+            send(fake.next_session(timeout=15), events)
+            for _ in range(4):
+                receiver.get(timeout=15)
+            daemon.send_signal(signal.SIGTERM)
+            receiver.release()
+            assert daemon.wait(timeout=20) == 0
+        finally:
+            daemon.kill()
+    answered = [receiver.answers.get(timeout=5) for _ in range(4)]
+    assert all(status == 200 for _, status in answered)
+    stats = subprocess.run(
+        [sys.executable, "-m", "listener", "outbox", "--config", str(tmp_path / "listener.toml"), "list",
+         "--state", "all", "--json"],
+        capture_output=True, check=True, timeout=30,
+    )
+    delivered = set(verified_ids(receiver))
+    left = {json.loads(line)["id"] for line in stats.stdout.decode().splitlines()}
+    assert delivered | left == expected_ids(events)  # nothing lost: delivered, or still pending
+    assert not delivered & left
+
+
+def test_a_dead_endpoint_does_not_delay_a_healthy_one(tmp_path: Path, receiver: Receiver) -> None:
+    events = bodies(20)
+    with FakeFreeSWITCH() as fake:
+        daemon = start_daemon(write_config(tmp_path, fake, refused_url(), receiver.url()))
+        try:
+            send(fake.next_session(timeout=15), events)
+            while len(set(verified_ids(receiver))) < len(events):
+                receiver.get(timeout=15)
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=20) == 0
+        finally:
+            daemon.kill()
+    assert set(verified_ids(receiver)) == expected_ids(events)
