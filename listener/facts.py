@@ -7,29 +7,19 @@ reports them. Pure functions of a ``HangupEvent``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Literal
 
 from listener.event import HangupEvent
+from listener.spec import read_data
 
 Leg = Literal["a", "b"]
 HangupBy = Literal["caller", "callee", "system", "unknown"]
 
-#: Causes that FreeSWITCH itself produces (API, timers, media), never one of the parties.
-SYSTEM_CAUSES = frozenset(
-    {
-        "MANAGER_REQUEST",
-        "MEDIA_TIMEOUT",
-        "ALLOTTED_TIMEOUT",
-        "PROGRESS_TIMEOUT",
-        "LOSE_RACE",
-        "PICKED_OFF",
-        "SYSTEM_SHUTDOWN",
-        "CRASH",
-        "GATEWAY_DOWN",
-        "USER_NOT_REGISTERED",
-        "SUBSCRIBER_ABSENT",
-    }
-)
+@cache
+def system_causes() -> frozenset[str]:
+    """Causes FreeSWITCH itself produces (API, timers, media): ``[lists] system_causes`` in rules.toml."""
+    return frozenset(read_data("rules.toml")["lists"]["system_causes"])
 
 
 def leg_of(event: HangupEvent) -> Leg:
@@ -53,7 +43,7 @@ def sip_status_of(event: HangupEvent) -> int | None:
 def hangup_by_of(event: HangupEvent, leg: Leg) -> HangupBy:
     """Who ended this leg, from ``sip_hangup_disposition``: ``recv_*`` is the far end of this leg."""
     disposition = event.sip_hangup_disposition or ""
-    if event.hangup_cause in SYSTEM_CAUSES:
+    if event.hangup_cause in system_causes():
         return "system"
     if disposition.startswith("recv_"):
         return "caller" if leg == "a" else "callee"
