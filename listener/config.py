@@ -6,6 +6,7 @@ With no file at all the defaults apply: one node at 127.0.0.1:8021 with password
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -27,6 +28,26 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """The HTTP listener for /livez, /readyz and /metrics."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9468
+
+
+MASK_MODES = ("none", "mask", "hash")
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyConfig:
+    """How caller and callee numbers appear in the ``call.classified`` log line."""
+
+    mask_numbers: str = "none"
+    hash_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole, validated configuration."""
 
@@ -34,6 +55,8 @@ class Config:
     esl: ESLSettings = field(default_factory=ESLSettings)
     log: LogConfig = field(default_factory=LogConfig)
     classifier: Classifier = field(default_factory=default_classifier)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     source: str | None = None
 
 
@@ -91,6 +114,33 @@ def _log(reader: TableReader) -> LogConfig:
     return LogConfig(level=level)
 
 
+def _health(reader: TableReader) -> HealthConfig:
+    d = HealthConfig()
+    enabled = reader.boolean("enabled", d.enabled)
+    host = reader.string("host", d.host)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            reader.problem("host", f"must be an IP address (or localhost), got {host!r}")
+            host = d.host
+    port = reader.number("port", int, d.port, minimum=0, maximum=65535)
+    reader.reject_unknown()
+    return HealthConfig(enabled=enabled, host=host, port=port)
+
+
+def _privacy(reader: TableReader) -> PrivacyConfig:
+    mode = reader.string("mask_numbers", "none", choices=MASK_MODES)
+    known = len(reader.problems.items)
+    key = reader.secret("hash_key")
+    if mode == "hash" and key is None and len(reader.problems.items) == known:
+        reader.problem("hash_key", 'required when mask_numbers = "hash" (or hash_key_file, hash_key_env)')
+    elif key is not None and len(key) < 16:
+        reader.problem("hash_key", "must be at least 16 characters")
+    reader.reject_unknown()
+    return PrivacyConfig(mask_numbers=mode, hash_key=key)
+
+
 def from_mapping(
     data: Mapping[str, Any], *, source: str | None = None, environ: Mapping[str, str] | None = None
 ) -> Config:
@@ -102,6 +152,8 @@ def from_mapping(
         esl=_esl(root.table_at("esl")),
         log=_log(root.table_at("log")),
         classifier=parse_classification(root.table_at("classification")),
+        health=_health(root.table_at("health")),
+        privacy=_privacy(root.table_at("privacy")),
         source=source,
     )
     root.reject_unknown()
