@@ -145,9 +145,9 @@ class App:
 
     def run_forever(self) -> None:
         """Run until SIGTERM or SIGINT; the handlers only record the signal, this loop acts on it."""
-        self.start()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # before READY=1 is sent
             gevent.signal_handler(signum, self._on_signal, signum)
+        self.start()
         while not self.stopping.is_set():
             self._wakeup.wait()
             self._wakeup.clear()

@@ -29,7 +29,8 @@ def test_health_listens_on_loopback_9468_by_default_and_can_be_turned_off(tmp_pa
 
 
 def test_health_problems_are_named_by_their_path(tmp_path: Path) -> None:
-    problems = problems_of('[health]\nenabled = "yes"\nhost = "example.com"\nport = 70000\nprot = 1\n', tmp_path)
+    text = '[health]\nenabled = "yes"\nhost = "example.com"\nport = 70000\nprot = 1\n'
+    problems = problems_of(text, tmp_path)
     assert problems == (
         "health.enabled: must be true or false, got str",
         "health.host: must be an IP address (or localhost), got 'example.com'",
