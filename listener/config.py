@@ -1,5 +1,7 @@
 """Load the TOML configuration into frozen, validated values; every problem reported together.
 
+``HANGUP_LISTENER_<SECTION>__<KEY>`` variables override the file (``listener.envconf``).
+
 With no file at all the defaults apply: one node at 127.0.0.1:8021 with password ClueCon
 (FreeSWITCH's stock ``event_socket.conf.xml``), JSON logs on stdout.
 """
@@ -16,6 +18,7 @@ from typing import Any
 
 from listener.classify import Classifier, default_classifier, parse_classification
 from listener.confread import Problems, TableReader
+from listener.envconf import Overrides
 from listener.errors import ConfigError
 from listener.esl import ESLSettings, Node
 from listener.frame import DEFAULT_MAX_FRAME_BYTES
@@ -163,10 +166,20 @@ def from_mapping(
 
 
 def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a TOML file (None: the defaults)."""
-    if path is None:
-        return from_mapping({}, environ=environ)
-    file = Path(path)
+    """Read a TOML file (None: the defaults), apply ``HANGUP_LISTENER_*`` variables, validate."""
+    data = {} if path is None else _read(Path(path))
+    overrides = Overrides(data, os.environ if environ is None else environ)
+    source = None if path is None else str(Path(path))
+    try:
+        config = from_mapping(overrides.data, source=source, environ=environ)
+    except ConfigError as exc:
+        raise ConfigError([*overrides.problems, *overrides.annotate(exc.problems)]) from None
+    if overrides.problems:
+        raise ConfigError(overrides.problems)
+    return config
+
+
+def _read(file: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(file.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -175,4 +188,4 @@ def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None 
         raise ConfigError([f"{file}: not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{file}: not valid TOML: {exc}"]) from None
-    return from_mapping(data, source=str(file), environ=environ)
+    return data
