@@ -173,3 +173,21 @@ def test_the_health_listener_can_be_turned_off() -> None:
         app.stop(timeout=5)
     assert app.service.server is None
     assert not [e for e in logs if e["event"] == "health.listening"]
+
+
+def test_the_watchdog_is_withheld_while_a_liveness_check_fails_and_resumes_after(
+    notify_socket: gevent.socket.socket,
+) -> None:
+    app = App(Config(nodes=(Node("n", port=1),), esl=FAST, health=HealthConfig(enabled=False)),
+              default_classifier().classify)
+    stuck = {"delivery": "loop stuck"}
+    app.service.liveness.add("delivery", lambda: stuck.get("delivery"))
+    with capture_logs() as logs:
+        assert app.service.ping() is False
+        assert app.service.ping() is False
+        del stuck["delivery"]
+        assert app.service.ping() is True
+    assert notify_socket.recv(4096) == b"WATCHDOG=1"
+    events = [e["event"] for e in logs]
+    assert events == ["watchdog.ping_withheld", "watchdog.ping_resumed"]
+    assert logs[0]["problems"] == ["delivery: loop stuck"]

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import structlog
+from structlog.testing import capture_logs
+
+from listener.app import Pipeline
+from listener.classify import default_classifier
 from listener.config import PrivacyConfig
+from listener.esl import Node
+from listener.event import HangupEvent
 from listener.privacy import Redactor, keyed_hash, mask
+from tests.fakeesl import capture_bodies
 
 DOCUMENT = {"caller_number": "+4930123456", "destination_number": "1001", "caller_name": "Alice",
             "status": "busy"}
@@ -37,3 +45,20 @@ def test_empty_or_missing_numbers_stay_as_they_are() -> None:
     redact = Redactor(PrivacyConfig(mask_numbers="mask"))
     assert redact({"caller_number": "", "destination_number": None}) == {
         "caller_number": "", "destination_number": None}
+
+
+def test_the_log_line_is_masked_the_sink_keeps_the_numbers() -> None:
+    class Keep:
+        def __init__(self) -> None:
+            self.documents: list[dict[str, object]] = []
+
+        def put(self, documents: list[dict[str, object]]) -> None:
+            self.documents += documents
+
+    sink = Keep()
+    with capture_logs() as logs:
+        pipeline = Pipeline(default_classifier().classify, Node("lab"), structlog.get_logger(), sink,
+                            redact=Redactor(PrivacyConfig(mask_numbers="mask")))
+        pipeline(HangupEvent.from_plain(capture_bodies("uas_486")[0]))
+    assert sink.documents[0]["caller_number"] == "5551000"
+    assert logs[0]["call"]["caller_number"] == "*****00"
