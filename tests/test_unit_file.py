@@ -38,7 +38,7 @@ def test_the_unit_has_a_dynamic_user_a_state_directory_credentials_and_hardening
     unit = directives()
     assert unit["DynamicUser"] == ["yes"]
     assert unit["StateDirectory"] == ["hangup-listener"]
-    assert [c.split(":")[0] for c in unit["LoadCredential"]] == ["esl-password", "webhook-key"]
+    assert unit["LoadCredential"] == ["esl-password:/etc/hangup-listener/credentials/esl-password"]
     assert unit["CapabilityBoundingSet"] == [""]
     for key in ("ProtectSystem", "NoNewPrivileges", "PrivateTmp", "SystemCallFilter"):
         assert key in unit, key
