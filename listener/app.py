@@ -1,13 +1,17 @@
-"""Wiring: one ESL source per FreeSWITCH node feeding the pipeline; signals; orderly shutdown.
+"""Wiring: one ESL source per FreeSWITCH node feeding the pipeline; signals; reload; orderly shutdown.
 
 The per-event work (``Pipeline``) is plain synchronous code: classify, build the document, hand it
 to the sink (the durable outbox, when configured), then write the one ``call.classified`` line.
-Only this module and ``listener.esl`` touch gevent.
+Signal handlers only record the signal; ``run_forever`` acts on it: SIGTERM/SIGINT stop, SIGHUP
+reloads the rules (and whatever registered in ``reload_hooks``) without touching the connections.
+Health, metrics and systemd notifications are ``listener.service``'s.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import signal
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -16,15 +20,25 @@ import gevent.event
 import gevent.pool
 import structlog
 
-from listener import payload
+from listener import config as configuration
+from listener import logs, payload
 from listener.config import Config
-from listener.errors import OutboxError
+from listener.errors import ConfigError, OutboxError
 from listener.esl import ESLSource, EventHandler, Node
 from listener.event import HANGUP_COMPLETE, HEARTBEAT, HangupEvent
-from listener.sink import OutboxWriter, WebhookSink
+from listener.health import Check
+from listener.metrics import Metrics
+from listener.outbox import EndpointStats, with_endpoints
+from listener.privacy import Redactor
+from listener.service import Service
+from listener.sink import Attempted, OutboxWriter, WebhookSink
 
 Classify = Callable[[HangupEvent], payload.Outcome]
 Document = dict[str, Any]
+Redact = Callable[[Document], Any]
+_OUTCOMES = {"Delivered": "delivered", "Retry": "failed", "GiveUp": "gave_up"}
+RELOADED = ("classifier", "privacy", "log")
+"""What SIGHUP changes in place; every other section needs a restart."""
 
 
 class Sink(Protocol):
@@ -42,13 +56,18 @@ class Pipeline:
         node: Node,
         log: Any,
         sink: Sink | None = None,
+        *,
         on_sink_failure: Callable[[OutboxError], None] | None = None,
+        metrics: Metrics | None = None,
+        redact: Redact | None = None,
     ) -> None:
         self.classify = classify
         self.node = node
         self.log = log
         self.sink = sink
         self.on_sink_failure = on_sink_failure
+        self.metrics = metrics
+        self.redact = redact
 
     def process(self, event: HangupEvent) -> Document:
         """The classified document for one event (pure)."""
@@ -58,7 +77,9 @@ class Pipeline:
         document = self.process(event)
         if self.sink is not None and not self._store(document):
             return
-        self.log.info("call.classified", call=document)
+        if self.metrics is not None:
+            self.metrics.call_classified(self.node.name, document)
+        self.log.info("call.classified", call=self.redact(document) if self.redact else document)
 
     def _store(self, document: Document) -> bool:
         """Commit the document to the outbox; on failure log it whole (never lost silently)."""
@@ -110,16 +131,28 @@ class App:
         self.log = structlog.get_logger("listener")
         self.group = gevent.pool.Group()
         self.stopping = gevent.event.Event()
+        self.metrics = Metrics()
         self.sources: list[ESLSource] = []
+        self.pipelines: list[Pipeline] = []
         self.health: dict[str, NodeHealth] = {}
+        self.reload_hooks: list[Callable[[Config], None]] = []
+        self._wakeup = gevent.event.Event()
+        self._reload_requested = False
+        redact = Redactor(config.privacy)
         for node in config.nodes:
             node_log = self.log.bind(node=node.name)
             self.health[node.name] = NodeHealth(node_log)
-            handlers: dict[str, EventHandler] = {
-                HANGUP_COMPLETE: Pipeline(classify, node, node_log, sink, self._sink_failed),
-                HEARTBEAT: self.health[node.name],
-            }
+            pipeline = Pipeline(
+                classify, node, node_log, sink,
+                on_sink_failure=self._sink_failed, metrics=self.metrics, redact=redact,
+            )
+            self.pipelines.append(pipeline)
+            handlers: dict[str, EventHandler] = {HANGUP_COMPLETE: pipeline, HEARTBEAT: self.health[node.name]}
             self.sources.append(ESLSource(node, config.esl, handlers, self.log))
+        self.metrics.watch_sources(self.sources)
+        self.service = Service(self.sources, self.health, config.health, self.metrics, self.log)
+        if delivery is not None and isinstance(sink, OutboxWriter):
+            self._watch_delivery(sink, delivery)
 
     @classmethod
     def from_config(cls, config: Config) -> App:
@@ -130,12 +163,36 @@ class App:
         return cls(config, config.classifier.classify, writer, WebhookSink(writer, config.webhooks))
 
     def start(self) -> None:
-        """Start delivery (pending messages resume), then one greenlet per node."""
+        """Start delivery (pending messages resume), one greenlet per node, the health listener, READY=1."""
         if self.delivery is not None:
             self.delivery.start()
         self.log.info("listener.started", nodes=[node.name for node in self.config.nodes])
-        for source in self.sources:
-            self.group.spawn(source.run)
+        loops = {source.node.name: self.group.spawn(source.run) for source in self.sources}
+        self.service.start(loops)
+
+    def _watch_delivery(self, writer: OutboxWriter, delivery: WebhookSink) -> None:
+        """Readiness, liveness and metrics of the outbox and the webhook endpoints."""
+        self.service.readiness.add("outbox", lambda: Check(
+            ok=writer.ready and self.ingesting,
+            details={"writable": writer.ready, "ingesting": self.ingesting,
+                     "failure": type(writer.failure).__name__ if writer.failure else None}))
+        self.service.readiness.add("endpoints", lambda: Check(
+            ok=delivery.healthy,
+            details={name: {"crashed": e.crashed is not None} for name, e in delivery.endpoints.items()}),
+            required=False)
+        self.service.liveness.add(
+            "delivery", lambda: None if delivery.healthy else "webhook delivery loop or outbox failed")
+        delivery.observers.append(self._delivery_attempted)
+        names = tuple(delivery.endpoints)
+
+        def outbox_stats() -> tuple[EndpointStats, ...]:
+            return with_endpoints(writer.call(writer.outbox.stats, time.time()), names)
+
+        self.metrics.watch_outbox(outbox_stats)
+
+    def _delivery_attempted(self, attempt: Attempted) -> None:
+        outcome = _OUTCOMES[type(attempt.outcome).__name__]
+        self.metrics.delivery_attempted(attempt.endpoint, outcome, attempt.latency_s)
 
     def _sink_failed(self, exc: OutboxError) -> None:
         """The outbox cannot take documents: stop ingesting, loudly; delivery of what is stored goes on."""
@@ -147,6 +204,7 @@ class App:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop reading, let queued events finish, then in-flight deliveries, then close the outbox."""
+        self.service.stopping()
         for source in self.sources:
             source.stop()
         self.group.join(timeout=timeout)
@@ -155,16 +213,52 @@ class App:
             self.delivery.stop(deadline_s=timeout)
         if isinstance(self.sink, OutboxWriter):
             self.sink.close()
+        self.service.stop()
         self.log.info("listener.stopped")
+
+    def reload(self) -> bool:
+        """Re-read and validate the configuration; apply it, or keep the old one and log every problem."""
+        try:
+            new = configuration.load(self.config.source)
+        except ConfigError as exc:
+            self.log.error("config.reload_failed", source=self.config.source, problems=list(exc.problems))
+            return False
+        if new.log != self.config.log:
+            logs.configure(new.log.level)
+        redact = Redactor(new.privacy)
+        for pipeline in self.pipelines:
+            pipeline.classify, pipeline.redact = new.classifier.classify, redact
+        for hook in self.reload_hooks:
+            hook(new)
+        restart = _restart_required(self.config, new)
+        self.config = dataclasses.replace(self.config, **{name: getattr(new, name) for name in RELOADED})
+        self.log.info("config.reloaded", source=self.config.source, restart_required_for=restart)
+        return True
 
     def run_forever(self) -> None:
         """Run until SIGTERM or SIGINT; the handlers only record the signal, this loop acts on it."""
-        self.start()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # before READY=1 is sent
             gevent.signal_handler(signum, self._on_signal, signum)
-        self.stopping.wait()
+        self.start()
+        while not self.stopping.is_set():
+            self._wakeup.wait()
+            self._wakeup.clear()
+            if self._reload_requested and not self.stopping.is_set():
+                self._reload_requested = False
+                self.reload()
         self.stop()
 
     def _on_signal(self, signum: int) -> None:
+        """Record the signal; ``run_forever`` acts on it."""
         self.log.info("listener.signal_received", signal=signal.Signals(signum).name)
-        self.stopping.set()
+        if signum == signal.SIGHUP:
+            self._reload_requested = True
+        else:
+            self.stopping.set()
+        self._wakeup.set()
+
+
+def _restart_required(old: Config, new: Config) -> list[str]:
+    """The sections that changed but are only read at start (nodes, esl, health, ...)."""
+    fixed = [f.name for f in dataclasses.fields(Config) if f.name not in (*RELOADED, "source")]
+    return [name for name in fixed if getattr(new, name) != getattr(old, name)]

@@ -1,11 +1,14 @@
 """Load the TOML configuration into frozen, validated values; every problem reported together.
 
+``HANGUP_LISTENER_<SECTION>__<KEY>`` variables override the file (``listener.envconf``).
+
 With no file at all the defaults apply: one node at 127.0.0.1:8021 with password ClueCon
 (FreeSWITCH's stock ``event_socket.conf.xml``), JSON logs on stdout.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -15,6 +18,7 @@ from typing import Any
 
 from listener.classify import Classifier, default_classifier, parse_classification
 from listener.confread import Problems, TableReader
+from listener.envconf import Overrides
 from listener.errors import ConfigError
 from listener.esl import ESLSettings, Node
 from listener.frame import DEFAULT_MAX_FRAME_BYTES
@@ -34,6 +38,26 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """The HTTP listener for /livez, /readyz and /metrics."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9468
+
+
+MASK_MODES = ("none", "mask", "hash")
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyConfig:
+    """How caller and callee numbers appear in the ``call.classified`` log line."""
+
+    mask_numbers: str = "none"
+    hash_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole, validated configuration."""
 
@@ -43,6 +67,8 @@ class Config:
     classifier: Classifier = field(default_factory=default_classifier)
     webhooks: tuple[WebhookConfig, ...] = ()
     outbox: OutboxConfig = field(default_factory=lambda: OutboxConfig(path=default_outbox_path(os.environ)))
+    health: HealthConfig = field(default_factory=HealthConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     source: str | None = None
 
 
@@ -100,6 +126,33 @@ def _log(reader: TableReader) -> LogConfig:
     return LogConfig(level=level)
 
 
+def _health(reader: TableReader) -> HealthConfig:
+    d = HealthConfig()
+    enabled = reader.boolean("enabled", d.enabled)
+    host = reader.string("host", d.host)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            reader.problem("host", f"must be an IP address (or localhost), got {host!r}")
+            host = d.host
+    port = reader.number("port", int, d.port, minimum=0, maximum=65535)
+    reader.reject_unknown()
+    return HealthConfig(enabled=enabled, host=host, port=port)
+
+
+def _privacy(reader: TableReader) -> PrivacyConfig:
+    mode = reader.string("mask_numbers", "none", choices=MASK_MODES)
+    known = len(reader.problems.items)
+    key = reader.secret("hash_key")
+    if mode == "hash" and key is None and len(reader.problems.items) == known:
+        reader.problem("hash_key", 'required when mask_numbers = "hash" (or hash_key_file, hash_key_env)')
+    elif key is not None and len(key) < 16:
+        reader.problem("hash_key", "must be at least 16 characters")
+    reader.reject_unknown()
+    return PrivacyConfig(mask_numbers=mode, hash_key=key)
+
+
 def from_mapping(
     data: Mapping[str, Any], *, source: str | None = None, environ: Mapping[str, str] | None = None
 ) -> Config:
@@ -113,6 +166,8 @@ def from_mapping(
         classifier=parse_classification(root.table_at("classification")),
         webhooks=parse_webhooks(root),
         outbox=parse_outbox(root),
+        health=_health(root.table_at("health")),
+        privacy=_privacy(root.table_at("privacy")),
         source=source,
     )
     root.reject_unknown()
@@ -122,10 +177,20 @@ def from_mapping(
 
 
 def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a TOML file (None: the defaults)."""
-    if path is None:
-        return from_mapping({}, environ=environ)
-    file = Path(path)
+    """Read a TOML file (None: the defaults), apply ``HANGUP_LISTENER_*`` variables, validate."""
+    data = {} if path is None else _read(Path(path))
+    overrides = Overrides(data, os.environ if environ is None else environ)
+    source = None if path is None else str(Path(path))
+    try:
+        config = from_mapping(overrides.data, source=source, environ=environ)
+    except ConfigError as exc:
+        raise ConfigError([*overrides.problems, *overrides.annotate(exc.problems)]) from None
+    if overrides.problems:
+        raise ConfigError(overrides.problems)
+    return config
+
+
+def _read(file: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(file.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -134,4 +199,4 @@ def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None 
         raise ConfigError([f"{file}: not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{file}: not valid TOML: {exc}"]) from None
-    return from_mapping(data, source=str(file), environ=environ)
+    return data

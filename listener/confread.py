@@ -144,7 +144,7 @@ class TableReader:
         name = given[0]
         raw = self.value(name, str, "")
         if name == key or not raw:
-            if not raw and name in self.table:
+            if not raw and isinstance(self.table.get(name), str):  # a wrong type was reported already
                 self.problem(name, "must not be empty")
             return raw or default
         if name.endswith("_env"):

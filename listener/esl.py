@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,13 +65,27 @@ class Node:
 EventHandler = Callable[[HangupEvent], None]
 
 
+@dataclass(slots=True)
+class ESLStats:
+    """What one node's connections did, read by the metrics and the watchdog (monotonic times)."""
+
+    events_received: Counter[str] = field(default_factory=Counter)
+    frames_rejected: int = 0
+    events_rejected: int = 0
+    handler_failures: int = 0
+    connect_failures: int = 0
+    last_received: float = field(default_factory=time.monotonic)
+    handling_since: float | None = None
+
+
 class HardenedInboundESL(InboundESL):  # type: ignore[misc]
     """One ESL connection; see the module docstring for what differs from greenswitch."""
 
-    def __init__(self, node: Node, settings: ESLSettings, log: Any) -> None:
+    def __init__(self, node: Node, settings: ESLSettings, log: Any, stats: ESLStats | None = None) -> None:
         super().__init__(node.host, node.port, node.password, timeout=settings.connect_timeout)
         self.settings = settings
         self.log = log
+        self.stats = ESLStats() if stats is None else stats
         self.close_reason = "closed by FreeSWITCH"
         self.rejected = False
         self.disconnect_notice = False
@@ -142,6 +158,7 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
             self._read_loop()
         except FrameError as exc:
             self.close_reason = "malformed frame"
+            self.stats.frames_rejected += 1
             self.log.error("esl.frame_rejected", reason=str(exc))
         finally:
             self._finish()
@@ -161,6 +178,7 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
             if not data:
                 self._decoder.eof()
                 return
+            self.stats.last_received = time.monotonic()
             for frame in self._decoder.feed(data):
                 self.handle_frame(frame)
 
@@ -188,8 +206,10 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
             else:
                 event = HangupEvent.from_json(frame.body)
         except EventError as exc:  # framing intact: skip this event, keep the connection
+            self.stats.events_rejected += 1
             self.log.error("esl.event_rejected", reason=str(exc), content_type=frame.content_type)
             return
+        self.stats.events_received[event.event_name] += 1
         self._esl_event_queue.put(event)
 
     def _finish(self) -> None:
@@ -210,12 +230,16 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
                 self._safe_exec_handler(handler, event)
 
     def _safe_exec_handler(self, handler: EventHandler, event: HangupEvent) -> None:
+        self.stats.handling_since = time.monotonic()
         try:
             handler(event)
         except Exception:  # one bad event must never stop the stream
+            self.stats.handler_failures += 1
             self.log.exception(
                 "call.handler_failed", channel_uuid=event.unique_id, event_name=event.event_name
             )
+        finally:
+            self.stats.handling_since = None
 
     # -- closing ------------------------------------------------------------------------------
     def close(self, reason: str) -> None:
@@ -257,11 +281,24 @@ class ESLSource:
         self.handlers = handlers
         self.log = log.bind(node=node.name, host=node.host, port=node.port)
         self.rand = rand
-        self.state = "starting"
+        self.on_state: Callable[[ESLSource], None] | None = None
+        self.stats = ESLStats()
+        self._state = "starting"
         self.connections = 0
         self._attempt = 0
         self._stopping = gevent.event.Event()
         self._conn: HardenedInboundESL | None = None
+
+    @property
+    def state(self) -> str:
+        """starting, connecting, connected, backoff or stopped."""
+        return self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        changed, self._state = value != self._state, value
+        if changed and self.on_state is not None:
+            self.on_state(self)
 
     def run(self) -> None:
         """Connect, listen, reconnect: until ``stop``."""
@@ -274,7 +311,7 @@ class ESLSource:
 
     def _session(self) -> float | None:
         """One connection's life; the delay before the next attempt (None: stopping)."""
-        conn = HardenedInboundESL(self.node, self.settings, self.log)
+        conn = HardenedInboundESL(self.node, self.settings, self.log, self.stats)
         for name, handler in self.handlers.items():
             conn.register_handle(name, handler)
         self._conn = conn
@@ -293,13 +330,14 @@ class ESLSource:
         conn.wait_processed()
         if self._stopping.is_set():
             return None
+        self.stats.connect_failures += 1
         log = self.log.error if isinstance(exc, AuthError) else self.log.warning
         log(event, reason=str(exc), reconnect_in=round(delay, 3))
         return delay
 
     def _listen(self, conn: HardenedInboundESL) -> float | None:
-        self.state = "connected"
         self.connections += 1
+        self.state = "connected"
         self._attempt = 0
         self.log.info("esl.connected", events=list(self.settings.events))
         conn.wait_processed()

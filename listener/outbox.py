@@ -94,6 +94,16 @@ class EndpointStats:
     oldest_pending_age: float | None
 
 
+def with_endpoints(stats: Sequence[EndpointStats], endpoints: Iterable[str]) -> tuple[EndpointStats, ...]:
+    """``stats`` plus a zero row for every named endpoint that has nothing in the outbox.
+
+    Monitoring wants a series per configured endpoint even when all is delivered (0, not absent).
+    """
+    known = {s.endpoint for s in stats}
+    zeros = [EndpointStats(name, 0, 0, None) for name in endpoints if name not in known]
+    return tuple(sorted((*stats, *zeros), key=lambda s: s.endpoint))
+
+
 def _error(exc: sqlite3.Error, what: str) -> OutboxError:
     code = getattr(exc, "sqlite_errorname", "") or ""
     return OutboxError(f"outbox {what} failed: {exc}", code)

@@ -164,3 +164,62 @@ def test_a_dead_endpoint_does_not_delay_a_healthy_one(tmp_path: Path, receiver: 
         finally:
             daemon.kill()
     assert set(verified_ids(receiver)) == expected_ids(events)
+
+
+def _http_get(port: int, path: str) -> tuple[int, bytes]:
+    import http.client  # noqa: PLC0415
+
+    def fetch() -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    result: tuple[int, bytes] = gevent.get_hub().threadpool.apply(fetch)
+    return result
+
+
+def wait_log(daemon: subprocess.Popen[bytes], event: str) -> dict[str, object]:
+    assert daemon.stdout is not None
+    while True:
+        line = gevent.get_hub().threadpool.apply(daemon.stdout.readline)
+        assert line, "the daemon exited"
+        entry = json.loads(line)
+        if entry["event"] == event:
+            return dict(entry)
+
+
+def test_metrics_and_readiness_report_deliveries_and_the_outbox(tmp_path: Path, receiver: Receiver) -> None:
+    events = bodies(6)
+    receiver.script("/hook", Reply(500))  # the first attempt fails, its retry succeeds
+    with FakeFreeSWITCH() as fake:
+        config = write_config(tmp_path, fake, receiver.url())
+        config.write_text(config.read_text() + "[health]\nport = 0\n")
+        daemon = start_daemon(config, read_log=True)
+        try:
+            port = int(str(wait_log(daemon, "health.listening")["port"]))
+            send(fake.next_session(timeout=15), events)
+            wait_classified(daemon, len(events))
+            while set(verified_ids(receiver)) != expected_ids(events):
+                receiver.get(timeout=15)
+            delivered = 'hangup_listener_webhook_deliveries_total{endpoint="hook0",outcome="delivered"} 6.0'
+            with gevent.Timeout(15, AssertionError("deliveries never counted")):
+                while delivered not in (metrics := _http_get(port, "/metrics")[1].decode()):
+                    gevent.sleep(0.05)  # the ack follows the receiver's answer: scrape until counted
+            status, body = _http_get(port, "/readyz")
+            ready = json.loads(body)
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=20) == 0
+        finally:
+            daemon.kill()
+    assert status == 200
+    assert ready["ready"] is True
+    assert ready["outbox"]["details"] == {"writable": True, "ingesting": True, "failure": None}
+    assert ready["endpoints"]["details"] == {"hook0": {"crashed": False}}
+    assert 'hangup_listener_outbox_pending_messages{endpoint="hook0"} 0.0' in metrics
+    assert 'hangup_listener_webhook_deliveries_total{endpoint="hook0",outcome="failed"} 1.0' in metrics
+    assert 'hangup_listener_outbox_pending_messages{endpoint="hook0"}' in metrics
+    assert "hangup_listener_webhook_delivery_latency_seconds_count" in metrics

@@ -160,3 +160,11 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     box.close()
     with pytest.raises(OutboxError, match="newer"):
         Outbox.open(tmp_path / "o.sqlite3")
+
+
+def test_stats_with_endpoints_gives_configured_endpoints_a_zero_row() -> None:
+    from listener.outbox import EndpointStats, with_endpoints  # noqa: PLC0415
+
+    stats = (EndpointStats("crm", 2, 1, 30.0),)
+    assert with_endpoints(stats, ["billing", "crm"]) == (
+        EndpointStats("billing", 0, 0, None), EndpointStats("crm", 2, 1, 30.0))

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 from listener import payload
 from listener.app import App, Pipeline
 from listener.classify import default_classifier
-from listener.config import Config
+from listener.config import Config, HealthConfig
 from listener.esl import ESLSettings, Node
 from listener.event import HangupEvent
 from tests.fakeesl import FIXTURES, FakeFreeSWITCH, capture_bodies
@@ -25,6 +25,7 @@ from tests.fakeesl import FIXTURES, FakeFreeSWITCH, capture_bodies
 SCHEMA = json.loads((Path(__file__).parent.parent / "listener/data/call.schema.json").read_text())
 SCENARIOS = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
 FAST = ESLSettings(connect_timeout=2, command_timeout=1, backoff_initial=0.01, backoff_max=0.05)
+ANY_PORT = HealthConfig(port=0)  # the health listener on a free port, never a fixed one
 
 
 @cache
@@ -106,7 +107,7 @@ def test_two_nodes_at_once_each_document_names_its_node(two_nodes: tuple[FakeFre
     one, two = two_nodes
     nodes = (Node("east", port=one.port), Node("west", port=two.port, password="other"))
     sink = Collect()
-    app = App(Config(nodes=nodes, esl=FAST), default_classifier().classify, sink)
+    app = App(Config(nodes=nodes, esl=FAST, health=ANY_PORT), default_classifier().classify, sink)
     with capture_logs() as logs:
         app.start()
         one.next_session().send(b"".join(_frames("uas_486")))
@@ -138,7 +139,7 @@ def test_a_classification_failure_is_logged_and_the_stream_goes_on() -> None:
 
     with FakeFreeSWITCH() as fake:
         sink = Collect()
-        app = App(Config(nodes=(Node("n", port=fake.port),), esl=FAST), flaky, sink)
+        app = App(Config(nodes=(Node("n", port=fake.port),), esl=FAST, health=ANY_PORT), flaky, sink)
         with capture_logs() as logs:
             app.start()
             fake.next_session().send(b"".join(_frames("uas_486")))

@@ -1,0 +1,193 @@
+"""Health: the checks, the WSGI app, and /livez, /readyz, /metrics over HTTP as FreeSWITCH comes and goes."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gevent
+import gevent.queue
+import gevent.socket
+import pytest
+from structlog.testing import capture_logs
+
+from listener.app import App
+from listener.classify import default_classifier
+from listener.config import Config, HealthConfig
+from listener.esl import ESLSettings, ESLSource, Node
+from listener.health import Check, HealthApp, Liveness, Readiness
+from listener.metrics import Metrics
+from listener.service import source_problem, status_line
+from tests.daemon import fetch
+from tests.fakeesl import FakeFreeSWITCH
+
+FAST = ESLSettings(connect_timeout=2, command_timeout=1, backoff_initial=0.01, backoff_max=0.05)
+
+
+def call(app: HealthApp, path: str, method: str = "GET") -> tuple[str, dict[str, str], bytes]:
+    seen: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+        seen["status"], seen["headers"] = status, dict(headers)
+
+    body = b"".join(app({"REQUEST_METHOD": method, "PATH_INFO": path}, start_response))
+    return seen["status"], seen["headers"], body
+
+
+def test_ready_needs_every_required_check_optional_ones_only_inform() -> None:
+    readiness = Readiness()
+    readiness.add("nodes", lambda: Check(True, {"pbx1": "connected"}))
+    readiness.add("endpoints", lambda: Check(False, {"crm": "failing"}), required=False)
+    assert readiness.report() == {
+        "ready": True,
+        "nodes": {"ok": True, "required": True, "details": {"pbx1": "connected"}},
+        "endpoints": {"ok": False, "required": False, "details": {"crm": "failing"}},
+    }
+    readiness.add("outbox", lambda: Check(False, {"writable": False}))
+    assert readiness.ready() is False
+
+
+def test_a_check_that_raises_is_a_failed_check_without_its_message() -> None:
+    def broken() -> Check:
+        raise OSError("password=hunter2")
+
+    readiness, liveness = Readiness(), Liveness()
+    readiness.add("outbox", broken)
+    liveness.add("delivery", broken)  # type: ignore[arg-type]
+    assert readiness.report()["outbox"]["details"] == {"error": "OSError"}
+    assert liveness.problems() == ["delivery: check failed: OSError"]
+
+
+def test_the_wsgi_app_answers_livez_readyz_metrics_and_nothing_else() -> None:
+    liveness, readiness = Liveness(), Readiness()
+    app = HealthApp(liveness, readiness, Metrics())
+    assert call(app, "/livez")[0] == "200 OK"
+    status, headers, body = call(app, "/readyz")
+    assert (status, headers["Content-Type"]) == ("200 OK", "application/json")
+    assert json.loads(body) == {"ready": True}
+    status, headers, _ = call(app, "/metrics")
+    assert status == "200 OK"
+    assert headers["Content-Type"].startswith("text/plain; version=")
+    assert call(app, "/")[0] == "404 Not Found"
+    assert call(app, "/livez", "POST")[0] == "405 Method Not Allowed"
+    liveness.add("delivery", lambda: "loop crashed")
+    status, _, body = call(app, "/livez")
+    assert status == "503 Service Unavailable"
+    assert json.loads(body) == {"live": False, "problems": ["delivery: loop crashed"]}
+
+
+def test_a_connected_source_that_reads_nothing_or_a_stuck_handler_is_a_liveness_problem() -> None:
+    source = ESLSource(Node("pbx1"), ESLSettings(liveness_timeout=60, command_timeout=5), {}, _Log())
+    source.state = "connected"
+    source.stats.last_received = 1000.0
+    assert source_problem(source, now=1060.0) is None
+    assert "reader stuck" in str(source_problem(source, now=1071.0))
+    source.state = "backoff"
+    assert source_problem(source, now=5000.0) is None
+    source.stats.handling_since = 5000.0
+    assert "handler stuck" in str(source_problem(source, now=5061.0))
+    assert status_line([source]) == "0/1 nodes connected: pbx1 backoff"
+
+
+class _Log:
+    def bind(self, **_: object) -> _Log:
+        return self
+
+
+# -- over HTTP, in process, against a fake FreeSWITCH ------------------------------------------
+
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[gevent.socket.socket]:
+    sock = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(5)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    with sock:
+        yield sock
+
+
+def until(sock: gevent.socket.socket, prefix: str) -> str:
+    """The next notification starting with ``prefix`` (others, e.g. WATCHDOG=1, are skipped)."""
+    while not (message := sock.recv(4096).decode()).startswith(prefix):
+        pass
+    return message
+
+
+def wait_state(states: gevent.queue.Queue[str], want: str) -> None:
+    with gevent.Timeout(10, AssertionError(f"never {want}")):
+        while states.get() != want:
+            pass
+
+
+def test_health_endpoints_and_notifications_follow_a_node_connecting_and_going_away(
+    notify_socket: gevent.socket.socket,
+) -> None:
+    with capture_logs() as logs, FakeFreeSWITCH() as fake:
+        config = Config(nodes=(Node("pbx1", port=fake.port),), esl=FAST, health=HealthConfig(port=0))
+        app = App(config, default_classifier().classify)
+        states: gevent.queue.Queue[str] = gevent.queue.Queue()
+        notified = app.service.state_changed
+        app.service.state_changed = lambda s: (notified(s), states.put(s.state))  # type: ignore[method-assign]
+        app.start()
+        port = next(e["port"] for e in logs if e["event"] == "health.listening")
+        assert until(notify_socket, "READY=1").startswith("READY=1\nSTATUS=")
+        session = fake.next_session()
+        wait_state(states, "connected")
+        assert until(notify_socket, "STATUS=") == "STATUS=1/1 nodes connected: pbx1 connected"
+        assert until(notify_socket, "WATCHDOG=1") == "WATCHDOG=1"
+        status, body = fetch(port, "/readyz")
+        assert status == 200
+        assert json.loads(body)["nodes"]["details"]["pbx1"]["state"] == "connected"
+        session.close()
+        wait_state(states, "connected")
+        metrics = fetch(port, "/metrics")[1].decode()
+        assert 'hangup_listener_esl_reconnects_total{node="pbx1"} 1.0' in metrics
+        assert "hangup_listener_ready 1.0" in metrics
+        again = fake.next_session()
+    again.close()  # FreeSWITCH is gone: no listener any more, the connection closed
+    wait_state(states, "backoff")
+    status, body = fetch(port, "/readyz")
+    assert status == 503
+    assert json.loads(body)["ready"] is False
+    assert fetch(port, "/livez")[0] == 200
+    assert 'hangup_listener_esl_connection_state{node="pbx1",state="connected"} 0.0' in (
+        fetch(port, "/metrics")[1].decode())
+    app.stop(timeout=5)
+    assert until(notify_socket, "STOPPING=1") == "STOPPING=1"
+    with pytest.raises(OSError):
+        fetch(port, "/livez")
+
+
+def test_the_health_listener_can_be_turned_off() -> None:
+    app = App(Config(nodes=(Node("n", port=1),), esl=FAST, health=HealthConfig(enabled=False)),
+              default_classifier().classify)
+    with capture_logs() as logs:
+        app.start()
+        app.stop(timeout=5)
+    assert app.service.server is None
+    assert not [e for e in logs if e["event"] == "health.listening"]
+
+
+def test_the_watchdog_is_withheld_while_a_liveness_check_fails_and_resumes_after(
+    notify_socket: gevent.socket.socket,
+) -> None:
+    app = App(Config(nodes=(Node("n", port=1),), esl=FAST, health=HealthConfig(enabled=False)),
+              default_classifier().classify)
+    stuck = {"delivery": "loop stuck"}
+    app.service.liveness.add("delivery", lambda: stuck.get("delivery"))
+    with capture_logs() as logs:
+        assert app.service.ping() is False
+        assert app.service.ping() is False
+        del stuck["delivery"]
+        assert app.service.ping() is True
+    assert notify_socket.recv(4096) == b"WATCHDOG=1"
+    events = [e["event"] for e in logs]
+    assert events == ["watchdog.ping_withheld", "watchdog.ping_resumed"]
+    assert logs[0]["problems"] == ["delivery: loop stuck"]

@@ -1,0 +1,107 @@
+"""Metrics: names, labels, values read at scrape time, and a registry of its own per instance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from listener.esl import ESLSettings, ESLSource, Node
+from listener.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class Stats:
+    endpoint: str
+    pending: int
+    dead: int
+    oldest_pending_age: float | None
+
+
+def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = metrics.render().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def source(name: str, state: str, connections: int) -> ESLSource:
+    src = ESLSource(Node(name), ESLSettings(), {}, _NullLog())
+    src.state, src.connections = state, connections
+    return src
+
+
+class _NullLog:
+    def bind(self, **_: object) -> _NullLog:
+        return self
+
+
+def test_esl_state_reconnects_and_rejections_are_read_from_the_sources() -> None:
+    metrics = Metrics()
+    up, down = source("pbx1", "connected", 3), source("pbx2", "backoff", 0)
+    up.stats.frames_rejected, down.stats.connect_failures = 2, 5
+    up.stats.events_received.update({"HEARTBEAT": 4, "CHANNEL_HANGUP_COMPLETE": 1})
+    metrics.watch_sources([up, down])
+    got = samples(metrics)
+    state = "hangup_listener_esl_connection_state"
+    assert got[(state, (("node", "pbx1"), ("state", "connected")))] == 1
+    assert got[(state, (("node", "pbx1"), ("state", "backoff")))] == 0
+    assert got[(state, (("node", "pbx2"), ("state", "backoff")))] == 1
+    assert got[("hangup_listener_esl_reconnects_total", (("node", "pbx1"),))] == 2
+    assert got[("hangup_listener_esl_connect_failures_total", (("node", "pbx2"),))] == 5
+    assert got[("hangup_listener_esl_frames_rejected_total", (("node", "pbx1"),))] == 2
+    assert got[("hangup_listener_events_received_total", (("event", "HEARTBEAT"), ("node", "pbx1")))] == 4
+
+
+def test_a_classified_call_counts_by_status_and_bye_reason_never_by_number_or_id() -> None:
+    metrics = Metrics()
+    document = {"status": "busy", "bye_reason": "USER_BUSY", "caller_number": "+4930123456",
+                "channel_uuid": "7f3c-uuid", "id": "doc-id"}
+    metrics.call_classified("pbx1", document)
+    metrics.call_classified("pbx1", document)
+    text = metrics.render().decode()
+    key = ("hangup_listener_calls_classified_total",
+           (("bye_reason", "USER_BUSY"), ("node", "pbx1"), ("status", "busy")))
+    assert samples(metrics)[key] == 2
+    for private in ("+4930123456", "7f3c-uuid", "doc-id"):
+        assert private not in text
+
+
+def test_webhook_deliveries_latency_and_outbox_figures() -> None:
+    metrics = Metrics()
+    metrics.delivery_attempted("crm", "delivered", 0.2)
+    metrics.delivery_attempted("crm", "failed", None)
+    metrics.watch_outbox(lambda: [Stats("crm", 3, 1, 42.5), Stats("bi", 0, 0, None)])
+    got = samples(metrics)
+    deliveries = "hangup_listener_webhook_deliveries_total"
+    assert got[(deliveries, (("endpoint", "crm"), ("outcome", "delivered")))] == 1
+    assert got[(deliveries, (("endpoint", "crm"), ("outcome", "failed")))] == 1
+    assert got[("hangup_listener_webhook_delivery_latency_seconds_count", (("endpoint", "crm"),))] == 1
+    assert got[("hangup_listener_outbox_pending_messages", (("endpoint", "crm"),))] == 3
+    assert got[("hangup_listener_outbox_dead_messages", (("endpoint", "crm"),))] == 1
+    assert got[("hangup_listener_outbox_oldest_pending_age_seconds", (("endpoint", "crm"),))] == 42.5
+    assert got[("hangup_listener_outbox_oldest_pending_age_seconds", (("endpoint", "bi"),))] == 0
+
+
+def test_a_failing_outbox_provider_does_not_break_the_scrape() -> None:
+    metrics = Metrics()
+
+    def broken() -> list[Stats]:
+        raise RuntimeError("disk gone")
+
+    metrics.watch_outbox(broken)
+    metrics.watch_ready(lambda: False)
+    got = samples(metrics)
+    assert got[("hangup_listener_ready", ())] == 0
+    assert not any(name.startswith("hangup_listener_outbox") for name, _ in got)
+
+
+def test_each_instance_has_its_own_registry_and_the_global_one_stays_clean() -> None:
+    first, second = Metrics(), Metrics()
+    first.call_classified("n", {"status": "busy", "bye_reason": "USER_BUSY"})
+    assert "hangup_listener_calls_classified_total" in first.render().decode()
+    assert 'status="busy"' not in second.render().decode()
+    assert not [m for m in REGISTRY.collect() if m.name.startswith("hangup_listener")]

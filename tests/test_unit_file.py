@@ -1,0 +1,63 @@
+"""The systemd unit: what the daemon relies on is in it, and systemd rates its exposure 2.0 or lower."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+UNIT = Path(__file__).parent.parent / "config" / "hangup-listener.service"
+MAX_EXPOSURE = 2.0
+
+
+def directives() -> dict[str, list[str]]:
+    """Every ``Key=value`` of the unit (a key may repeat)."""
+    found: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", ";", "[")):
+            key, value = line.split("=", 1)
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+def test_the_unit_runs_the_daemon_as_a_notify_service_that_is_not_restarted_on_bad_config() -> None:
+    unit = directives()
+    assert unit["Type"] == ["notify"]
+    assert unit["ExecStart"] == [
+        "/opt/hangup-listener/bin/hangup-listener run --config /etc/hangup-listener/listener.toml"
+    ]
+    assert unit["RestartPreventExitStatus"] == ["78"]
+    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert "WatchdogSec" in unit
+
+
+def test_the_unit_has_a_dynamic_user_a_state_directory_credentials_and_hardening() -> None:
+    unit = directives()
+    assert unit["DynamicUser"] == ["yes"]
+    assert unit["StateDirectory"] == ["hangup-listener"]
+    assert unit["LoadCredential"] == ["esl-password:/etc/hangup-listener/credentials/esl-password"]
+    assert unit["CapabilityBoundingSet"] == [""]
+    for key in ("ProtectSystem", "NoNewPrivileges", "PrivateTmp", "SystemCallFilter"):
+        assert key in unit, key
+
+
+def _exposure(output: str) -> float:
+    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", output)
+    assert match, output
+    return float(match.group(1))
+
+
+def test_systemd_analyze_rates_the_unit_exposure_at_most_2() -> None:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed (Debian: apt-get install systemd)")
+    result = subprocess.run(
+        [tool, "security", "--offline=yes", "--no-pager", str(UNIT)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    if "--offline" in result.stderr or "unrecognized option" in result.stderr:
+        pytest.skip(f"this systemd-analyze has no --offline (systemd >= 250 needed): {result.stderr.strip()}")
+    assert _exposure(result.stdout + result.stderr) <= MAX_EXPOSURE, result.stdout
