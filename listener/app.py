@@ -37,7 +37,7 @@ Classify = Callable[[HangupEvent], payload.Outcome]
 Document = dict[str, Any]
 Redact = Callable[[Document], Any]
 _OUTCOMES = {"Delivered": "delivered", "Retry": "failed", "GiveUp": "gave_up"}
-RELOADED = ("classifier", "privacy", "log")
+RELOADED = ("classifier", "privacy", "log", "webhooks")
 """What SIGHUP changes in place; every other section needs a restart."""
 
 
@@ -228,6 +228,12 @@ class App:
         redact = Redactor(new.privacy)
         for pipeline in self.pipelines:
             pipeline.classify, pipeline.redact = new.classifier.classify, redact
+        if self.delivery is not None and new.webhooks:
+            self.delivery.reconfigure(new.webhooks)
+        elif new.webhooks != self.config.webhooks:  # opening or closing the outbox needs a restart
+            new = dataclasses.replace(new, webhooks=self.config.webhooks)
+            self.log.warning("config.reload_partial", reason="adding the first or removing the last "
+                             "webhook opens or closes the outbox: restart to apply")
         for hook in self.reload_hooks:
             hook(new)
         restart = _restart_required(self.config, new)

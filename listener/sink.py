@@ -103,6 +103,10 @@ class OutboxWriter:
         """Accepting documents: not closed and no outbox failure seen."""
         return not self._closing and self.failure is None
 
+    def set_webhooks(self, webhooks: Sequence[WebhookConfig]) -> None:
+        """Route documents put from now on by these endpoints' filters (a reload)."""
+        self._webhooks = tuple(webhooks)
+
     def on_commit(self, listener: Callable[[frozenset[str]], None]) -> None:
         """Call ``listener`` with the endpoint names that got new rows after each commit."""
         self._listeners.append(listener)
@@ -356,22 +360,57 @@ class WebhookSink:
         self.counts: Counter[tuple[str, str, str]] = Counter()
         """(endpoint, result, reason) -> attempts: delivered/ok, failed/<reason>, gave_up/<reason>."""
         self.observers: list[Observer] = []
-        rng = rng or random.Random().random  # noqa: S311 - jitter, not cryptography
-        self.endpoints = {
-            w.name: EndpointDelivery(w, writer, clock=clock, rng=rng, poll_interval_s=poll_interval_s,
-                                     counts=self.counts, observers=self.observers)
-            for w in webhooks}
+        self._rng = rng or random.Random().random  # noqa: S311 - jitter, not cryptography
+        self._clock = clock
+        self._poll = poll_interval_s
+        self.endpoints = {w.name: self._endpoint(w) for w in webhooks}
         self._loops = gevent.pool.Group()
+        self._loop_of: dict[str, gevent.Greenlet] = {}
         self._started = False
         self._stopping = False
         writer.on_commit(self.wake)
+
+    def _endpoint(self, config: WebhookConfig) -> EndpointDelivery:
+        return EndpointDelivery(config, self._writer, clock=self._clock, rng=self._rng,
+                                poll_interval_s=self._poll, counts=self.counts, observers=self.observers)
+
+    def _spawn(self, endpoint: EndpointDelivery) -> None:
+        self._loop_of[endpoint.config.name] = self._loops.spawn(endpoint.run)
+        log.info("webhook.started", endpoint=endpoint.config.name, url=safe_url(endpoint.config.url))
 
     def start(self) -> None:
         """Start every endpoint's loop; pending rows (from a previous run too) are picked up at once."""
         self._started = True
         for endpoint in self.endpoints.values():
-            self._loops.spawn(endpoint.run)
-            log.info("webhook.started", endpoint=endpoint.config.name, url=safe_url(endpoint.config.url))
+            self._spawn(endpoint)
+
+    def reconfigure(self, webhooks: Sequence[WebhookConfig], deadline_s: float = 10.0) -> None:
+        """Apply reloaded endpoints: new ones start; removed or changed ones finish what is in flight.
+
+        New documents are routed by the new filters at once. A removed endpoint's rows stay in the
+        outbox (``outbox stats`` shows them, ``outbox purge --endpoint`` removes them).
+        """
+        wanted = {w.name: w for w in webhooks}
+        self._writer.set_webhooks(webhooks)
+        retired = [name for name, e in self.endpoints.items() if wanted.get(name) != e.config]
+        for name in retired:
+            self._retire(name, deadline_s)
+        added = [name for name in wanted if name not in self.endpoints]
+        for name in added:
+            self.endpoints[name] = endpoint = self._endpoint(wanted[name])
+            if self._started and not self._stopping:
+                self._spawn(endpoint)
+        log.info("webhook.reconfigured", started=added, stopped=[n for n in retired if n not in wanted])
+
+    def _retire(self, name: str, deadline_s: float) -> None:
+        endpoint = self.endpoints.pop(name)
+        endpoint.stopping = True
+        endpoint.wake()
+        loop = self._loop_of.pop(name, None)
+        if loop is not None:
+            loop.join(timeout=deadline_s)
+            loop.kill(block=True, timeout=1.0)
+        endpoint.finish(deadline_s)
 
     def wake(self, endpoints: frozenset[str] | None = None) -> None:
         """Make the named loops (all by default) look for due rows now, e.g. after a commit."""

@@ -223,3 +223,31 @@ def test_metrics_and_readiness_report_deliveries_and_the_outbox(tmp_path: Path, 
     assert 'hangup_listener_webhook_deliveries_total{endpoint="hook0",outcome="failed"} 1.0' in metrics
     assert 'hangup_listener_outbox_pending_messages{endpoint="hook0"}' in metrics
     assert "hangup_listener_webhook_delivery_latency_seconds_count" in metrics
+
+
+def test_sighup_reloads_webhook_endpoints_keeps_freeswitch(tmp_path: Path, receiver: Receiver) -> None:
+    with FakeFreeSWITCH() as fake:
+        config = write_config(tmp_path, fake, receiver.url("/first"))
+        daemon = start_daemon(config, read_log=True)
+        try:
+            session = fake.next_session(timeout=15)
+            first = bodies(2)
+            send(session, first)
+            wait_classified(daemon, 2)
+            while set(verified_ids(receiver, "/first")) != expected_ids(first):
+                receiver.get(timeout=15)
+            config.write_text(config.read_text().replace("/first", "/second"))
+            daemon.send_signal(signal.SIGHUP)
+            assert wait_log(daemon, "webhook.reconfigured")["started"] == ["hook0"]
+            assert wait_log(daemon, "config.reloaded")["restart_required_for"] == []
+            second = [with_header(b, "Unique-ID", f"after-{n}") for n, b in enumerate(bodies(2))]
+            send(session, second)
+            wait_classified(daemon, 2)
+            while set(verified_ids(receiver, "/second")) != expected_ids(second):
+                receiver.get(timeout=15)
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=20) == 0
+        finally:
+            daemon.kill()
+        assert fake.accepted == 1  # the FreeSWITCH connection was never dropped
+    assert not set(verified_ids(receiver, "/first")) & expected_ids(second)

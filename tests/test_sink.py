@@ -259,3 +259,20 @@ def test_stop_past_the_deadline_keeps_the_message_pending(harness: Any, receiver
     h.writer.close()
     with pytest.raises(OutboxClosedError):
         h.writer.put([doc(2)])
+
+
+def test_reconfigure_starts_new_endpoints_retires_changed_ones_and_keeps_removed_rows(
+        harness: Any, receiver: Receiver) -> None:
+    old_url, new_url = receiver.url("/old"), receiver.url("/new")
+    h = harness(endpoint("crm", old_url), endpoint("billing", refused_url()))
+    h.sink.start()
+    h.writer.put([doc(1)])
+    assert receiver.get().path == "/old"
+    h.sink.reconfigure([endpoint("crm", new_url), endpoint("analytics", receiver.url("/analytics"))])
+    assert set(h.sink.endpoints) == {"crm", "analytics"}
+    assert h.sink.endpoints["crm"].config.url == new_url
+    h.writer.put([doc(2)])
+    paths = {receiver.get().path, receiver.get().path}
+    assert paths == {"/new", "/analytics"}
+    # the removed endpoint's row is kept (not lost), and new documents are no longer routed to it
+    assert [r.event_id for r in h.rows() if r.endpoint == "billing"] == ["call-1"]
