@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from listener.frame import DEFAULT_MAX_FRAME_BYTES, Frame, FrameDecoder
 
 DEFAULT_EVENTS = ("CHANNEL_HANGUP_COMPLETE", "HEARTBEAT")
 _END = object()  # queued after the last event of a connection
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,11 @@ class ESLStats:
     connect_failures: int = 0
     last_received: float = field(default_factory=time.monotonic)
     handling_since: float | None = None
+    gaps: int = 0
+    gap_seconds: float = 0.0
+    last_gap_seconds: float | None = None
+    freeswitch_restarts: int = 0
+    core_uuid: str | None = None
 
 
 class HardenedInboundESL(InboundESL):  # type: ignore[misc]
@@ -93,6 +100,7 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
         self.sock_file = None
         self._decoder = FrameDecoder(settings.max_frame_bytes)
         self._esl_event_queue = gevent.queue.Queue(maxsize=settings.queue_size)
+        self.on_core_uuid: Callable[[str], None] | None = None
 
     # -- connecting ---------------------------------------------------------------------------
     def connect(self) -> None:
@@ -226,6 +234,8 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
     def process_events(self) -> None:
         """Run handlers for every queued event, including those queued just before the close."""
         while (event := self._esl_event_queue.get()) is not _END:
+            if self.on_core_uuid is not None and event.core_uuid:
+                self.on_core_uuid(event.core_uuid)
             for handler in self.event_handlers.get(event.event_name, ()):
                 self._safe_exec_handler(handler, event)
 
@@ -288,6 +298,7 @@ class ESLSource:
         self._attempt = 0
         self._stopping = gevent.event.Event()
         self._conn: HardenedInboundESL | None = None
+        self._lost_at: float | None = None
 
     @property
     def state(self) -> str:
@@ -312,6 +323,7 @@ class ESLSource:
     def _session(self) -> float | None:
         """One connection's life; the delay before the next attempt (None: stopping)."""
         conn = HardenedInboundESL(self.node, self.settings, self.log, self.stats)
+        conn.on_core_uuid = self.saw_core_uuid
         for name, handler in self.handlers.items():
             conn.register_handle(name, handler)
         self._conn = conn
@@ -340,12 +352,45 @@ class ESLSource:
         self.state = "connected"
         self._attempt = 0
         self.log.info("esl.connected", events=list(self.settings.events))
+        self._report_gap()
+        self._ask_core_uuid(conn)
         conn.wait_processed()
+        self._lost_at = time.monotonic()
         if self._stopping.is_set():
             return None
         delay = self._next_delay()
         self.log.warning("esl.connection_lost", reason=conn.close_reason, reconnect_in=round(delay, 3))
         return delay
+
+    def _report_gap(self) -> None:
+        """FreeSWITCH does not replay what a disconnected listener missed: say how long we were blind."""
+        if self._lost_at is None:
+            return
+        gap = time.monotonic() - self._lost_at
+        self.stats.gaps += 1
+        self.stats.gap_seconds += gap
+        self.stats.last_gap_seconds = gap
+        self.log.warning("esl.gap", gap_s=round(gap, 3), note="hangups during the gap were not seen")
+
+    def _ask_core_uuid(self, conn: HardenedInboundESL) -> None:
+        """Learn the node's Core-UUID now (events carry it too): a new one means FreeSWITCH restarted."""
+        try:
+            reply = conn.command("api global_getvar core_uuid").strip()
+        except ESLError as exc:
+            self.log.info("esl.core_uuid_unknown", reason=str(exc))
+            return
+        if _UUID.fullmatch(reply):
+            self.saw_core_uuid(reply)
+
+    def saw_core_uuid(self, core_uuid: str) -> None:
+        """Record the node's Core-UUID; a change means FreeSWITCH restarted since we last saw it."""
+        previous = self.stats.core_uuid
+        if core_uuid == previous:
+            return
+        self.stats.core_uuid = core_uuid
+        if previous is not None:
+            self.stats.freeswitch_restarts += 1
+            self.log.warning("esl.freeswitch_restarted", previous_core_uuid=previous, core_uuid=core_uuid)
 
     def _next_delay(self) -> float:
         settings = self.settings

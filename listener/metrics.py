@@ -64,6 +64,11 @@ class ESLCollector(Collector):
             "frames_rejected": _counter("esl_frames_rejected", "Malformed ESL frames", ["node"]),
             "events_rejected": _counter("esl_events_rejected", "Well-framed but unusable events", ["node"]),
             "handler_failures": _counter("call_handler_failures", "Events whose handling raised", ["node"]),
+            "gaps": _counter("esl_gaps", "Reconnections after a lost connection (events missed)", ["node"]),
+            "gap_seconds": _counter(
+                "esl_gap_seconds", "Time without a connection between losing and regaining one", ["node"]),
+            "freeswitch_restarts": _counter(
+                "freeswitch_restarts", "Core-UUID changes seen: FreeSWITCH restarted", ["node"]),
         }
         received = _counter("events_received", "ESL events received, by event name", ["node", "event"])
         for source in self.sources:
@@ -77,6 +82,9 @@ class ESLCollector(Collector):
             counters["frames_rejected"].add_metric([name], stats.frames_rejected)
             counters["events_rejected"].add_metric([name], stats.events_rejected)
             counters["handler_failures"].add_metric([name], stats.handler_failures)
+            counters["gaps"].add_metric([name], stats.gaps)
+            counters["gap_seconds"].add_metric([name], stats.gap_seconds)
+            counters["freeswitch_restarts"].add_metric([name], stats.freeswitch_restarts)
         yield from (received, state, *counters.values())
 
 

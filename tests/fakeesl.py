@@ -108,6 +108,9 @@ class Session:
             self.send(frame("command/reply", Reply_Text=f"+OK event listener enabled {command.split()[1]}"))
             self.subscribed.set()
             return True
+        if command == "api global_getvar core_uuid":
+            self.send(frame("api/response", self.server.core_uuid.encode()))
+            return True
         if command.startswith("api "):
             self.send(frame("api/response", b"+OK\n"))
             return True
@@ -151,6 +154,7 @@ class FakeFreeSWITCH:
         self.password = password
         self.reject_acl = reject_acl
         self.silent = silent
+        self.core_uuid = "1b8e5af5-676a-4b2e-91a0-1ac1b56080da"  # the captures' FreeSWITCH
         self.sessions: gevent.queue.Queue[Session] = gevent.queue.Queue()
         self.accepted = 0
         self.server = gevent.server.StreamServer(("127.0.0.1", 0), self._handle)

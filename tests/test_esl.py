@@ -72,10 +72,50 @@ def busy_body() -> bytes:
     return capture_bodies("uas_486")[0]
 
 
-def test_authenticates_then_subscribes_to_hangups_and_heartbeats(fake: FakeFreeSWITCH) -> None:
+def test_authenticates_subscribes_then_asks_the_core_uuid(fake: FakeFreeSWITCH, logs: list) -> None:
     listener = Listener(fake.port)
     session = fake.next_session()
-    assert session.commands == ["auth ClueCon", "event plain CHANNEL_HANGUP_COMPLETE HEARTBEAT"]
+    wait_for_log(logs, "esl.connected")
+    with gevent.Timeout(5):
+        while len(session.commands) < 3:
+            gevent.sleep(0.005)
+    assert session.commands == [
+        "auth ClueCon", "event plain CHANNEL_HANGUP_COMPLETE HEARTBEAT", "api global_getvar core_uuid"
+    ]
+    listener.stop()
+    assert listener.source.stats.core_uuid == fake.core_uuid
+
+
+def test_a_reconnect_reports_the_gap_and_a_new_core_uuid_says_freeswitch_restarted(
+    fake: FakeFreeSWITCH, logs: list
+) -> None:
+    listener = Listener(fake.port)
+    first = fake.next_session()
+    wait_for_log(logs, "esl.connected")
+    fake.core_uuid = "2c9f6a10-0000-4000-8000-000000000001"  # FreeSWITCH restarts...
+    first.abort()
+    fake.next_session()
+    gap = wait_for_log(logs, "esl.gap")
+    assert isinstance(gap["gap_s"], float)
+    assert gap["gap_s"] >= 0
+    restarted = wait_for_log(logs, "esl.freeswitch_restarted")
+    assert restarted["previous_core_uuid"] == "1b8e5af5-676a-4b2e-91a0-1ac1b56080da"
+    assert restarted["core_uuid"] == fake.core_uuid
+    stats = listener.source.stats
+    assert (stats.gaps, stats.freeswitch_restarts) == (1, 1)
+    assert stats.gap_seconds == stats.last_gap_seconds
+    listener.stop()
+
+
+def test_a_core_uuid_change_seen_in_events_counts_as_a_restart(fake: FakeFreeSWITCH, logs: list) -> None:
+    listener = Listener(fake.port)
+    session = fake.next_session()
+    heartbeat = "Event-Name: HEARTBEAT\nCore-UUID: {}\n"
+    session.send_event(heartbeat.format(fake.core_uuid).encode())
+    session.send_event(heartbeat.format("3d0a7b21-0000-4000-8000-000000000002").encode())
+    listener.take(2)
+    restarted = wait_for_log(logs, "esl.freeswitch_restarted")
+    assert restarted["core_uuid"] == "3d0a7b21-0000-4000-8000-000000000002"
     listener.stop()
 
 

@@ -56,6 +56,17 @@ def test_esl_state_reconnects_and_rejections_are_read_from_the_sources() -> None
     assert got[("hangup_listener_events_received_total", (("event", "HEARTBEAT"), ("node", "pbx1")))] == 4
 
 
+def test_gaps_and_freeswitch_restarts_are_exposed_per_node() -> None:
+    metrics = Metrics()
+    node = source("pbx1", "connected", 2)
+    node.stats.gaps, node.stats.gap_seconds, node.stats.freeswitch_restarts = 2, 7.5, 1
+    metrics.watch_sources([node])
+    got = samples(metrics)
+    assert got[("hangup_listener_esl_gaps_total", (("node", "pbx1"),))] == 2
+    assert got[("hangup_listener_esl_gap_seconds_total", (("node", "pbx1"),))] == 7.5
+    assert got[("hangup_listener_freeswitch_restarts_total", (("node", "pbx1"),))] == 1
+
+
 def test_a_classified_call_counts_by_status_and_bye_reason_never_by_number_or_id() -> None:
     metrics = Metrics()
     document = {"status": "busy", "bye_reason": "USER_BUSY", "caller_number": "+4930123456",
