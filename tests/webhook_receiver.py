@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import socket
+import ssl
 import threading
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -90,9 +91,12 @@ class _Server(ThreadingHTTPServer):
 
 
 class Receiver:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.receiver = self
+        self.scheme = "https" if tls else "http"
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._scripts: dict[str, deque[Behaviour]] = defaultdict(deque)
         self._lock = threading.Lock()
         self.received: list[Received] = []
@@ -106,7 +110,7 @@ class Receiver:
 
     def url(self, path: str = "/hook") -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}{path}"
+        return f"{self.scheme}://{host}:{port}{path}"
 
     def script(self, path: str, *behaviours: Behaviour) -> None:
         with self._lock:
