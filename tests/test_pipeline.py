@@ -18,6 +18,7 @@ from listener import payload
 from listener.app import App, Pipeline
 from listener.classify import default_classifier
 from listener.config import Config, HealthConfig
+from listener.errors import OutboxError
 from listener.esl import ESLSettings, Node
 from listener.event import HangupEvent
 from tests.fakeesl import FIXTURES, FakeFreeSWITCH, capture_bodies
@@ -149,3 +150,39 @@ def test_a_classification_failure_is_logged_and_the_stream_goes_on() -> None:
     failure = next(e for e in logs if e["event"] == "call.handler_failed")
     assert failure["log_level"] == "error"
     assert failure["channel_uuid"]
+
+
+class FullDisk:
+    """A sink whose disk filled up: every put fails as the outbox would."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def put(self, documents: list[dict[str, Any]]) -> int:
+        self.calls += 1
+        raise OutboxError("outbox commit failed: database or disk is full", "SQLITE_FULL")
+
+
+def test_an_outbox_failure_stops_ingestion_loudly_and_logs_each_unstored_call_whole() -> None:
+    with FakeFreeSWITCH() as fake:
+        config = Config(nodes=(Node("n", port=fake.port),), esl=FAST, health=ANY_PORT)
+        app = App(config, default_classifier().classify, FullDisk())
+        with capture_logs() as logs:
+            app.start()
+            session = fake.next_session()
+            session.send(b"".join(_frames("uas_486")))
+            assert session.closed.wait(5)  # the daemon dropped the connection: ingestion stopped
+            with gevent.Timeout(5):
+                while app.sources[0].state != "stopped":
+                    gevent.sleep(0.01)
+            app.stop(timeout=5)
+    assert fake.accepted == 1  # and did not reconnect
+    failed = [e for e in logs if e["event"] == "outbox.write_failed"]
+    assert len(failed) == 2  # both legs already read: each logged whole, none silently dropped
+    assert {e["call"]["status"] for e in failed} == {"busy"}
+    assert all(e["log_level"] == "error" for e in failed)
+    stopped = [e for e in logs if e["event"] == "listener.ingestion_stopped"]
+    assert len(stopped) == 1
+    assert stopped[0]["log_level"] == "critical"
+    assert not [e for e in logs if e["event"] == "call.classified"]
+    assert app.ingesting is False
