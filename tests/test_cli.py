@@ -100,7 +100,7 @@ def _read_json_line(stream: IO[bytes], want: str, timeout: float = 10) -> dict[s
 def test_run_prints_one_classified_line_per_hangup_and_stops_on_sigterm(tmp_path: Path) -> None:
     with FakeFreeSWITCH() as fake:
         config = tmp_path / "c.toml"
-        config.write_text(f'[[freeswitch]]\nname = "lab"\nport = {fake.port}\n')
+        config.write_text(f'[[freeswitch]]\nname = "lab"\nport = {fake.port}\n[health]\nport = 0\n')
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         daemon = subprocess.Popen(
             [sys.executable, "-m", "listener", "run", "--config", str(config)],

@@ -42,7 +42,8 @@ def write_config(tmp_path: Path, fake: FakeFreeSWITCH, *urls: str) -> Path:
     config.write_text(
         f'[[freeswitch]]\nname = "lab"\nport = {fake.port}\n'
         f"[esl]\nbackoff_initial = 0.05\nbackoff_max = 0.2\n"
-        f'[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\nsynchronous = "normal"\n{hooks}'
+        f'[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\nsynchronous = "normal"\n'
+        f"[health]\nport = 0\n{hooks}"  # never a fixed port
     )
     return config
 
@@ -197,7 +198,6 @@ def test_metrics_and_readiness_report_deliveries_and_the_outbox(tmp_path: Path, 
     receiver.script("/hook", Reply(500))  # the first attempt fails, its retry succeeds
     with FakeFreeSWITCH() as fake:
         config = write_config(tmp_path, fake, receiver.url())
-        config.write_text(config.read_text() + "[health]\nport = 0\n")
         daemon = start_daemon(config, read_log=True)
         try:
             port = int(str(wait_log(daemon, "health.listening")["port"]))
