@@ -62,6 +62,7 @@ class FrameDecoder:
         self._pos = 0
         self._pending: dict[str, str] | None = None
         self._need = 0
+        self._scanned = 0  # the envelope's blank line is not before this offset: never search twice
 
     @property
     def buffered(self) -> int:
@@ -76,6 +77,7 @@ class FrameDecoder:
             frames.append(frame)
         if self._pos:
             del self._buf[: self._pos]
+            self._scanned = max(self._scanned - self._pos, 0)
             self._pos = 0
         return frames
 
@@ -100,8 +102,9 @@ class FrameDecoder:
         buf = self._buf
         while self._pos < len(buf) and buf[self._pos] in b"\r\n":
             self._pos += 1  # blank lines between frames carry nothing
-        end = buf.find(b"\n\n", self._pos)
+        end = buf.find(b"\n\n", max(self._pos, self._scanned - 1))
         if end < 0:
+            self._scanned = len(buf)
             if len(buf) - self._pos > MAX_ENVELOPE_BYTES:
                 raise FrameError(f"envelope longer than {MAX_ENVELOPE_BYTES} bytes without a blank line")
             return False

@@ -6,6 +6,8 @@ however the stream is split; decoding time grows linearly with the input, howeve
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -142,3 +144,26 @@ def test_after_garbage_a_fresh_decoder_reads_valid_frames(garbage: bytes, frames
     """What a reconnect gives: whatever the garbage did to the old decoder, the new one is clean."""
     decode_or_reject(garbage, [])
     assert len(decode(b"".join(frames), [])) == len(frames)
+
+
+def _seconds_to_feed_byte_by_byte(data: bytes) -> float:
+    decoder = FrameDecoder(CAP)
+    started = time.perf_counter()
+    for n in range(len(data)):
+        decoder.feed(data[n : n + 1])
+    return time.perf_counter() - started
+
+
+def test_an_envelope_trickled_one_byte_at_a_time_costs_linear_time() -> None:
+    """Found checking "bounded time per frame": each read searched the whole pending envelope again
+    for its blank line (quadratic: ~2 s for one 64 KiB envelope fed byte by byte); now once."""
+    envelope = b"Content-Type: text/event-plain\nX-Long: " + b"v" * (MAX_ENVELOPE_BYTES - 100)
+    assert _seconds_to_feed_byte_by_byte(envelope) < 1.0  # about 0.1 s; 2 s before the fix
+
+
+def test_a_blank_line_split_across_two_reads_still_ends_the_envelope() -> None:
+    decoder = FrameDecoder(CAP)
+    assert decoder.feed(b"Content-Type: command/reply\nReply-Text: +OK\n") == []
+    (frame,) = decoder.feed(b"\nContent-Type: api")
+    assert frame.headers["Reply-Text"] == "+OK"
+    assert decoder.feed(b"/response\nContent-Length: 2\n\nok")[0].body == b"ok"
