@@ -48,7 +48,10 @@ def iso_utc(epoch_us: int | None) -> str | None:
     """Microseconds since the epoch as ISO-8601 UTC with a ``Z``."""
     if epoch_us is None:
         return None
-    moment = datetime.fromtimestamp(epoch_us / 1_000_000, tz=UTC)
+    try:
+        moment = datetime.fromtimestamp(epoch_us / 1_000_000, tz=UTC)
+    except (ValueError, OverflowError, OSError):  # outside years 1..9999 or the platform's time_t
+        return None
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

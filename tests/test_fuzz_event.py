@@ -23,7 +23,7 @@ from listener.classify import default_classifier
 from listener.errors import EventError
 from listener.esl import Node
 from listener.event import HangupEvent, parse_plain
-from tests.fakeesl import capture_bodies
+from tests.fakeesl import capture_bodies, with_header
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "listener/data/call.schema.json").read_text())
 ACCESSORS = [name for name, value in vars(HangupEvent).items() if isinstance(value, property)]
@@ -126,3 +126,15 @@ def test_each_value_is_url_decoded_on_its_own_line_the_first_duplicate_wins(
     headers, _ = parse_plain(body)
     for name, raw in expected.items():
         assert headers[name] == unquote(raw.rstrip("\r"), errors="replace")
+
+
+@pytest.mark.parametrize("name", [
+    "Caller-Channel-Created-Time", "Caller-Channel-Answered-Time", "Caller-Channel-Hangup-Time",
+    "Caller-Channel-Progress-Time",
+])
+@pytest.mark.parametrize("value", ["99999999999999999999", "-99999999999999999", "1" * 25])
+def test_a_timestamp_out_of_range_is_null_not_a_lost_call(name: str, value: str) -> None:
+    """Found by fuzzing: datetime refused it, the handler raised, the call was neither stored nor sent."""
+    event = HangupEvent.from_plain(with_header(capture_bodies("answered_caller_bye")[0], name, value))
+    document = pipeline().process(event)
+    validator().validate(document)
