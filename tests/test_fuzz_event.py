@@ -23,6 +23,7 @@ from listener.classify import default_classifier
 from listener.errors import EventError
 from listener.esl import Node
 from listener.event import HangupEvent, parse_plain
+from listener.webhook import render
 from tests.fakeesl import capture_bodies, with_header
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "listener/data/call.schema.json").read_text())
@@ -128,6 +129,22 @@ def test_each_value_is_url_decoded_on_its_own_line_the_first_duplicate_wins(
         assert headers[name] == unquote(raw.rstrip("\r"), errors="replace")
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(TEMPLATES), st.dictionaries(st.sampled_from(TEMPLATE_NAMES), odd_values, max_size=12))
+def test_any_hangup_with_odd_values_becomes_a_valid_document(
+    template: bytes, changes: dict[str, str],
+) -> None:
+    body = template
+    for name, value in changes.items():
+        if name != "Event-Name":
+            body = with_header(body, name, value.replace("\r", ""))
+    event = HangupEvent.from_plain(body)
+    assert event.is_hangup_complete
+    document = pipeline().process(event)
+    validator().validate(document)
+    render(document)
+
+
 @pytest.mark.parametrize("name", [
     "Caller-Channel-Created-Time", "Caller-Channel-Answered-Time", "Caller-Channel-Hangup-Time",
     "Caller-Channel-Progress-Time",
@@ -138,3 +155,15 @@ def test_a_timestamp_out_of_range_is_null_not_a_lost_call(name: str, value: str)
     event = HangupEvent.from_plain(with_header(capture_bodies("answered_caller_bye")[0], name, value))
     document = pipeline().process(event)
     validator().validate(document)
+
+
+@pytest.mark.parametrize(("name", "value"), [("Call-Direction", "0"), ("Caller-Direction", "sideways"),
+                                             ("variable_billsec", "-1")])
+def test_a_value_outside_the_schema_is_null_in_the_document(name: str, value: str) -> None:
+    """Found by fuzzing: copied as sent, they broke the schema (a validating receiver refuses it)."""
+    body = capture_bodies("answered_caller_bye")[0]
+    for header in ("Call-Direction", "Caller-Direction") if name.endswith("Direction") else (name,):
+        body = with_header(body, header, value)
+    document = pipeline().process(HangupEvent.from_plain(body))
+    validator().validate(document)
+    assert document["direction" if "Direction" in name else "billsec"] is None
