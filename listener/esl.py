@@ -133,15 +133,19 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
         if not reply.startswith("+OK"):
             raise ESLError(f"event subscription refused: {reply}")
 
-    def command(self, text: str) -> str:
+    def command(self, text: str, *, close_on_timeout: bool = True) -> str:
         """Send a command and return its Reply-Text (api: its body)."""
-        frame: Frame = self.send(text)
+        frame: Frame = self.send(text, close_on_timeout=close_on_timeout)
         if frame.content_type == "api/response":
             return frame.body.decode("utf-8", "replace")
         return frame.headers.get("Reply-Text", "")
 
-    def send(self, data: str) -> Frame:
-        """Send one command and wait for its reply, at most ``command_timeout``."""
+    def send(self, data: str, *, close_on_timeout: bool = True) -> Frame:
+        """Send one command and wait for its reply, at most ``command_timeout``.
+
+        Without ``close_on_timeout`` a late reply is still matched to this command (it stays queued),
+        and the connection is kept: for a query whose reply may sit behind a backlog of events.
+        """
         if not self.connected or self.sock is None:
             raise ESLError("not connected")
         result: gevent.event.AsyncResult = gevent.event.AsyncResult()
@@ -153,7 +157,8 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
                 frame: Frame = result.get()
                 return frame
         except CommandTimeoutError:
-            self.close("command timed out")
+            if close_on_timeout:
+                self.close("command timed out")
             raise
         except OSError as exc:
             self.close(f"send failed: {exc}")
@@ -375,7 +380,7 @@ class ESLSource:
     def _ask_core_uuid(self, conn: HardenedInboundESL) -> None:
         """Learn the node's Core-UUID now (events carry it too): a new one means FreeSWITCH restarted."""
         try:
-            reply = conn.command("api global_getvar core_uuid").strip()
+            reply = conn.command("api global_getvar core_uuid", close_on_timeout=False).strip()
         except ESLError as exc:
             self.log.info("esl.core_uuid_unknown", reason=str(exc))
             return

@@ -1,0 +1,41 @@
+"""Under load the reply to the core-UUID query can sit behind thousands of events: that is no reason
+to drop a working connection (and every event buffered on it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gevent
+import gevent.queue
+import structlog
+from structlog.testing import capture_logs
+
+from listener.esl import ESLSettings, ESLSource, Node
+from listener.event import HangupEvent
+from tests.fakeesl import FakeFreeSWITCH, capture_bodies, with_header
+
+
+def test_a_core_uuid_reply_that_comes_late_keeps_the_connection() -> None:
+    """Found by the soak: with a full event queue the reader could not reach the reply within
+    command_timeout, the query closed the connection, and everything buffered on it was lost."""
+    settings = ESLSettings(command_timeout=0.2, liveness_timeout=5, backoff_initial=0.01, backoff_max=0.05)
+    events: gevent.queue.Queue[HangupEvent] = gevent.queue.Queue()
+    with FakeFreeSWITCH() as fake, capture_logs() as logs:
+        fake.unanswered.add("api global_getvar core_uuid")
+        source = ESLSource(Node("fs1", port=fake.port), settings,
+                           {"CHANNEL_HANGUP_COMPLETE": events.put}, structlog.get_logger())
+        loop = gevent.spawn(source.run)
+        session = fake.next_session()
+        wait_for(logs, "esl.core_uuid_unknown")
+        session.send_event(with_header(capture_bodies("uas_486")[0], "Unique-ID", "after-the-timeout"))
+        assert events.get(timeout=5).unique_id == "after-the-timeout"
+        source.stop()
+        loop.join(timeout=5)
+    assert fake.accepted == 1
+    assert "esl.connection_lost" not in [e["event"] for e in logs]
+
+
+def wait_for(logs: list[dict[str, Any]], event: str) -> None:
+    with gevent.Timeout(5, AssertionError(f"no {event}: {[e['event'] for e in logs]}")):
+        while event not in [e["event"] for e in logs]:
+            gevent.sleep(0.01)  # yields to the greenlets under test; bounded by the Timeout
