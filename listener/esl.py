@@ -170,6 +170,8 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
         try:
             self._read_loop()
         except FrameError as exc:
+            for frame in exc.frames:  # complete before the broken one, in the same read
+                self.handle_frame(frame)
             self.close_reason = "malformed frame"
             self.stats.frames_rejected += 1
             self.log.error("esl.frame_rejected", reason=str(exc))

@@ -70,11 +70,18 @@ class FrameDecoder:
         return len(self._buf) - self._pos
 
     def feed(self, data: bytes) -> list[Frame]:
-        """Add received bytes; return the frames they complete. Raises FrameError on broken framing."""
+        """Add received bytes; return the frames they complete.
+
+        Raises FrameError on broken framing, carrying in ``frames`` those completed before it.
+        """
         self._buf += data
         frames: list[Frame] = []
-        while (frame := self._next()) is not None:
-            frames.append(frame)
+        try:
+            while (frame := self._next()) is not None:
+                frames.append(frame)
+        except FrameError as exc:
+            exc.frames = tuple(frames)
+            raise
         if self._pos:
             del self._buf[: self._pos]
             self._scanned = max(self._scanned - self._pos, 0)

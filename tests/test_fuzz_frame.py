@@ -167,3 +167,11 @@ def test_a_blank_line_split_across_two_reads_still_ends_the_envelope() -> None:
     (frame,) = decoder.feed(b"\nContent-Type: api")
     assert frame.headers["Reply-Text"] == "+OK"
     assert decoder.feed(b"/response\nContent-Length: 2\n\nok")[0].body == b"ok"
+
+
+def test_frames_complete_before_broken_framing_in_the_same_read_ride_on_the_error() -> None:
+    """Found by tests/test_fuzz_esl.py: feed raised and the complete frames before were dropped."""
+    good = b"Content-Type: text/event-plain\nContent-Length: 3\n\nabc"
+    with pytest.raises(FrameError) as caught:
+        FrameDecoder(CAP).feed(good + good + b"Content-Length: -1\n\n")
+    assert [f.body for f in caught.value.frames] == [b"abc", b"abc"]
