@@ -37,6 +37,8 @@ from listener.frame import DEFAULT_MAX_FRAME_BYTES, Frame, FrameDecoder
 
 DEFAULT_EVENTS = ("CHANNEL_HANGUP_COMPLETE", "HEARTBEAT")
 _END = object()  # queued after the last event of a connection
+SLICE_S = 0.01
+"""Longest run of the reader or the handlers without yielding: a backlog never stalls the loop."""
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
@@ -180,6 +182,7 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
 
     def _read_loop(self) -> None:
         assert self.sock is not None
+        running = _Slice()
         while self._run:
             try:
                 data = self.sock.recv(65536)
@@ -196,6 +199,7 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
             self.stats.last_received = time.monotonic()
             for frame in self._decoder.feed(data):
                 self.handle_frame(frame)
+            running.check()
 
     def handle_frame(self, frame: Frame) -> None:
         """Route one frame: replies to their command, events to the queue."""
@@ -240,11 +244,13 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
     # -- processing ---------------------------------------------------------------------------
     def process_events(self) -> None:
         """Run handlers for every queued event, including those queued just before the close."""
+        running = _Slice()
         while (event := self._esl_event_queue.get()) is not _END:
             if self.on_core_uuid is not None and event.core_uuid:
                 self.on_core_uuid(event.core_uuid)
             for handler in self.event_handlers.get(event.event_name, ()):
                 self._safe_exec_handler(handler, event)
+            running.check()
 
     def _safe_exec_handler(self, handler: EventHandler, event: HangupEvent) -> None:
         self.stats.handling_since = time.monotonic()
@@ -279,6 +285,22 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
             return True
         greenlet.join(timeout=timeout)
         return bool(greenlet.dead)
+
+
+class _Slice:
+    """Yields to the loop once the calling greenlet has run ``SLICE_S`` since its last yield.
+
+    A socket with data ready and a queue with events ready never switch by themselves, so a burst
+    would otherwise be read, or handled, in one go: seconds without health, heartbeats or delivery.
+    """
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def check(self) -> None:
+        if time.monotonic() - self.started > SLICE_S:
+            gevent.sleep(0)
+            self.started = time.monotonic()
 
 
 class ESLSource:

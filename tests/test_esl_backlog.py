@@ -10,9 +10,12 @@ import gevent.queue
 import structlog
 from structlog.testing import capture_logs
 
+from listener.app import App
+from listener.classify import default_classifier
+from listener.config import Config, HealthConfig
 from listener.esl import ESLSettings, ESLSource, Node
 from listener.event import HangupEvent
-from tests.fakeesl import FakeFreeSWITCH, capture_bodies, with_header
+from tests.fakeesl import FakeFreeSWITCH, capture_bodies, event_frame, with_header
 
 
 def test_a_core_uuid_reply_that_comes_late_keeps_the_connection() -> None:
@@ -39,3 +42,21 @@ def wait_for(logs: list[dict[str, Any]], event: str) -> None:
     with gevent.Timeout(5, AssertionError(f"no {event}: {[e['event'] for e in logs]}")):
         while event not in [e["event"] for e in logs]:
             gevent.sleep(0.01)  # yields to the greenlets under test; bounded by the Timeout
+
+
+def test_a_burst_of_hangups_is_handled_in_slices_that_never_stall_the_loop() -> None:
+    """Found with the gevent monitor (tests/conftest.py fails any test whose daemon greenlets block
+    the loop > 0.1 s): without an outbox no handler yields, and a queue or a socket with data ready
+    never switches, so 5000 queued hangups held the loop well past 0.1 s (health, heartbeats wait)."""
+    body = capture_bodies("uas_486")[0]
+    burst = b"".join(event_frame(with_header(body, "Unique-ID", f"burst-{n:05d}")) for n in range(5000))
+    with FakeFreeSWITCH() as fake, capture_logs() as logs:
+        config = Config(nodes=(Node("n", port=fake.port),), health=HealthConfig(port=0))
+        app = App(config, default_classifier().classify)  # no outbox: the handler never yields
+        app.start()
+        fake.next_session().send(burst)
+        with gevent.Timeout(60, AssertionError("the burst was not classified in time")):
+            while sum(e["event"] == "call.classified" for e in logs) < 5000:
+                gevent.sleep(0.05)  # polls the captured log; bounded by the Timeout
+        app.stop(timeout=5)
+    # the assertion is conftest's: gevent's monitor saw no daemon greenlet block the loop > 0.1 s
