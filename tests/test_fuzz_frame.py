@@ -175,3 +175,22 @@ def test_frames_complete_before_broken_framing_in_the_same_read_ride_on_the_erro
     with pytest.raises(FrameError) as caught:
         FrameDecoder(CAP).feed(good + good + b"Content-Length: -1\n\n")
     assert [f.body for f in caught.value.frames] == [b"abc", b"abc"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(valid_frames, min_size=1, max_size=4), st.data())
+def test_a_stream_cut_anywhere_yields_the_whole_frames_before_the_cut_then_eof_says_so(
+    frames: list[bytes], data: st.DataObject,
+) -> None:
+    wire = b"".join(frames)
+    cut = data.draw(st.integers(min_value=0, max_value=len(wire)))
+    whole = [(f.headers, f.body) for f in decode(wire, [])]
+    decoder = FrameDecoder(CAP)
+    got = [(f.headers, f.body) for f in decoder.feed(wire[:cut])]
+    assert got == whole[: len(got)]
+    ends = [len(b"".join(frames[: n + 1])) for n in range(len(frames))]
+    if cut in (0, *ends):
+        decoder.eof()  # cut between frames: a clean end
+    else:
+        with pytest.raises(FrameError, match="closed inside a frame"):
+            decoder.eof()
