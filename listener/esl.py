@@ -278,6 +278,11 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
             with contextlib.suppress(OSError):
                 self.sock.close()
 
+    @property
+    def queued(self) -> int:
+        """Events received on this connection and not handled yet."""
+        return sum(1 for item in self._esl_event_queue.queue if item is not _END)
+
     def wait_processed(self, timeout: float | None = None) -> bool:
         """Wait until every event of this connection was handled."""
         greenlet = self._process_events_greenlet
@@ -428,6 +433,16 @@ class ESLSource:
         )
         self._attempt += 1
         return delay
+
+    def abandon(self) -> int:
+        """After ``stop``, when its deadline passed: stop handling; returns how many events were left."""
+        conn = self._conn
+        if conn is None:
+            return 0
+        left = conn.queued
+        if conn._process_events_greenlet is not None:
+            conn._process_events_greenlet.kill(block=False)
+        return left
 
     def stop(self) -> None:
         """Stop reconnecting and drop the connection; events already received are still handled."""

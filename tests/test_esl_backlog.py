@@ -60,3 +60,38 @@ def test_a_burst_of_hangups_is_handled_in_slices_that_never_stall_the_loop() -> 
                 gevent.sleep(0.05)  # polls the captured log; bounded by the Timeout
         app.stop(timeout=5)
     # the assertion is conftest's: gevent's monitor saw no daemon greenlet block the loop > 0.1 s
+
+
+class SlowSink:
+    """An outbox that takes 5 ms per commit: a backlog builds behind it."""
+
+    def __init__(self) -> None:
+        self.stored = 0
+
+    def put(self, documents: list[dict[str, Any]]) -> int:
+        gevent.sleep(0.005)  # the commit's duration, the stimulus that builds the backlog
+        self.stored += len(documents)
+        return len(documents)
+
+
+def test_events_still_queued_at_the_stop_deadline_are_counted_loudly() -> None:
+    """Found reviewing shutdown for the chaos test: a backlog longer than stop's deadline was
+    dropped without a word (the connections' queues die with the process)."""
+    body = capture_bodies("uas_486")[0]
+    burst = b"".join(event_frame(with_header(body, "Unique-ID", f"late-{n:05d}")) for n in range(1000))
+    sink = SlowSink()
+    with FakeFreeSWITCH() as fake, capture_logs() as logs:
+        config = Config(nodes=(Node("n", port=fake.port),), health=HealthConfig(port=0))
+        app = App(config, default_classifier().classify, sink)
+        app.start()
+        fake.next_session().send(burst)
+        with gevent.Timeout(10, AssertionError("nothing stored")):
+            while sink.stored < 50:
+                gevent.sleep(0.01)  # polls the sink; bounded by the Timeout
+        app.stop(timeout=0.2)
+        stored = sink.stored
+    (abandoned,) = [e for e in logs if e["event"] == "listener.events_abandoned"]
+    assert abandoned["log_level"] == "error"
+    assert abandoned["node"] == "n"
+    assert abandoned["queued"] > 0
+    assert stored + abandoned["queued"] <= 1000
