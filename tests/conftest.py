@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import gevent
+import gevent._monitor
 import gevent.hub
 import greenlet
 import pytest
@@ -43,6 +44,17 @@ def _on_event(event: object) -> None:
 
 
 subscribers.append(_on_event)
+_show_report = gevent._monitor.PeriodicMonitoringThread._show_blocking_report
+
+
+def _show_daemon_reports(monitor: Any, hub: Any, report: Any, active_greenlet: Any) -> Any:
+    """gevent prints every report to stderr; the test's own greenlet's are noise (see above)."""
+    if active_greenlet is MAIN:
+        return None
+    return _show_report(monitor, hub, report, active_greenlet)
+
+
+gevent._monitor.PeriodicMonitoringThread._show_blocking_report = _show_daemon_reports
 _handle_error = gevent.hub.Hub.handle_error
 
 
@@ -54,6 +66,11 @@ def _record_error(hub: Any, context: Any, type_: Any, value: Any, tb: Any) -> No
 
 
 gevent.hub.Hub.handle_error = _record_error
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # the monitor would also watch memory with psutil (not installed, not needed here)
+    config.addinivalue_line("filterwarnings", "ignore:Unable to monitor memory usage")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
