@@ -360,10 +360,10 @@ def report(chaos: Chaos, final: Final, seed: int) -> None:
     read = {uid for inc in chaos.incarnations for uid in inc.classified}
     sent = sum(len(c.sent) for c in chaos.connections)
     copies = sum(final.accepted.values())
-    connected = sum(inc.events["esl.connected"] for inc in chaos.incarnations)
+    reconnects = sum(max(inc.events["esl.connected"] - 1, 0) for inc in chaos.incarnations)
     print(f"chaos seed {seed}: sent {sent} / read {len(read)} / received {len(final.accepted)} / "
           f"duplicates {copies - len(final.accepted)} (requests {final.requests}) / kills {chaos.kills} / "
-          f"reconnects {connected - len(chaos.incarnations)} / gaps "
+          f"reconnects {reconnects} / gaps "
           f"{sum(inc.events['esl.gap'] for inc in chaos.incarnations)} "
           f"({sum(inc.gap_s for inc in chaos.incarnations):.1f} s)")
     print("chaos actions:", dict(chaos.actions), "connections ended:",
