@@ -207,7 +207,11 @@ class App:
         self.service.stopping()
         for source in self.sources:
             source.stop()
-        self.group.join(timeout=timeout)
+        if not self.group.join(timeout=timeout):
+            for source in self.sources:  # what the deadline leaves unhandled is lost: say so
+                if left := source.abandon():
+                    self.log.error("listener.events_abandoned", node=source.node.name, queued=left,
+                                   reason=f"not handled within the {timeout:g}s stop deadline")
         self.group.kill(timeout=1)
         if self.delivery is not None:
             self.delivery.stop(deadline_s=timeout)

@@ -79,7 +79,9 @@ def _load(path: Path | None, err: TextIO) -> object | None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from listener import app, logs  # noqa: PLC0415 - imported after monkey-patching
+    import structlog  # noqa: PLC0415 - imported after monkey-patching
+
+    from listener import app, logs, monitor  # noqa: PLC0415
     from listener.config import Config  # noqa: PLC0415
     from listener.errors import OutboxError  # noqa: PLC0415
 
@@ -87,6 +89,7 @@ def _run(args: argparse.Namespace) -> int:
     if not isinstance(cfg, Config):
         return EX_CONFIG
     logs.configure(cfg.log.level)
+    monitor.watch(structlog.get_logger("listener"))
     try:
         daemon = app.App.from_config(cfg)
     except OutboxError as exc:

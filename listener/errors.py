@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 
 class ListenerError(Exception):
@@ -19,6 +20,9 @@ class ConfigError(ListenerError):
 
 class FrameError(ListenerError):
     """The ESL byte stream broke its framing: the connection must be re-established."""
+
+    frames: tuple[Any, ...] = ()
+    """The complete frames decoded before the broken one in the same read: still to be handled."""
 
 
 class EventError(ListenerError):

@@ -37,6 +37,8 @@ from listener.frame import DEFAULT_MAX_FRAME_BYTES, Frame, FrameDecoder
 
 DEFAULT_EVENTS = ("CHANNEL_HANGUP_COMPLETE", "HEARTBEAT")
 _END = object()  # queued after the last event of a connection
+SLICE_S = 0.01
+"""Longest run of the reader or the handlers without yielding: a backlog never stalls the loop."""
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
@@ -133,15 +135,19 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
         if not reply.startswith("+OK"):
             raise ESLError(f"event subscription refused: {reply}")
 
-    def command(self, text: str) -> str:
+    def command(self, text: str, *, close_on_timeout: bool = True) -> str:
         """Send a command and return its Reply-Text (api: its body)."""
-        frame: Frame = self.send(text)
+        frame: Frame = self.send(text, close_on_timeout=close_on_timeout)
         if frame.content_type == "api/response":
             return frame.body.decode("utf-8", "replace")
         return frame.headers.get("Reply-Text", "")
 
-    def send(self, data: str) -> Frame:
-        """Send one command and wait for its reply, at most ``command_timeout``."""
+    def send(self, data: str, *, close_on_timeout: bool = True) -> Frame:
+        """Send one command and wait for its reply, at most ``command_timeout``.
+
+        Without ``close_on_timeout`` a late reply is still matched to this command (it stays queued),
+        and the connection is kept: for a query whose reply may sit behind a backlog of events.
+        """
         if not self.connected or self.sock is None:
             raise ESLError("not connected")
         result: gevent.event.AsyncResult = gevent.event.AsyncResult()
@@ -153,7 +159,8 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
                 frame: Frame = result.get()
                 return frame
         except CommandTimeoutError:
-            self.close("command timed out")
+            if close_on_timeout:
+                self.close("command timed out")
             raise
         except OSError as exc:
             self.close(f"send failed: {exc}")
@@ -165,6 +172,8 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
         try:
             self._read_loop()
         except FrameError as exc:
+            for frame in exc.frames:  # complete before the broken one, in the same read
+                self.handle_frame(frame)
             self.close_reason = "malformed frame"
             self.stats.frames_rejected += 1
             self.log.error("esl.frame_rejected", reason=str(exc))
@@ -173,6 +182,7 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
 
     def _read_loop(self) -> None:
         assert self.sock is not None
+        running = _Slice()
         while self._run:
             try:
                 data = self.sock.recv(65536)
@@ -189,6 +199,7 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
             self.stats.last_received = time.monotonic()
             for frame in self._decoder.feed(data):
                 self.handle_frame(frame)
+            running.check()
 
     def handle_frame(self, frame: Frame) -> None:
         """Route one frame: replies to their command, events to the queue."""
@@ -233,11 +244,13 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
     # -- processing ---------------------------------------------------------------------------
     def process_events(self) -> None:
         """Run handlers for every queued event, including those queued just before the close."""
+        running = _Slice()
         while (event := self._esl_event_queue.get()) is not _END:
             if self.on_core_uuid is not None and event.core_uuid:
                 self.on_core_uuid(event.core_uuid)
             for handler in self.event_handlers.get(event.event_name, ()):
                 self._safe_exec_handler(handler, event)
+            running.check()
 
     def _safe_exec_handler(self, handler: EventHandler, event: HangupEvent) -> None:
         self.stats.handling_since = time.monotonic()
@@ -265,6 +278,11 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
             with contextlib.suppress(OSError):
                 self.sock.close()
 
+    @property
+    def queued(self) -> int:
+        """Events received on this connection and not handled yet."""
+        return sum(1 for item in self._esl_event_queue.queue if item is not _END)
+
     def wait_processed(self, timeout: float | None = None) -> bool:
         """Wait until every event of this connection was handled."""
         greenlet = self._process_events_greenlet
@@ -272,6 +290,22 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
             return True
         greenlet.join(timeout=timeout)
         return bool(greenlet.dead)
+
+
+class _Slice:
+    """Yields to the loop once the calling greenlet has run ``SLICE_S`` since its last yield.
+
+    A socket with data ready and a queue with events ready never switch by themselves, so a burst
+    would otherwise be read, or handled, in one go: seconds without health, heartbeats or delivery.
+    """
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def check(self) -> None:
+        if time.monotonic() - self.started > SLICE_S:
+            gevent.sleep(0)
+            self.started = time.monotonic()
 
 
 class ESLSource:
@@ -375,7 +409,7 @@ class ESLSource:
     def _ask_core_uuid(self, conn: HardenedInboundESL) -> None:
         """Learn the node's Core-UUID now (events carry it too): a new one means FreeSWITCH restarted."""
         try:
-            reply = conn.command("api global_getvar core_uuid").strip()
+            reply = conn.command("api global_getvar core_uuid", close_on_timeout=False).strip()
         except ESLError as exc:
             self.log.info("esl.core_uuid_unknown", reason=str(exc))
             return
@@ -399,6 +433,16 @@ class ESLSource:
         )
         self._attempt += 1
         return delay
+
+    def abandon(self) -> int:
+        """After ``stop``, when its deadline passed: stop handling; returns how many events were left."""
+        conn = self._conn
+        if conn is None:
+            return 0
+        left = conn.queued
+        if conn._process_events_greenlet is not None:
+            conn._process_events_greenlet.kill(block=False)
+        return left
 
     def stop(self) -> None:
         """Stop reconnecting and drop the connection; events already received are still handled."""

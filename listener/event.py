@@ -110,6 +110,8 @@ def parse_json(body: bytes | str) -> tuple[dict[str, str], str | None]:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise EventError(f"event-json body is not JSON: {exc.msg} at {exc.pos}") from None
+    except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting deeper than the stack
+        raise EventError(f"event-json body is not usable JSON: {type(exc).__name__}") from None
     if not isinstance(obj, dict):
         raise EventError("event-json body is not a JSON object")
     inner = obj.pop("_body", None)

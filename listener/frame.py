@@ -44,12 +44,13 @@ def content_length(headers: dict[str, str], limit: int) -> int:
     raw = headers.get("Content-Length")
     if raw is None:
         return 0
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):  # str.isdigit alone accepts "²", which int() refuses
         raise FrameError("Content-Length is not a non-negative integer")
-    length = int(raw)
-    if length > limit:
-        raise FrameError(f"Content-Length {length} exceeds the frame cap of {limit} bytes")
-    return length
+    digits = raw.lstrip("0") or "0"
+    if len(digits) > len(str(limit)) or int(digits) > limit:  # int() refuses > 4300 digits
+        shown = digits if len(digits) <= 20 else digits[:20] + "..."
+        raise FrameError(f"Content-Length {shown} exceeds the frame cap of {limit} bytes")
+    return int(digits)
 
 
 class FrameDecoder:
@@ -61,6 +62,7 @@ class FrameDecoder:
         self._pos = 0
         self._pending: dict[str, str] | None = None
         self._need = 0
+        self._scanned = 0  # the envelope's blank line is not before this offset: never search twice
 
     @property
     def buffered(self) -> int:
@@ -68,13 +70,21 @@ class FrameDecoder:
         return len(self._buf) - self._pos
 
     def feed(self, data: bytes) -> list[Frame]:
-        """Add received bytes; return the frames they complete. Raises FrameError on broken framing."""
+        """Add received bytes; return the frames they complete.
+
+        Raises FrameError on broken framing, carrying in ``frames`` those completed before it.
+        """
         self._buf += data
         frames: list[Frame] = []
-        while (frame := self._next()) is not None:
-            frames.append(frame)
+        try:
+            while (frame := self._next()) is not None:
+                frames.append(frame)
+        except FrameError as exc:
+            exc.frames = tuple(frames)
+            raise
         if self._pos:
             del self._buf[: self._pos]
+            self._scanned = max(self._scanned - self._pos, 0)
             self._pos = 0
         return frames
 
@@ -99,8 +109,9 @@ class FrameDecoder:
         buf = self._buf
         while self._pos < len(buf) and buf[self._pos] in b"\r\n":
             self._pos += 1  # blank lines between frames carry nothing
-        end = buf.find(b"\n\n", self._pos)
+        end = buf.find(b"\n\n", max(self._pos, self._scanned - 1))
         if end < 0:
+            self._scanned = len(buf)
             if len(buf) - self._pos > MAX_ENVELOPE_BYTES:
                 raise FrameError(f"envelope longer than {MAX_ENVELOPE_BYTES} bytes without a blank line")
             return False

@@ -48,7 +48,10 @@ def iso_utc(epoch_us: int | None) -> str | None:
     """Microseconds since the epoch as ISO-8601 UTC with a ``Z``."""
     if epoch_us is None:
         return None
-    moment = datetime.fromtimestamp(epoch_us / 1_000_000, tz=UTC)
+    try:
+        moment = datetime.fromtimestamp(epoch_us / 1_000_000, tz=UTC)
+    except (ValueError, OverflowError, OSError):  # outside years 1..9999 or the platform's time_t
+        return None
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -67,7 +70,7 @@ def timing(event: HangupEvent) -> dict[str, Any]:
         "answered_at": iso_utc(answered),
         "ended_at": iso_utc(ended),
         "duration_s": _seconds(created, ended),
-        "billsec": event.billsec,
+        "billsec": event.billsec if event.billsec is None or event.billsec >= 0 else None,
         "ring_s": _seconds(ring_start, answered or ended),
     }
 
@@ -91,7 +94,7 @@ def build(event: HangupEvent, outcome: Outcome, node_name: str) -> dict[str, Any
         "hangup_disposition": facts.hangup_disposition,
         "hangup_by": facts.hangup_by,
         "leg": facts.leg,
-        "direction": event.direction,
+        "direction": event.direction if event.direction in ("inbound", "outbound") else None,
         "answered": facts.answered,
         "channel_uuid": event.unique_id,
         "call_uuid": event.call_uuid,

@@ -39,6 +39,7 @@ class Daemon:
                 assert line, f"daemon exited before {event}: {self.output[-5:]}"
                 self.output.append(line)
                 entry: dict[str, Any] = json.loads(line)
+                assert entry["event"] != "loop.blocked", f"the daemon's loop was blocked: {entry}"
                 if entry["event"] == event:
                     return entry
 
@@ -49,12 +50,19 @@ class Daemon:
         """Wait for the exit; the rest of stdout and all of stderr land in ``output``."""
         out, err = gevent.get_hub().threadpool.apply(self.proc.communicate, kwds={"timeout": timeout})
         self.output += out.decode().splitlines() + err.decode().splitlines()
+        assert_never_blocked(self.output)
         return int(self.proc.returncode)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.communicate()
+
+
+def assert_never_blocked(lines: list[str]) -> None:
+    """No ``loop.blocked`` line: the daemon's loop never stalled (conftest enables gevent's monitor)."""
+    blocked = [line for line in lines if '"event": "loop.blocked"' in line]
+    assert not blocked, f"the daemon's loop was blocked: {blocked[0]}"
 
 
 def fetch(port: int, path: str) -> tuple[int, bytes]:

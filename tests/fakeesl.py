@@ -14,6 +14,7 @@ from pathlib import Path
 
 import gevent
 import gevent.event
+import gevent.lock
 import gevent.queue
 import gevent.server
 
@@ -70,6 +71,7 @@ class Session:
         self.commands: list[str] = []
         self.subscribed = gevent.event.Event()
         self.closed = gevent.event.Event()
+        self._sending = gevent.lock.Semaphore()  # a reply never lands inside a frame a test is sending
 
     def serve(self) -> None:
         try:
@@ -95,7 +97,7 @@ class Session:
     def answer(self, command: str) -> bool:
         """Reply to one command as FreeSWITCH does; False ends the session."""
         self.commands.append(command)
-        if self.server.silent:
+        if self.server.silent or command in self.server.unanswered:
             return True
         if command.startswith("auth "):
             if command[5:] == self.server.password:
@@ -123,7 +125,8 @@ class Session:
 
     # -- what a test does with a session ----------------------------------------------------
     def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
+        with self._sending:
+            self.sock.sendall(data)
 
     def send_event(self, body: bytes) -> None:
         self.send(event_frame(body))
@@ -154,6 +157,8 @@ class FakeFreeSWITCH:
         self.password = password
         self.reject_acl = reject_acl
         self.silent = silent
+        self.unanswered: set[str] = set()
+        """Commands this fake never answers (as if the reply were stuck behind a backlog)."""
         self.core_uuid = "1b8e5af5-676a-4b2e-91a0-1ac1b56080da"  # the captures' FreeSWITCH
         self.sessions: gevent.queue.Queue[Session] = gevent.queue.Queue()
         self.accepted = 0

@@ -92,6 +92,7 @@ def _read_json_line(stream: IO[bytes], want: str, timeout: float = 10) -> dict[s
             line = gevent.get_hub().threadpool.apply(stream.readline)
             assert line, f"daemon exited before {want}"
             entry = json.loads(line)
+            assert entry["event"] != "loop.blocked", f"the daemon's loop was blocked: {entry}"
             if entry["event"] == want:
                 return dict(entry)
 
@@ -108,6 +109,7 @@ def test_run_prints_one_classified_line_per_hangup_and_stops_on_sigterm(tmp_path
         )
         try:
             assert daemon.stdout is not None
+            assert _read_json_line(daemon.stdout, "loop.monitored")["threshold_s"] == 0.1  # conftest's
             session = fake.next_session(timeout=15)
             assert _read_json_line(daemon.stdout, "esl.connected")["node"] == "lab"
             session.send((FIXTURES / "uas_486" / "hangup_complete.plain.txt").read_bytes())

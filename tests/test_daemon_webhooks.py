@@ -20,6 +20,7 @@ from standardwebhooks.webhooks import Webhook
 from webhook_receiver import Hold, Receiver, Reply, refused_url
 
 from listener.event import HangupEvent
+from tests.daemon import assert_never_blocked
 from tests.fakeesl import FakeFreeSWITCH, Session, capture_bodies, event_frame, with_header
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -49,13 +50,22 @@ def write_config(tmp_path: Path, fake: FakeFreeSWITCH, *urls: str) -> Path:
 
 
 def start_daemon(config: Path, *, read_log: bool = False) -> subprocess.Popen[bytes]:
-    """The daemon; with ``read_log`` its stdout is a pipe the test must keep reading."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "listener", "run", "--config", str(config)],
-        stdout=subprocess.PIPE if read_log else subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    """The daemon; with ``read_log`` its stdout is a pipe the test must keep reading, else a file
+    beside the config that ``_loop_never_blocked`` reads after the test."""
+    with open(config.parent / f"daemon-{len(list(config.parent.glob('daemon-*.log')))}.log", "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "listener", "run", "--config", str(config)],
+            stdout=subprocess.PIPE if read_log else out,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+@pytest.fixture(autouse=True)
+def _loop_never_blocked(tmp_path: Path) -> Iterator[None]:
+    yield
+    for log in tmp_path.glob("daemon-*.log"):
+        assert_never_blocked(log.read_text().splitlines())
 
 
 def wait_classified(daemon: subprocess.Popen[bytes], count: int) -> None:
@@ -65,7 +75,9 @@ def wait_classified(daemon: subprocess.Popen[bytes], count: int) -> None:
     while seen < count:
         line = gevent.get_hub().threadpool.apply(daemon.stdout.readline)
         assert line, "the daemon exited"
-        seen += json.loads(line)["event"] == "call.classified"
+        event = json.loads(line)["event"]
+        assert event != "loop.blocked", f"the daemon's loop was blocked: {line!r}"
+        seen += event == "call.classified"
 
 
 def bodies(count: int) -> list[bytes]:
@@ -189,6 +201,7 @@ def wait_log(daemon: subprocess.Popen[bytes], event: str) -> dict[str, object]:
         line = gevent.get_hub().threadpool.apply(daemon.stdout.readline)
         assert line, "the daemon exited"
         entry = json.loads(line)
+        assert entry["event"] != "loop.blocked", f"the daemon's loop was blocked: {entry}"
         if entry["event"] == event:
             return dict(entry)
 

@@ -46,6 +46,8 @@ class Received:
     headers: dict[str, str]
     body: bytes
     status: int
+    stalled: bool = False
+    """Answered only after ``Slow``'s delay: the client had likely given up (not an acknowledgement)."""
 
     @property
     def webhook_id(self) -> str:
@@ -64,7 +66,9 @@ class _Handler(BaseHTTPRequestHandler):
         status, headers = 200, {}
         if isinstance(behaviour, Reply):
             status, headers = behaviour.status, behaviour.headers
-        receiver.record(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body, status))
+        received = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body, status,
+                            stalled=isinstance(behaviour, Slow))
+        receiver.record(received)
         if isinstance(behaviour, Slow):
             receiver.closing.wait(behaviour.seconds)
         elif isinstance(behaviour, Hold):
@@ -98,6 +102,8 @@ class Receiver:
         if tls is not None:
             self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._scripts: dict[str, deque[Behaviour]] = defaultdict(deque)
+        self.default: Behaviour = Reply()
+        """The answer when a path's script is empty (a test may switch it, e.g. to Reply(500))."""
         self._lock = threading.Lock()
         self.received: list[Received] = []
         self._arrivals: queue.Queue[Received] = queue.Queue()
@@ -106,6 +112,19 @@ class Receiver:
         self.released = threading.Event()
         self.closing = threading.Event()
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+
+    def refuse(self) -> None:
+        """Stop listening: connections are refused until ``listen_again``."""
+        self._server.shutdown()
+        self._server.server_close()
+
+    def listen_again(self) -> None:
+        """Listen again on the same address (SO_REUSEADDR), after ``refuse``."""
+        server = _Server(self._server.server_address[:2], _Handler)
+        server.receiver = self
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
 
     def url(self, path: str = "/hook") -> str:
@@ -119,7 +138,7 @@ class Receiver:
     def next_behaviour(self, path: str) -> Behaviour:
         with self._lock:
             script = self._scripts[path]
-            return script.popleft() if script else Reply()
+            return script.popleft() if script else self.default
 
     def record(self, request: Received) -> None:
         with self._lock:
