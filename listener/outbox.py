@@ -231,6 +231,20 @@ class Outbox:
                 " WHERE id = ?",
                 (attempts, error, now, delivery_id))
 
+    def settle(self, acks: Sequence[int], reschedules: Sequence[tuple[int, int, float, str]],
+               buries: Sequence[tuple[int, int, str]], now: float) -> None:
+        """Record many outcomes in one transaction: ``ack`` ids, ``reschedule`` and ``bury`` arguments."""
+        if not (acks or reschedules or buries):
+            return
+        with self._transaction("settle") as db:
+            db.executemany("DELETE FROM delivery WHERE id = ?", [(i,) for i in acks])
+            db.executemany(
+                "UPDATE delivery SET attempts = ?, next_at = ?, last_error = ?, updated_at = ? WHERE id = ?",
+                [(attempts, next_at, error, now, i) for i, attempts, next_at, error in reschedules])
+            db.executemany(
+                "UPDATE delivery SET state = 'dead', attempts = ?, last_error = ?, updated_at = ?"
+                " WHERE id = ?", [(attempts, error, now, i) for i, attempts, error in buries])
+
     # -- the operator's side ------------------------------------------------------------------
 
     def stats(self, now: float) -> tuple[EndpointStats, ...]:
