@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -169,8 +169,10 @@ class EndpointDelivery:
         self._observers = observers
         self._transport = Transport(config)
         self._claimed: set[int] = set()
+        self._ready: deque[Delivery] = deque()
         self._results: list[_Result] = []
         self._running = 0
+        self._batch = max(config.max_concurrency // 2, 1)
         self._probing = False
         self.circuit = Circuit(rng)
         self._requests = gevent.pool.Group()
@@ -211,29 +213,49 @@ class EndpointDelivery:
         for result in results:
             self._claimed.discard(result.row.id)
             self._report(result, settlement, now)
-        probe = self.circuit.open
-        for row in rows:
-            self._claimed.add(row.id)
+        if self.circuit.open:
+            self._release_ready()
+        self._claimed.update(row.id for row in rows)
+        self._ready.extend(rows)
+        while self._ready and self._running < self.config.max_concurrency:
             self._running += 1
-            self._probing = self._probing or probe
-            self._requests.spawn(self._deliver, row, probe)
+            self._probing = self.circuit.open
+            self._requests.spawn(self._work, self._ready.popleft(), self._probing)
 
     def _capacity(self, now: float) -> int:
-        free = self.config.max_concurrency - self._running
+        """Rows to claim: enough for every free slot and one more round (prefetched), or one probe."""
         if not self.circuit.open:
-            return free
-        return 1 if free > 0 and not self._probing and self.circuit.may_probe(now) else 0
+            return 2 * self.config.max_concurrency - self._running - len(self._ready)
+        free = self._running < self.config.max_concurrency
+        return 1 if free and not self._probing and self.circuit.may_probe(now) else 0
 
-    def _deliver(self, row: Delivery, probe: bool) -> None:
+    def _release_ready(self) -> None:
+        """Prefetched rows not sent (circuit open, stopping): unclaimed, they stay pending."""
+        self._claimed.difference_update(row.id for row in self._ready)
+        self._ready.clear()
+
+    def _work(self, row: Delivery | None, probe: bool) -> None:
+        """Send ``row``, then prefetched rows while there are any: no outbox turn between requests."""
         try:
-            cfg = self.config
-            request = build_request(cfg.url, cfg.key, row.event_id, row.body, int(self._clock()))
-            started = time.monotonic()
-            outcome = self._transport.send(request, self._clock)
-            self._results.append(_Result(row, outcome, time.monotonic() - started, probe))
+            while row is not None:
+                result = self._attempt(row, probe)
+                self._results.append(result)
+                if len(self._results) >= self._batch or isinstance(result.outcome, Retry):
+                    self._wake.set()  # under load outcomes are recorded a batch at a time
+                unreachable = isinstance(result.outcome, Retry) and result.outcome.reason in UNREACHABLE
+                go_on = self._ready and not (probe or unreachable or self.stopping or self.circuit.open)
+                row = self._ready.popleft() if go_on else None
         finally:
             self._running -= 1
-            self._wake.set()
+            if self._running == 0 or not self._ready:
+                self._wake.set()
+
+    def _attempt(self, row: Delivery, probe: bool) -> _Result:
+        cfg = self.config
+        request = build_request(cfg.url, cfg.key, row.event_id, row.body, int(self._clock()))
+        started = time.monotonic()
+        outcome = self._transport.send(request, self._clock)
+        return _Result(row, outcome, time.monotonic() - started, probe)
 
     def _settle(self, results: list[_Result], now: float) -> _Settlement:
         """The outbox changes for these outcomes; the circuit learns from each."""
@@ -296,6 +318,7 @@ class EndpointDelivery:
 
     def finish(self, deadline_s: float) -> bool:
         """Wait up to ``deadline_s`` for requests in flight (the rest stay pending); record the outcomes."""
+        self._release_ready()
         done = self._requests.join(timeout=deadline_s)
         if not done:
             self._log.warning("webhook.shutdown_abandoned", in_flight=self._running)
