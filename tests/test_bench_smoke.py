@@ -17,7 +17,8 @@ def test_a_small_benchmark_run_completes_and_delivers_every_event_as_classified(
     out = tmp_path / "results.json"
     run = subprocess.run(
         [sys.executable, "-m", "bench", "--events", "1500", "--latency-rate", "300",
-         "--latency-seconds", "2", "--memory-events", "1500", "--backlog-new-rate", "200", "--synchronous", "normal", "--out", str(out)],
+         "--latency-seconds", "2", "--memory-events", "1500", "--backlog-new-rate", "200",
+         "--synchronous", "normal", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=100, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
     results = json.loads(out.read_text())
