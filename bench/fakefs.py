@@ -120,6 +120,7 @@ class FakeFreeSWITCH:
             if size >= CHUNK:
                 client.send(b"".join(chunk))
                 chunk, size = [], 0
+                gevent.sleep(0)  # let a command reply (api global_getvar) in between chunks
         if chunk:
             client.send(b"".join(chunk))
         self.next = start + count
