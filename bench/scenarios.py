@@ -171,21 +171,27 @@ def latency(settings: Settings, per_s: float, seconds: float, expected: Expected
 
 
 def memory(settings: Settings, count: int) -> Result:
-    """Peak RSS over ``count`` events end to end, and RSS at the end against RSS after the first tenth."""
+    """Peak RSS over ``count`` events ingested at full speed, RSS at the end against after the first tenth.
+
+    The receiver is down during the burst (the circuit keeps delivery idle; at full ingest speed
+    delivery would otherwise lag far behind); it is started afterwards and everything delivered.
+    """
     early = max(count // 10, 1)
-    with setup(settings, "memory", listening=True, keep_log=False, milestones=(early, count)) as s:
+    with setup(settings, "memory", listening=False, keep_log=False, milestones=(early, count)) as s:
         first = s.fake.ask(f"burst {count}", settings.timeout * 4)["first"]
         s.daemon.wait_count(count, settings.timeout * 4)
-        done = s.receiver.ask(f"target {count}", settings.timeout * 4)
+        ingested = s.daemon.reached[count]
         time.sleep(1.0)
         end = s.daemon.rss()
         at_early = s.daemon.rss_at[early]["VmRSS"]
+        s.listen()
+        done = s.receiver.ask(f"target {count}", settings.timeout * 4)
     return {
         "memory": {"events": count, "peak_rss_mb": round(end["VmHWM"] / 1024, 1),
                    "rss_after_first_tenth_mb": round(at_early / 1024, 1), "first_tenth": early,
                    "rss_end_mb": round(end["VmRSS"] / 1024, 1),
                    "growth_pct": round((end["VmRSS"] - at_early) / at_early * 100, 1),
-                   "end_to_end_per_s": round(count / (done["last"] - first)),
+                   "ingest_per_s": round(count / (ingested - first)),
                    "target_peak_mb": 80, "target_growth_pct": 10},
         "checks": {"webhooks": {"expected": count, "unique": done["unique"], "requests": done["requests"],
                                 "ok": done["unique"] == count}},
