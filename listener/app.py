@@ -73,21 +73,28 @@ class Pipeline:
         """The classified document for one event (pure)."""
         return payload.build(event, self.classify(event), self.node.name)
 
-    def __call__(self, event: HangupEvent) -> None:
-        document = self.process(event)
-        if self.sink is not None and not self._store(document):
-            return
-        if self.metrics is not None:
-            self.metrics.call_classified(self.node.name, document)
-        self.log.info("call.classified", call=self.redact(document) if self.redact else document)
+    prepare = process
 
-    def _store(self, document: Document) -> bool:
-        """Commit the document to the outbox; on failure log it whole (never lost silently)."""
+    def __call__(self, event: HangupEvent) -> None:
+        self.commit([self.process(event)])
+
+    def commit(self, documents: list[Document]) -> None:
+        """Store the documents in one outbox commit, then write one line per call (never before)."""
+        if self.sink is not None and not self._store(documents):
+            return
+        for document in documents:
+            if self.metrics is not None:
+                self.metrics.call_classified(self.node.name, document)
+            self.log.info("call.classified", call=self.redact(document) if self.redact else document)
+
+    def _store(self, documents: list[Document]) -> bool:
+        """Commit the documents to the outbox; on failure log each whole (never lost silently)."""
         assert self.sink is not None
         try:
-            self.sink.put([document])
+            self.sink.put(documents)
         except OutboxError as exc:
-            self.log.error("outbox.write_failed", reason=str(exc), call=document)
+            for document in documents:
+                self.log.error("outbox.write_failed", reason=str(exc), call=document)
             if self.on_sink_failure is not None:
                 self.on_sink_failure(exc)
             return False

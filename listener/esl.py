@@ -8,7 +8,9 @@ but every method with a verified defect is replaced here:
   received, no busy loop on a short body then EOF) and parses bodies with ``listener.event``
   (per-value URL-decoding, so ``%0A`` cannot inject headers; bytes that are not UTF-8 replaced).
 * ``process_events`` drains the queue up to an end-of-stream marker, so events received just before
-  the socket closed are all processed (greenswitch drops them).
+  the socket closed are all processed (greenswitch drops them). It takes whatever is queued (up to
+  ``MAX_BATCH``) at once: a ``BatchHandler`` prepares each event of a run on its own (one failure
+  skips one event) and then commits the run together (one outbox transaction for many calls).
 * ``send`` has a timeout and fails fast on a dead connection (greenswitch can block forever).
 * one ``HardenedInboundESL`` per connection attempt: ``ESLSource`` makes a fresh one each time.
 """
@@ -16,13 +18,14 @@ but every method with a verified defect is replaced here:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 import re
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import gevent
 import gevent.event
@@ -36,6 +39,8 @@ from listener.event import HangupEvent
 from listener.frame import DEFAULT_MAX_FRAME_BYTES, Frame, FrameDecoder
 
 DEFAULT_EVENTS = ("CHANNEL_HANGUP_COMPLETE", "HEARTBEAT")
+MAX_BATCH = 500
+"""Most events handed to a ``BatchHandler`` at once (what is queued when the handler is free)."""
 _END = object()  # queued after the last event of a connection
 SLICE_S = 0.01
 """Longest run of the reader or the handlers without yielding: a backlog never stalls the loop."""
@@ -52,7 +57,7 @@ class ESLSettings:
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
-    queue_size: int = 10_000
+    queue_size: int = 1_000
     events: tuple[str, ...] = DEFAULT_EVENTS
 
 
@@ -66,7 +71,16 @@ class Node:
     password: str = field(default="ClueCon", repr=False)
 
 
-EventHandler = Callable[[HangupEvent], None]
+@runtime_checkable
+class BatchHandler(Protocol):
+    """Handles a run of events: ``prepare`` each (pure work, fails alone), then ``commit`` them together."""
+
+    def prepare(self, event: HangupEvent) -> Any: ...
+
+    def commit(self, prepared: list[Any]) -> None: ...
+
+
+EventHandler = Callable[[HangupEvent], None] | BatchHandler
 
 
 @dataclass(slots=True)
@@ -103,6 +117,7 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
         self._decoder = FrameDecoder(settings.max_frame_bytes)
         self._esl_event_queue = gevent.queue.Queue(maxsize=settings.queue_size)
         self.on_core_uuid: Callable[[str], None] | None = None
+        self._in_hand = 0
 
     # -- connecting ---------------------------------------------------------------------------
     def connect(self) -> None:
@@ -245,24 +260,69 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
     def process_events(self) -> None:
         """Run handlers for every queued event, including those queued just before the close."""
         running = _Slice()
-        while (event := self._esl_event_queue.get()) is not _END:
-            if self.on_core_uuid is not None and event.core_uuid:
-                self.on_core_uuid(event.core_uuid)
-            for handler in self.event_handlers.get(event.event_name, ()):
-                self._safe_exec_handler(handler, event)
+        ended = False
+        while not ended:
+            batch, ended = self._next_batch()
+            self._in_hand = len(batch)
+            for event in batch:
+                if self.on_core_uuid is not None and event.core_uuid:
+                    self.on_core_uuid(event.core_uuid)
+            for name, run in itertools.groupby(batch, key=lambda e: e.event_name):
+                self._dispatch(name, list(run), running)
+            self._in_hand = 0
             running.check()
 
-    def _safe_exec_handler(self, handler: EventHandler, event: HangupEvent) -> None:
+    def _next_batch(self) -> tuple[list[HangupEvent], bool]:
+        """What is queued (waiting for the first), up to ``MAX_BATCH``; True once the end marker came."""
+        queue = self._esl_event_queue
+        batch: list[HangupEvent] = []
+        item = queue.get()
+        while item is not _END:
+            batch.append(item)
+            if len(batch) >= MAX_BATCH or queue.empty():
+                return batch, False
+            item = queue.get_nowait()
+        return batch, True
+
+    def _dispatch(self, name: str, events: list[HangupEvent], running: _Slice) -> None:
         self.stats.handling_since = time.monotonic()
         try:
-            handler(event)
-        except Exception:  # one bad event must never stop the stream
-            self.stats.handler_failures += 1
-            self.log.exception(
-                "call.handler_failed", channel_uuid=event.unique_id, event_name=event.event_name
-            )
+            for handler in self.event_handlers.get(name, ()):
+                if isinstance(handler, BatchHandler):
+                    self._exec_batch(handler, events, running)
+                else:
+                    for event in events:
+                        self._safe_exec_handler(handler, event)
+                        running.check()
         finally:
             self.stats.handling_since = None
+
+    def _exec_batch(self, handler: BatchHandler, events: list[HangupEvent], running: _Slice) -> None:
+        prepared, handled = [], []
+        for event in events:
+            try:
+                prepared.append(handler.prepare(event))
+            except Exception:  # noqa: BLE001 - one bad event must never stop the stream; logged with traceback
+                self._handler_failed(event)
+            else:
+                handled.append(event)
+            running.check()
+        try:
+            if prepared:
+                handler.commit(prepared)
+        except Exception:  # noqa: BLE001 - logged with its traceback, once per event of the run
+            for event in handled:
+                self._handler_failed(event)
+
+    def _safe_exec_handler(self, handler: Callable[[HangupEvent], None], event: HangupEvent) -> None:
+        try:
+            handler(event)
+        except Exception:  # noqa: BLE001 - one bad event must never stop the stream; logged with traceback
+            self._handler_failed(event)
+
+    def _handler_failed(self, event: HangupEvent) -> None:
+        self.stats.handler_failures += 1
+        self.log.exception("call.handler_failed", channel_uuid=event.unique_id, event_name=event.event_name)
 
     # -- closing ------------------------------------------------------------------------------
     def close(self, reason: str) -> None:
@@ -280,8 +340,8 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
 
     @property
     def queued(self) -> int:
-        """Events received on this connection and not handled yet."""
-        return sum(1 for item in self._esl_event_queue.queue if item is not _END)
+        """Events received on this connection and not handled yet (queued, or in the batch at hand)."""
+        return self._in_hand + sum(1 for item in self._esl_event_queue.queue if item is not _END)
 
     def wait_processed(self, timeout: float | None = None) -> bool:
         """Wait until every event of this connection was handled."""

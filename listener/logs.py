@@ -6,13 +6,27 @@ root logger forwards those records into the same structlog pipeline, so operator
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from typing import Any, TextIO
 
+import orjson
 import structlog
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def dumps(event: dict[str, Any], **kw: Any) -> str:
+    """One log line's JSON: orjson (several times faster for a call's document), the stdlib as fallback.
+
+    The fallback takes what orjson refuses (integers over 64 bits, non-string keys).
+    """
+    default = kw.get("default")
+    try:
+        return orjson.dumps(event, default=default).decode()
+    except TypeError:
+        return json.dumps(event, default=default)
 
 
 def _processors() -> list[Any]:
@@ -21,7 +35,7 @@ def _processors() -> list[Any]:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
-        structlog.processors.JSONRenderer(sort_keys=False),
+        structlog.processors.JSONRenderer(serializer=dumps),
     ]
 
 

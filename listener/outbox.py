@@ -14,7 +14,10 @@ Invariants:
    makes it pending again. Nothing is deleted for being old or failing.
 5. Every sqlite3 error is raised as ``OutboxError`` carrying SQLite's error name: the caller
    stops loudly; nothing is swallowed here.
-6. One ``Outbox`` (one connection) is used by one thread at a time; other processes (the
+6. ``settle`` (the delivery loop's acks, reschedules and burials) commits without waiting for the
+   disk: losing it on power loss only means a message is sent again (delivery is at least once).
+   The next ``put`` commit (``synchronous=full``) or checkpoint syncs it along with its own.
+7. One ``Outbox`` (one connection) is used by one thread at a time; other processes (the
    operator's commands) may open the same file concurrently: writes wait ``busy_timeout``.
 """
 
@@ -163,6 +166,16 @@ class Outbox:
         except sqlite3.Error as exc:
             raise _error(exc, what) from exc
 
+    @contextmanager
+    def _lazy_sync(self) -> Iterator[None]:
+        """Commit without fsync (invariant 6), then back to the configured level."""
+        (level,) = self._db.execute("PRAGMA synchronous").fetchone()
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            self._db.execute(f"PRAGMA synchronous={int(level)}")
+
     def _read(self, what: str, sql: str, params: Sequence[object] = ()) -> list[Any]:
         try:
             return self._db.execute(sql, params).fetchall()
@@ -230,6 +243,20 @@ class Outbox:
                 "UPDATE delivery SET state = 'dead', attempts = ?, last_error = ?, updated_at = ?"
                 " WHERE id = ?",
                 (attempts, error, now, delivery_id))
+
+    def settle(self, acks: Sequence[int], reschedules: Sequence[tuple[int, int, float, str]],
+               buries: Sequence[tuple[int, int, str]], now: float) -> None:
+        """Record many outcomes in one transaction: ``ack`` ids, ``reschedule`` and ``bury`` arguments."""
+        if not (acks or reschedules or buries):
+            return
+        with self._lazy_sync(), self._transaction("settle") as db:
+            db.executemany("DELETE FROM delivery WHERE id = ?", [(i,) for i in acks])
+            db.executemany(
+                "UPDATE delivery SET attempts = ?, next_at = ?, last_error = ?, updated_at = ? WHERE id = ?",
+                [(attempts, next_at, error, now, i) for i, attempts, next_at, error in reschedules])
+            db.executemany(
+                "UPDATE delivery SET state = 'dead', attempts = ?, last_error = ?, updated_at = ?"
+                " WHERE id = ?", [(attempts, error, now, i) for i, attempts, error in buries])
 
     # -- the operator's side ------------------------------------------------------------------
 

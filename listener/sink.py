@@ -3,8 +3,9 @@
 ``OutboxWriter`` runs every SQLite call on one real thread (a gevent ``ThreadPool`` of size 1:
 one connection, never used by two threads, no lock that monkey-patching could turn into a
 greenlet lock), and groups the documents of concurrent ``put`` callers into one commit.
-``WebhookSink`` runs one loop per endpoint, each with its own keep-alive connection pool and
-at most ``max_concurrency`` requests in flight, so a slow or dead endpoint delays no other.
+``WebhookSink`` runs one loop per endpoint (``listener.delivery``), each with its own keep-alive
+connection pool and at most ``max_concurrency`` requests in flight, so a slow or dead endpoint
+delays no other.
 A row leaves the outbox only after its endpoint answered 2xx. The clock and the randomness
 are injected so tests never sleep for retry timing.
 """
@@ -12,12 +13,9 @@ are injected so tests never sleep for retry timing.
 from __future__ import annotations
 
 import random
-import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
 import gevent
@@ -25,37 +23,15 @@ import gevent.event
 import gevent.pool
 import gevent.threadpool
 import structlog
-from geventhttpclient import HTTPClient
 
+from listener.delivery import Attempted, EndpointDelivery, Observer, Transport
 from listener.errors import OutboxClosedError, OutboxError
-from listener.outbox import Delivery, Entry, Outbox
-from listener.retry import Random, next_delay
-from listener.webhook import (
-    Delivered,
-    GiveUp,
-    Outcome,
-    Request,
-    Retry,
-    build_request,
-    outcome_of_error,
-    outcome_of_response,
-    render,
-)
+from listener.outbox import Entry, Outbox
+from listener.retry import Random
+from listener.webhook import render
 from listener.webhook_config import OutboxConfig, WebhookConfig, safe_url
 
-
-@dataclass(frozen=True, slots=True)
-class Attempted:
-    """One finished delivery attempt, as observers (metrics, tests) see it."""
-
-    endpoint: str
-    event_id: str
-    attempt: int
-    outcome: Outcome
-    latency_s: float
-
-
-Observer = Callable[[Attempted], None]
+__all__ = ["Attempted", "EndpointDelivery", "OutboxWriter", "Transport", "WebhookSink", "entry_for"]
 P = ParamSpec("P")
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -181,174 +157,6 @@ class OutboxWriter:
             self._fail(exc)
         finally:
             self._pool.kill()
-
-
-class _DeadlineExceededError(TimeoutError):
-    """The whole request took longer than connect_timeout + timeout."""
-
-
-class Transport:
-    """One endpoint's keep-alive HTTP client; never raises for a failed request, returns an Outcome."""
-
-    def __init__(self, config: WebhookConfig) -> None:
-        self.config = config
-        self._client = self._new_client()
-
-    def _new_client(self) -> HTTPClient:
-        cfg = self.config
-        factory = None
-        if cfg.url.startswith("https:"):
-            cafile = str(cfg.ca_bundle) if cfg.ca_bundle else None
-            factory = lambda **_: ssl.create_default_context(cafile=cafile)  # noqa: E731 - system store unless a bundle
-        client = HTTPClient.from_url(
-            cfg.url, concurrency=cfg.max_concurrency, connection_timeout=cfg.connect_timeout,
-            network_timeout=cfg.timeout, ssl_context_factory=factory, headers={"connection": "keep-alive"})
-        pool = client._connection_pool
-        get_socket = pool.get_socket
-
-        def get_socket_marked() -> Any:
-            try:
-                return get_socket()
-            except Exception as exc:
-                exc.connect_phase = True  # type: ignore[attr-defined]
-                raise
-
-        pool.get_socket = get_socket_marked  # type: ignore[method-assign]
-        return client
-
-    def send(self, request: Request, clock: Clock) -> Outcome:
-        """POST ``request``; on any transport failure the pool is replaced (no half-read socket reused)."""
-        client = self._client
-        try:
-            with gevent.Timeout(self.config.timeout + self.config.connect_timeout, _DeadlineExceededError):
-                response = client.request(
-                    "POST", request.target, body=request.body, headers=dict(request.headers))
-                try:
-                    response.read()
-                finally:
-                    response.release()
-        except Exception as exc:  # noqa: BLE001 - every transport failure is an outcome, mapped below
-            self._reset(client)
-            return outcome_of_error(exc, connected=not getattr(exc, "connect_phase", False))
-        retry_after = response.get("retry-after")
-        if isinstance(retry_after, list):
-            retry_after = retry_after[0] if retry_after else None
-        return outcome_of_response(response.status_code, retry_after, clock())
-
-    def _reset(self, client: HTTPClient) -> None:
-        if client is self._client:
-            self._client = self._new_client()
-        client.close()
-
-    def close(self) -> None:
-        self._client.close()
-
-
-class EndpointDelivery:
-    """The delivery loop of one endpoint: claim due rows, POST them, record each outcome."""
-
-    def __init__(self, config: WebhookConfig, writer: OutboxWriter, *, clock: Clock, rng: Random,
-                 poll_interval_s: float, counts: Counter[tuple[str, str, str]],
-                 observers: Sequence[Observer] = ()) -> None:
-        self.config = config
-        self._writer = writer
-        self._clock = clock
-        self._rng = rng
-        self._poll = poll_interval_s
-        self._counts = counts
-        self._observers = observers
-        self._transport = Transport(config)
-        self._inflight: dict[int, gevent.Greenlet] = {}
-        self._requests = gevent.pool.Group()
-        self._wake = gevent.event.Event()
-        self.stopping = False
-        self.crashed: BaseException | None = None
-        self._log = log.bind(endpoint=config.name)
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def run(self) -> None:
-        """Loop until ``stopping``; an outbox failure ends it (the writer is failed, ingestion stops)."""
-        try:
-            while not self.stopping:
-                self._claim()
-                self._wake.wait(self._poll)
-                self._wake.clear()
-        except OutboxError as exc:
-            self.crashed = exc
-        except Exception as exc:  # noqa: BLE001 - a bug: recorded, logged, seen by `healthy`
-            self.crashed = exc
-            self._log.exception("webhook.loop_crashed")
-
-    def _claim(self) -> None:
-        free = self.config.max_concurrency - len(self._inflight)
-        if free <= 0:
-            return
-        rows = self._writer.call(self._writer.outbox.due, self.config.name, self._clock(), free,
-                                 tuple(self._inflight))
-        for row in rows:
-            self._inflight[row.id] = self._requests.spawn(self._deliver, row)
-
-    def _deliver(self, row: Delivery) -> None:
-        try:
-            attempt = row.attempts + 1
-            cfg = self.config
-            request = build_request(cfg.url, cfg.key, row.event_id, row.body, int(self._clock()))
-            started = time.monotonic()
-            outcome = self._transport.send(request, self._clock)
-            latency = time.monotonic() - started
-            self._record(row, attempt, outcome, latency)
-            for observe in self._observers:
-                observe(Attempted(self.config.name, row.event_id, attempt, outcome, latency))
-        except OutboxError as exc:
-            self.crashed = exc
-            self.stopping = True
-        finally:
-            del self._inflight[row.id]
-            self._wake.set()
-
-    def _record(self, row: Delivery, attempt: int, outcome: Outcome, latency: float) -> None:
-        now, log_ = self._clock(), self._log.bind(webhook_id=row.event_id, attempt=attempt)
-        latency_ms = round(latency * 1000, 1)
-        if isinstance(outcome, Delivered):
-            self._writer.call(self._writer.outbox.ack, row.id)
-            self._counts[(self.config.name, "delivered", "ok")] += 1
-            log_.info("webhook.delivered", status=outcome.status, latency_ms=latency_ms)
-            return
-        if isinstance(outcome, GiveUp):
-            self._bury(row, attempt, outcome.reason, outcome.status, log_)
-            return
-        delay = next_delay(self.config.retry, attempt, retry_after=outcome.retry_after, rng=self._rng)
-        self._counts[(self.config.name, "failed", outcome.reason)] += 1
-        if delay is None:
-            self._bury(row, attempt, f"schedule_exhausted after {outcome.reason}", outcome.status, log_)
-            return
-        error = _describe(outcome)
-        self._writer.call(self._writer.outbox.reschedule, row.id, attempt, now + delay, error, now)
-        log_.warning("webhook.delivery_failed", reason=outcome.reason, status=outcome.status,
-                     latency_ms=latency_ms, retry_after=outcome.retry_after,
-                     next_attempt_in_s=round(delay, 1),
-                     next_attempt_at=datetime.fromtimestamp(now + delay, UTC).isoformat(timespec="seconds"))
-
-    def _bury(self, row: Delivery, attempt: int, reason: str, status: int | None, log_: Any) -> None:
-        error = f"{reason} ({status})" if status else reason
-        self._writer.call(self._writer.outbox.bury, row.id, attempt, error, self._clock())
-        self._counts[(self.config.name, "gave_up", reason.split(maxsplit=1)[0])] += 1
-        log_.error("webhook.gave_up", reason=reason, status=status)
-
-    def finish(self, deadline_s: float) -> bool:
-        """Wait up to ``deadline_s`` for requests in flight; kill the rest (they stay pending)."""
-        done = self._requests.join(timeout=deadline_s)
-        if not done:
-            self._log.warning("webhook.shutdown_abandoned", in_flight=len(self._inflight))
-            self._requests.kill(block=True, timeout=1.0)
-        self._transport.close()
-        return bool(done)
-
-
-def _describe(outcome: Retry) -> str:
-    return f"{outcome.reason} ({outcome.status})" if outcome.status else outcome.reason
 
 
 class WebhookSink:

@@ -11,13 +11,14 @@ import base64
 import errno
 import hashlib
 import hmac
-import json
 import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+import orjson
 
 from listener.retry import parse_retry_after
 
@@ -28,7 +29,7 @@ SECRET_HEADERS = frozenset({"webhook-signature", "authorization"})
 
 def render(document: Mapping[str, Any]) -> str:
     """The body POSTed for a document: compact, deterministic JSON, UTF-8 kept as is."""
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    return orjson.dumps(document).decode()
 
 
 def sign(key: bytes, msg_id: str, timestamp: int, body: str) -> str:

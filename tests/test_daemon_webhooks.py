@@ -134,7 +134,9 @@ def test_sigkill_mid_delivery_then_restart_loses_nothing(tmp_path: Path, receive
             restarted.kill()
     ids = verified_ids(receiver)
     assert set(ids) == want
-    assert len(ids) - len(want) <= 4  # duplicates: at most the ones in flight, same webhook-id
+    # duplicates (same webhook-id, at-least-once): at most the 4 in flight and the 5 answered whose
+    # acks were not yet settled (acks are recorded in batches, once per loop turn) when killed
+    assert len(ids) - len(want) <= 9
 
 
 def test_sigterm_lets_requests_in_flight_finish_keeps_the_rest(tmp_path: Path, receiver: Receiver) -> None:

@@ -334,3 +334,33 @@ def test_stop_ends_the_source_even_while_backing_off(logs: list) -> None:
         wait_for_log(logs, "esl.auth_failed")
         listener.stop()
         assert listener.source.state == "stopped"
+
+
+class Batches:
+    """A batch handler recording each commit; ``prepare`` fails for the event named ``bad``."""
+
+    def __init__(self) -> None:
+        self.commits: list[list[str]] = []
+
+    def prepare(self, event: HangupEvent) -> str:
+        if event.unique_id == "bad":
+            raise ValueError("rule bug")
+        return event.unique_id
+
+    def commit(self, prepared: list[str]) -> None:
+        self.commits.append(prepared)
+
+
+def test_queued_events_reach_a_batch_handler_in_one_commit_and_a_bad_one_is_skipped(logs: list) -> None:
+    from listener.esl import HardenedInboundESL  # noqa: PLC0415
+
+    conn = HardenedInboundESL(Node("fs1"), FAST, structlog.get_logger())
+    handler = Batches()
+    conn.register_handle("CHANNEL_HANGUP_COMPLETE", handler)
+    for uid in ("a", "bad", "b", "c"):
+        conn._esl_event_queue.put(HangupEvent.from_plain(with_header(busy_body(), "Unique-ID", uid)))
+    conn._finish()  # the end marker: process_events returns once everything queued was handled
+    conn.process_events()
+    assert handler.commits == [["a", "b", "c"]]
+    assert conn.stats.handler_failures == 1
+    assert wait_for_log(logs, "call.handler_failed")["channel_uuid"] == "bad"

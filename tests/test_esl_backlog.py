@@ -63,13 +63,13 @@ def test_a_burst_of_hangups_is_handled_in_slices_that_never_stall_the_loop() -> 
 
 
 class SlowSink:
-    """An outbox that takes 5 ms per commit: a backlog builds behind it."""
+    """An outbox that takes 5 ms per document: a backlog builds behind it."""
 
     def __init__(self) -> None:
         self.stored = 0
 
     def put(self, documents: list[dict[str, Any]]) -> int:
-        gevent.sleep(0.005)  # the commit's duration, the stimulus that builds the backlog
+        gevent.sleep(0.005 * len(documents))  # the commit's duration, the stimulus that builds the backlog
         self.stored += len(documents)
         return len(documents)
 

@@ -168,3 +168,15 @@ def test_stats_with_endpoints_gives_configured_endpoints_a_zero_row() -> None:
     stats = (EndpointStats("crm", 2, 1, 30.0),)
     assert with_endpoints(stats, ["billing", "crm"]) == (
         EndpointStats("billing", 0, 0, None), EndpointStats("crm", 2, 1, 30.0))
+
+
+def test_settle_records_acks_reschedules_and_burials_in_one_call(outbox: Outbox) -> None:
+    outbox.put([Entry(f"e{n}", "{}", ("crm",)) for n in range(3)], 100.0)
+    first, second, third = outbox.due("crm", 100.0, 10)
+    outbox.settle([first.id], [(second.id, 1, 200.0, "server_error (500)")],
+                  [(third.id, 1, "gone (410)")], 101.0)
+    rows = {r.event_id: r for r in outbox.list()}
+    assert set(rows) == {"e1", "e2"}
+    assert (rows["e1"].attempts, rows["e1"].next_at) == (1, 200.0)
+    assert rows["e1"].last_error == "server_error (500)"
+    assert (rows["e2"].state, rows["e2"].last_error) == ("dead", "gone (410)")

@@ -276,3 +276,21 @@ def test_reconfigure_starts_new_endpoints_retires_changed_ones_and_keeps_removed
     assert paths == {"/new", "/analytics"}
     # the removed endpoint's row is kept (not lost), and new documents are no longer routed to it
     assert [r.event_id for r in h.rows() if r.endpoint == "billing"] == ["call-1"]
+
+
+def test_an_unreachable_endpoint_is_probed_one_message_at_a_time_the_rest_stay_pending(harness: Any) -> None:
+    h = harness(endpoint("down", refused_url(), retry=RetrySchedule(delays=(0.0,) * 5, jitter=0.0)))
+    h.sink.start()
+    h.writer.put([doc(1)])
+    assert h.next().outcome == Retry("connection_refused")  # the circuit opens
+    h.writer.put([doc(n) for n in range(2, 12)])
+    with pytest.raises(gevent.queue.Empty):
+        h.next(timeout=0.3)  # due, but not attempted while the circuit is open
+    h.advance(1.0)  # the probe's time has come: exactly one message is tried
+    assert h.next().outcome == Retry("connection_refused")
+    with pytest.raises(gevent.queue.Empty):
+        h.next(timeout=0.3)
+    rows = h.rows()
+    assert len(rows) == 11
+    assert sum(r.attempts for r in rows) == 2
+    assert all(r.state == PENDING for r in rows)

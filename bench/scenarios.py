@@ -1,0 +1,203 @@
+"""The five measurements of issue 6, each with its reference taken in the same run.
+
+Each scenario starts its own processes (fake FreeSWITCH, receiver, daemon) in a fresh temporary
+folder and stops them; the daemon is the real thing, ``python -m listener run --config``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.corpus import Corpus, Expected
+from bench.harness import Child, Daemon, write_config
+from bench.verify import Check, check_log, check_webhooks
+
+Result = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Settings:
+    run: int
+    folder: Path
+    synchronous: str = "full"
+    concurrency: int = 16
+    timeout: float = 900.0
+
+
+class Setup:
+    """A fake FreeSWITCH, a receiver (down until ``listen``) and a daemon between them."""
+
+    def __init__(self, settings: Settings, name: str, *, listening: bool, keep_log: bool = True,
+                 milestones: tuple[int, ...] = ()) -> None:
+        self.folder = settings.folder / name
+        self.folder.mkdir(parents=True)
+        self.fake = Child("bench.fakefs", settings.run)
+        self.webhooks = self.folder / "webhooks.txt"
+        self.receiver = Child("bench.receiver", self.webhooks)
+        fake_port, receiver_port = self.fake.read()["port"], self.receiver.read()["port"]
+        if listening:
+            self.listen()
+        config = write_config(self.folder, fake_port, receiver_port, synchronous=settings.synchronous,
+                              concurrency=settings.concurrency)
+        self.log = self.folder / "stdout.jsonl" if keep_log else None
+        self.daemon = Daemon(config, self.log, milestones)
+
+    def listen(self) -> float:
+        started = time.monotonic()
+        self.receiver.ask("listen")
+        return started
+
+    def close(self) -> int:
+        code = self.daemon.stop()
+        self.fake.close()
+        self.receiver.close()
+        return code
+
+
+@contextmanager
+def setup(settings: Settings, name: str, **options: Any) -> Iterator[Setup]:
+    s = Setup(settings, name, **options)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def bare_greenswitch(settings: Settings, count: int) -> float:
+    """Events/s of greenswitch's bare receive loop on the same bytes (first byte written to last handled)."""
+    fake = Child("bench.fakefs", settings.run)
+    try:
+        bare = Child("bench.bare", fake.read()["port"], count)
+        bare.read(timeout=30)
+        first = fake.ask(f"burst {count}", settings.timeout)["first"]
+        last = bare.read(settings.timeout)["last"]
+        bare.close()
+    finally:
+        fake.close()
+    return count / (last - first)
+
+
+def _verified(s: Setup, expected: Expected, start: int, stop: int) -> tuple[Result, Check]:
+    """The checks of the log and of the webhooks; the webhooks' check also has the arrival times."""
+    result: Result = {}
+    if s.log is not None:
+        result["log"] = check_log(s.log, expected, start, stop).summary()
+    hooks = check_webhooks(s.webhooks, expected, start, stop)
+    result["webhooks"] = hooks.summary()
+    return result, hooks
+
+
+def ingest_and_backlog(settings: Settings, count: int, new_rate: float, expected: Expected) -> Result:
+    """Ingest ``count`` with the receiver down, then start it and drain while ``new_rate``/s keep coming."""
+    reference = bare_greenswitch(settings, count)
+    with setup(settings, "ingest", listening=False, milestones=(count,)) as s:
+        first = s.fake.ask(f"burst {count}", settings.timeout)["first"]
+        s.daemon.wait_count(count, settings.timeout)
+        ingest = count / (s.daemon.reached[count] - first)
+        listened = s.listen()
+        s.fake.tell(f"rate {new_rate} {settings.timeout}")
+        s.receiver.ask(f"target {count}", settings.timeout)
+        time.sleep(1.0)
+        s.fake.tell("stop")
+        new = s.fake.read()["sent"]
+        s.receiver.ask(f"target {count + new}", settings.timeout)
+        s.daemon.wait_count(count + new, settings.timeout)
+        checks, hooks = _verified(s, expected, 0, count + new)
+    backlog = [hooks.arrivals[i] for i in range(count) if i in hooks.arrivals]
+    drained = max(backlog) - listened
+    during = sum(1 for i, t in hooks.arrivals.items() if i >= count and t <= max(backlog))
+    return {
+        "ingest": {"events": count, "events_per_s": round(ingest), "bare_greenswitch_per_s": round(reference),
+                   "ratio": round(ingest / reference, 2), "target_ratio": 2.0},
+        "backlog": {"events": count, "drain_per_s": round(count / drained),
+                    "first_delivery_after_s": round(min(backlog) - listened, 3),
+                    "new_events_per_s": new_rate, "new_events_delivered_during_drain": during,
+                    "target_per_s": 2000},
+        "checks": checks,
+    }
+
+
+def end_to_end(settings: Settings, count: int, expected: Expected) -> Result:
+    """First byte written to the last webhook received, receiver up from the start."""
+    reference = bare_greenswitch(settings, count)
+    with setup(settings, "e2e", listening=True, milestones=(count,)) as s:
+        first = s.fake.ask(f"burst {count}", settings.timeout)["first"]
+        last = s.receiver.ask(f"target {count}", settings.timeout)["last"]
+        s.daemon.wait_count(count, settings.timeout)
+        logged = s.daemon.reached[count]
+        checks, _ = _verified(s, expected, 0, count)
+    rate = count / (last - first)
+    return {
+        "end_to_end": {"events": count, "events_per_s": round(rate),
+                       "bare_greenswitch_per_s": round(reference), "ratio": round(rate / reference, 2),
+                       "target_ratio": 1.0,
+                       "ingest_while_delivering_per_s": round(count / (logged - first))},
+        "checks": checks,
+    }
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if len(values) < 2:
+        return values[0]
+    return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 10) - 1]
+
+
+def latency(settings: Settings, per_s: float, seconds: float, expected: Expected) -> Result:
+    """Write to the socket -> webhook arrival, at a steady rate."""
+    with setup(settings, "latency", listening=True) as s:
+        times_file = s.folder / "write_times.bin"
+        sent = s.fake.ask(f"rate {per_s} {seconds} {times_file}", seconds + settings.timeout)
+        count = sent["sent"]
+        s.receiver.ask(f"target {count}", settings.timeout)
+        s.daemon.wait_count(count, settings.timeout)
+        checks, hooks = _verified(s, expected, 0, count)
+    written = array("d")
+    with times_file.open("rb") as f:
+        written.fromfile(f, count)
+    ms = sorted((hooks.arrivals[i] - written[i]) * 1000 for i in range(count) if i in hooks.arrivals)
+    return {
+        "latency": {"events": count, "events_per_s": round(count / (sent["last"] - sent["first"])),
+                    "p50_ms": round(_percentile(ms, 50), 1), "p99_ms": round(_percentile(ms, 99), 1),
+                    "max_ms": round(ms[-1], 1), "target_p99_ms": 50},
+        "checks": checks,
+    }
+
+
+def memory(settings: Settings, count: int) -> Result:
+    """Peak RSS over ``count`` events ingested at full speed, RSS at the end against after the first tenth.
+
+    The receiver is down during the burst (the circuit keeps delivery idle; at full ingest speed
+    delivery would otherwise lag far behind); it is started afterwards and everything delivered.
+    """
+    early = max(count // 10, 1)
+    with setup(settings, "memory", listening=False, keep_log=False, milestones=(early, count)) as s:
+        first = s.fake.ask(f"burst {count}", settings.timeout * 4)["first"]
+        s.daemon.wait_count(count, settings.timeout * 4)
+        ingested = s.daemon.reached[count]
+        time.sleep(1.0)
+        end = s.daemon.rss()
+        at_early = s.daemon.rss_at[early]["VmRSS"]
+        s.listen()
+        done = s.receiver.ask(f"target {count}", settings.timeout * 4)
+    return {
+        "memory": {"events": count, "peak_rss_mb": round(end["VmHWM"] / 1024, 1),
+                   "rss_after_first_tenth_mb": round(at_early / 1024, 1), "first_tenth": early,
+                   "rss_end_mb": round(end["VmRSS"] / 1024, 1),
+                   "growth_pct": round((end["VmRSS"] - at_early) / at_early * 100, 1),
+                   "ingest_per_s": round(count / (ingested - first)),
+                   "target_peak_mb": 80, "target_growth_pct": 10},
+        "checks": {"webhooks": {"expected": count, "unique": done["unique"], "requests": done["requests"],
+                                "ok": done["unique"] == count}},
+    }
+
+
+def quick_corpus(run: int) -> tuple[Corpus, Expected]:
+    corpus = Corpus(run)
+    return corpus, Expected(corpus)

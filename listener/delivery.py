@@ -1,0 +1,339 @@
+"""One endpoint's delivery loop: claim due rows, POST them, settle the outcomes in batches.
+
+The loop talks to the outbox once per turn, on the writer's thread: it records every outcome that
+came back since the last turn (acks, reschedules, burials: one transaction) and claims as many due
+rows as it has free request slots. A row stays claimed (excluded from the next claims) until its
+outcome is recorded. Observers and log lines see an outcome after it is recorded. While the
+endpoint cannot be reached at all its ``Circuit`` is open: one probe at a time, the rest stays
+pending (``listener.circuit``).
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import gevent
+import gevent.event
+import gevent.pool
+import structlog
+from geventhttpclient import HTTPClient
+
+from listener.circuit import UNREACHABLE, Circuit
+from listener.errors import OutboxError
+from listener.outbox import Delivery, Outbox
+from listener.retry import Random, next_delay
+from listener.webhook import (
+    Delivered,
+    GiveUp,
+    Outcome,
+    Request,
+    Retry,
+    build_request,
+    outcome_of_error,
+    outcome_of_response,
+)
+from listener.webhook_config import WebhookConfig
+
+Clock = Callable[[], float]
+log = structlog.get_logger("listener.sink")
+
+
+@dataclass(frozen=True, slots=True)
+class Attempted:
+    """One finished delivery attempt, as observers (metrics, tests) see it."""
+
+    endpoint: str
+    event_id: str
+    attempt: int
+    outcome: Outcome
+    latency_s: float
+
+
+Observer = Callable[[Attempted], None]
+
+
+class Writer(Protocol):
+    """What the loop needs of ``listener.sink.OutboxWriter``."""
+
+    outbox: Outbox
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Result:
+    row: Delivery
+    outcome: Outcome
+    latency_s: float
+    probe: bool
+
+
+@dataclass(slots=True)
+class _Settlement:
+    """The outbox changes of one turn, and what to log once they are recorded."""
+
+    acks: list[int]
+    reschedules: list[tuple[int, int, float, str]]
+    buries: list[tuple[int, int, str]]
+    delays: dict[int, float]
+
+
+def _exchange(outbox: Outbox, settlement: _Settlement, endpoint: str, now: float, *, limit: int,
+              claimed: tuple[int, ...]) -> tuple[Delivery, ...]:
+    """On the writer's thread: record the outcomes, then claim up to ``limit`` due rows."""
+    outbox.settle(settlement.acks, settlement.reschedules, settlement.buries, now)
+    return outbox.due(endpoint, now, limit, claimed) if limit > 0 else ()
+
+
+class _DeadlineExceededError(TimeoutError):
+    """The whole request took longer than connect_timeout + timeout."""
+
+
+class Transport:
+    """One endpoint's keep-alive HTTP client; never raises for a failed request, returns an Outcome."""
+
+    def __init__(self, config: WebhookConfig) -> None:
+        self.config = config
+        self._client = self._new_client()
+
+    def _new_client(self) -> HTTPClient:
+        cfg = self.config
+        factory = None
+        if cfg.url.startswith("https:"):
+            cafile = str(cfg.ca_bundle) if cfg.ca_bundle else None
+            factory = lambda **_: ssl.create_default_context(cafile=cafile)  # noqa: E731 - system store unless a bundle
+        client = HTTPClient.from_url(
+            cfg.url, concurrency=cfg.max_concurrency, connection_timeout=cfg.connect_timeout,
+            network_timeout=cfg.timeout, ssl_context_factory=factory, headers={"connection": "keep-alive"})
+        pool = client._connection_pool
+        get_socket = pool.get_socket
+
+        def get_socket_marked() -> Any:
+            try:
+                return get_socket()
+            except Exception as exc:
+                exc.connect_phase = True  # type: ignore[attr-defined]
+                raise
+
+        pool.get_socket = get_socket_marked  # type: ignore[method-assign]
+        return client
+
+    def send(self, request: Request, clock: Clock) -> Outcome:
+        """POST ``request``; on any transport failure the pool is replaced (no half-read socket reused)."""
+        client = self._client
+        try:
+            with gevent.Timeout(self.config.timeout + self.config.connect_timeout, _DeadlineExceededError):
+                response = client.request(
+                    "POST", request.target, body=request.body, headers=dict(request.headers))
+                try:
+                    response.read()
+                finally:
+                    response.release()
+        except Exception as exc:  # noqa: BLE001 - every transport failure is an outcome, mapped below
+            self._reset(client)
+            return outcome_of_error(exc, connected=not getattr(exc, "connect_phase", False))
+        retry_after = response.get("retry-after")
+        if isinstance(retry_after, list):
+            retry_after = retry_after[0] if retry_after else None
+        return outcome_of_response(response.status_code, retry_after, clock())
+
+    def _reset(self, client: HTTPClient) -> None:
+        if client is self._client:
+            self._client = self._new_client()
+        client.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+
+
+
+class EndpointDelivery:
+    """The delivery loop of one endpoint: claim due rows, POST them, record the outcomes in batches."""
+
+    def __init__(self, config: WebhookConfig, writer: Writer, *, clock: Clock, rng: Random,
+                 poll_interval_s: float, counts: Counter[tuple[str, str, str]],
+                 observers: Sequence[Observer] = ()) -> None:
+        self.config = config
+        self._writer = writer
+        self._clock = clock
+        self._rng = rng
+        self._poll = poll_interval_s
+        self._counts = counts
+        self._observers = observers
+        self._transport = Transport(config)
+        self._claimed: set[int] = set()
+        self._ready: deque[Delivery] = deque()
+        self._results: list[_Result] = []
+        self._running = 0
+        self._batch = max(config.max_concurrency // 2, 1)
+        self._probing = False
+        self.circuit = Circuit(rng)
+        self._requests = gevent.pool.Group()
+        self._wake = gevent.event.Event()
+        self.stopping = False
+        self.crashed: BaseException | None = None
+        self._log = log.bind(endpoint=config.name)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def run(self) -> None:
+        """Loop until ``stopping``; an outbox failure ends it (the writer is failed, ingestion stops)."""
+        try:
+            while not self.stopping:
+                self._turn(claim=True)
+                self._wake.wait(self._wait_s())
+                self._wake.clear()
+        except OutboxError as exc:
+            self.crashed = exc
+        except Exception as exc:  # noqa: BLE001 - a bug: recorded, logged, seen by `healthy`
+            self.crashed = exc
+            self._log.exception("webhook.loop_crashed")
+
+    def _wait_s(self) -> float:
+        if self.circuit.open and not self._probing:
+            return max(min(self.circuit.probe_at - self._clock(), self._poll), 0.0)
+        return self._poll
+
+    def _turn(self, *, claim: bool) -> None:
+        """Record what came back, then claim what the free slots (and the circuit) allow."""
+        results, self._results = self._results, []
+        now = self._clock()
+        settlement = self._settle(results, now)
+        limit = self._capacity(now) if claim else 0
+        rows = self._writer.call(_exchange, self._writer.outbox, settlement, self.config.name, now,
+                                 limit=limit, claimed=tuple(self._claimed))
+        for result in results:
+            self._claimed.discard(result.row.id)
+            self._report(result, settlement, now)
+        if self.circuit.open:
+            self._release_ready()
+        self._claimed.update(row.id for row in rows)
+        self._ready.extend(rows)
+        while self._ready and self._running < self.config.max_concurrency:
+            self._running += 1
+            self._probing = self.circuit.open
+            self._requests.spawn(self._work, self._ready.popleft(), self._probing)
+
+    def _capacity(self, now: float) -> int:
+        """Rows to claim: enough for every free slot and one more round (prefetched), or one probe."""
+        if not self.circuit.open:
+            return 2 * self.config.max_concurrency - self._running - len(self._ready)
+        free = self._running < self.config.max_concurrency
+        return 1 if free and not self._probing and self.circuit.may_probe(now) else 0
+
+    def _release_ready(self) -> None:
+        """Prefetched rows not sent (circuit open, stopping): unclaimed, they stay pending."""
+        self._claimed.difference_update(row.id for row in self._ready)
+        self._ready.clear()
+
+    def _work(self, row: Delivery | None, probe: bool) -> None:
+        """Send ``row``, then prefetched rows while there are any: no outbox turn between requests."""
+        try:
+            while row is not None:
+                result = self._attempt(row, probe)
+                self._results.append(result)
+                if len(self._results) >= self._batch or isinstance(result.outcome, Retry):
+                    self._wake.set()  # under load outcomes are recorded a batch at a time
+                unreachable = isinstance(result.outcome, Retry) and result.outcome.reason in UNREACHABLE
+                go_on = self._ready and not (probe or unreachable or self.stopping or self.circuit.open)
+                row = self._ready.popleft() if go_on else None
+        finally:
+            self._running -= 1
+            if self._running == 0 or not self._ready:
+                self._wake.set()
+
+    def _attempt(self, row: Delivery, probe: bool) -> _Result:
+        cfg = self.config
+        request = build_request(cfg.url, cfg.key, row.event_id, row.body, int(self._clock()))
+        started = time.monotonic()
+        outcome = self._transport.send(request, self._clock)
+        return _Result(row, outcome, time.monotonic() - started, probe)
+
+    def _settle(self, results: list[_Result], now: float) -> _Settlement:
+        """The outbox changes for these outcomes; the circuit learns from each."""
+        settlement = _Settlement([], [], [], {})
+        for r in results:
+            self._learn(r, now)
+            attempt, outcome = r.row.attempts + 1, r.outcome
+            if isinstance(outcome, Delivered):
+                settlement.acks.append(r.row.id)
+            elif isinstance(outcome, GiveUp):
+                settlement.buries.append((r.row.id, attempt, _error(outcome.reason, outcome.status)))
+            else:
+                delay = next_delay(self.config.retry, attempt, retry_after=outcome.retry_after, rng=self._rng)
+                if delay is None:
+                    reason = f"schedule_exhausted after {outcome.reason}"
+                    settlement.buries.append((r.row.id, attempt, _error(reason, outcome.status)))
+                else:
+                    settlement.delays[r.row.id] = delay
+                    error = _error(outcome.reason, outcome.status)
+                    settlement.reschedules.append((r.row.id, attempt, now + delay, error))
+        return settlement
+
+    def _learn(self, result: _Result, now: float) -> None:
+        if result.probe:
+            self._probing = False
+        outcome = result.outcome
+        if isinstance(outcome, Retry) and outcome.reason in UNREACHABLE:
+            if self.circuit.unreachable(now, probe=result.probe):
+                self._log.warning("webhook.circuit_opened", reason=outcome.reason,
+                                  probe_in_s=round(self.circuit.probe_at - now, 1))
+        elif self.circuit.open:
+            opened = self.circuit.reached()
+            self._log.info("webhook.circuit_closed", unreachable_for_s=round(now - (opened or now), 1))
+
+    def _report(self, r: _Result, settlement: _Settlement, now: float) -> None:
+        """Counters, the log line and the observers, once the outcome is recorded."""
+        attempt, outcome, name = r.row.attempts + 1, r.outcome, self.config.name
+        log_ = self._log.bind(webhook_id=r.row.event_id, attempt=attempt)
+        latency_ms = round(r.latency_s * 1000, 1)
+        if isinstance(outcome, Delivered):
+            self._counts[(name, "delivered", "ok")] += 1
+            log_.info("webhook.delivered", status=outcome.status, latency_ms=latency_ms)
+        elif isinstance(outcome, GiveUp):
+            self._counts[(name, "gave_up", outcome.reason)] += 1
+            log_.error("webhook.gave_up", reason=outcome.reason, status=outcome.status)
+        else:
+            self._counts[(name, "failed", outcome.reason)] += 1
+            delay = settlement.delays.get(r.row.id)
+            if delay is None:
+                self._counts[(name, "gave_up", "schedule_exhausted")] += 1
+                log_.error("webhook.gave_up", reason=f"schedule_exhausted after {outcome.reason}",
+                           status=outcome.status)
+            else:
+                log_.warning("webhook.delivery_failed", reason=outcome.reason, status=outcome.status,
+                             latency_ms=latency_ms, retry_after=outcome.retry_after,
+                             next_attempt_in_s=round(delay, 1),
+                             next_attempt_at=_iso(now + delay))
+        for observe in self._observers:
+            observe(Attempted(name, r.row.event_id, attempt, outcome, r.latency_s))
+
+    def finish(self, deadline_s: float) -> bool:
+        """Wait up to ``deadline_s`` for requests in flight (the rest stay pending); record the outcomes."""
+        self._release_ready()
+        done = self._requests.join(timeout=deadline_s)
+        if not done:
+            self._log.warning("webhook.shutdown_abandoned", in_flight=self._running)
+            self._requests.kill(block=True, timeout=1.0)
+        try:
+            self._turn(claim=False)
+        except OutboxError as exc:
+            self.crashed = exc
+        self._transport.close()
+        return bool(done)
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+def _error(reason: str, status: int | None) -> str:
+    return f"{reason} ({status})" if status else reason
