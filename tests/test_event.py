@@ -69,3 +69,10 @@ def test_sip_codes_outside_the_sip_range_are_ignored() -> None:
     event = HangupEvent.from_headers(headers)
     assert event.sip_term_status is None
     assert event.proto_specific_hangup_cause is None
+
+
+def test_an_integer_beyond_64_bits_is_no_number() -> None:
+    """Found by fuzzing after orjson came in: billsec=2e19 made the document unencodable."""
+    event = HangupEvent.from_headers({"variable_billsec": "20000000000000000000", "variable_duration": "-5"})
+    assert event.billsec is None
+    assert event.duration_s == -5
