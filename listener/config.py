@@ -20,7 +20,7 @@ from listener.classify import Classifier, default_classifier, parse_classificati
 from listener.confread import Problems, TableReader
 from listener.envconf import Overrides
 from listener.errors import ConfigError
-from listener.esl import ESLSettings, Node
+from listener.esl import EVENT_FORMATS, ESLSettings, Node
 from listener.frame import DEFAULT_MAX_FRAME_BYTES
 from listener.logs import LEVELS
 from listener.webhook_config import (
@@ -113,6 +113,7 @@ def _esl(reader: TableReader) -> ESLSettings:
         backoff_initial=positive("backoff_initial", d.backoff_initial),
         backoff_max=positive("backoff_max", d.backoff_max),
         queue_size=reader.number("queue_size", int, d.queue_size, minimum=1),
+        event_format=reader.string("format", d.event_format, choices=EVENT_FORMATS),
     )
     if settings.backoff_max < settings.backoff_initial:
         reader.problem("backoff_max", "must be >= backoff_initial")

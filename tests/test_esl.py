@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections.abc import Iterator
 
@@ -80,7 +81,7 @@ def test_authenticates_subscribes_then_asks_the_core_uuid(fake: FakeFreeSWITCH, 
         while len(session.commands) < 3:
             gevent.sleep(0.005)
     assert session.commands == [
-        "auth ClueCon", "event plain CHANNEL_HANGUP_COMPLETE HEARTBEAT", "api global_getvar core_uuid"
+        "auth ClueCon", "event json CHANNEL_HANGUP_COMPLETE HEARTBEAT", "api global_getvar core_uuid"
     ]
     listener.stop()
     assert listener.source.stats.core_uuid == fake.core_uuid
@@ -364,3 +365,41 @@ def test_queued_events_reach_a_batch_handler_in_one_commit_and_a_bad_one_is_skip
     assert handler.commits == [["a", "b", "c"]]
     assert conn.stats.handler_failures == 1
     assert wait_for_log(logs, "call.handler_failed")["channel_uuid"] == "bad"
+
+
+def test_plain_can_be_asked_for_instead_of_json(fake: FakeFreeSWITCH) -> None:
+    listener = Listener(fake.port, dataclasses.replace(FAST, event_format="plain"))
+    session = fake.next_session()
+    assert session.commands[1] == "event plain CHANNEL_HANGUP_COMPLETE HEARTBEAT"
+    listener.stop()
+
+
+def test_json_events_as_freeswitch_sends_them_give_the_same_events_as_plain(fake: FakeFreeSWITCH) -> None:
+    listener = Listener(fake.port)
+    session = fake.next_session()
+    session.send((FIXTURES / "att_xfer_complete" / "hangup_complete.json.txt").read_bytes())
+    got = listener.take(3)
+    plain = {e.unique_id: e for e in map(HangupEvent.from_plain, capture_bodies("att_xfer_complete"))}
+    for event in got:
+        twin = plain[event.unique_id]
+        for name in ("Hangup-Cause", "Caller-Caller-ID-Name", "variable_sip_hangup_disposition",
+                     "variable_transfer_history", "variable_billsec", "Channel-Name"):
+            assert event.header(name) == twin.header(name), name
+    listener.stop()
+
+
+def test_a_non_utf8_byte_in_a_json_event_is_replaced_and_the_connection_kept(
+    fake: FakeFreeSWITCH, logs: list
+) -> None:
+    listener = Listener(fake.port)
+    session = fake.next_session()
+    body = capture_bodies("uas_486", "hangup_complete.json.txt")[0]
+    session.send(frame("text/event-json", body.replace(b'"sipp UAC"', b'"Jos\xe9 \xff"', 1)))
+    session.send(frame("text/event-json", body.replace(b"e48fd8c8-aefe-4b68-8182-7ec3967c5864", b"after", 1)))
+    first, second = listener.take(2)
+    assert first.caller_name == "Jos\ufffd \ufffd"
+    assert first.hangup_cause == "USER_BUSY"
+    assert second.unique_id == "after"
+    assert fake.accepted == 1
+    assert not [e for e in logs if e["event"] in ("esl.connection_lost", "esl.event_rejected")]
+    listener.stop()
