@@ -52,6 +52,7 @@ class Template:
 
     parts: tuple[bytes, ...]
     unique_id: str
+    content_type: bytes = b"text/event-plain"
 
     def body(self, unique_id: str) -> bytes:
         return unique_id.encode().join(self.parts)
@@ -60,7 +61,7 @@ class Template:
     def frame_parts(self) -> tuple[bytes, ...]:
         """The wire frame cut at the Unique-ID (a fresh id has the same length: Content-Length holds)."""
         length = len(self.body(self.unique_id))
-        head = b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % length
+        head = b"Content-Length: %d\nContent-Type: %s\n\n" % (length, self.content_type)
         return (head + self.parts[0], *self.parts[1:])
 
     def frame(self, unique_id: str) -> bytes:
@@ -78,19 +79,31 @@ def load_templates() -> list[Template]:
     return templates
 
 
+def load_json_templates(plain: list[Template]) -> list[Template]:
+    """The same events as FreeSWITCH sends them after ``event json`` (same order as ``plain``)."""
+    by_uid = {}
+    for path in sorted(FIXTURES.glob("*/hangup_complete.json.txt")):
+        for body in _split_frames(path.read_bytes()):
+            by_uid[json.loads(body)["Unique-ID"]] = body
+    return [Template(tuple(by_uid[t.unique_id].split(t.unique_id.encode())), t.unique_id, b"text/event-json")
+            for t in plain]
+
+
 class Corpus:
-    """Events ``0..`` of one run."""
+    """Events ``0..`` of one run, in either format (the same events)."""
 
     def __init__(self, run: int) -> None:
         self.run = run
         self.templates = load_templates()
+        self.json_templates = load_json_templates(self.templates)
 
-    def frame(self, i: int) -> bytes:
-        return self.templates[i % len(self.templates)].frame(uuid_of(self.run, i))
+    def frame(self, i: int, fmt: str = "plain") -> bytes:
+        templates = self.json_templates if fmt == "json" else self.templates
+        return templates[i % len(templates)].frame(uuid_of(self.run, i))
 
-    def frames(self, start: int, stop: int) -> Iterator[bytes]:
+    def frames(self, start: int, stop: int, fmt: str = "plain") -> Iterator[bytes]:
         for i in range(start, stop):
-            yield self.frame(i)
+            yield self.frame(i, fmt)
 
     @cached_property
     def mean_size(self) -> float:

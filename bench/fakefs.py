@@ -56,6 +56,7 @@ class Client:
         self.lock = gevent.lock.Semaphore()
         self.subscribed = gevent.event.Event()
         self.closed = gevent.event.Event()
+        self.format = "plain"  # what the listener subscribed to: the same events in that format
 
     def send(self, data: bytes) -> None:
         with self.lock:
@@ -78,7 +79,8 @@ class Client:
         if command.startswith("auth "):
             self.send(frame("command/reply", Reply_Text="+OK accepted"))
         elif command.startswith("event"):
-            self.send(frame("command/reply", Reply_Text="+OK event listener enabled plain"))
+            self.format = "json" if command.split()[1:2] == ["json"] else "plain"
+            self.send(frame("command/reply", Reply_Text=f"+OK event listener enabled {self.format}"))
             self.subscribed.set()
         elif command == "api global_getvar core_uuid":
             self.send(frame("api/response", CORE_UUID.encode()))
@@ -114,7 +116,7 @@ class FakeFreeSWITCH:
         chunk: list[bytes] = []
         size = 0
         for i in range(start, start + count):
-            data = self.corpus.frame(i)
+            data = self.corpus.frame(i, client.format)
             chunk.append(data)
             size += len(data)
             if size >= CHUNK:
@@ -136,7 +138,7 @@ class FakeFreeSWITCH:
             due = min(int((time.monotonic() - begin) * per_s) + 1, total)
             while len(times) < due:
                 i = start + len(times)
-                data = self.corpus.frame(i)
+                data = self.corpus.frame(i, client.format)
                 times.append(time.monotonic())
                 client.send(data)
             gevent.sleep(max(begin + len(times) / per_s - time.monotonic(), 0))

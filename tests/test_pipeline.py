@@ -186,3 +186,13 @@ def test_an_outbox_failure_stops_ingestion_loudly_and_logs_each_unstored_call_wh
     assert stopped[0]["log_level"] == "critical"
     assert not [e for e in logs if e["event"] == "call.classified"]
     assert app.ingesting is False
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_json_and_plain_captures_of_a_call_give_identical_documents(scenario: str) -> None:
+    """The daemon subscribes to event json by default: it must say exactly what plain would."""
+    pipeline = Pipeline(default_classifier().classify, Node(name="lab"), log=None)
+    plain = {d["channel_uuid"]: d for d in documents_of(scenario)}
+    bodies = capture_bodies(scenario, "hangup_complete.json.txt")
+    json_docs = [pipeline.process(HangupEvent.from_json(b)) for b in bodies]
+    assert {d["channel_uuid"]: d for d in json_docs} == plain
