@@ -59,7 +59,7 @@ class ESLSettings:
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
-    queue_size: int = 1_000
+    queue_size: int = 500
     events: tuple[str, ...] = DEFAULT_EVENTS
     event_format: str = "json"
     """``event json`` (default): orjson parses a whole hangup in C, values arrive decoded, so there is
