@@ -57,7 +57,9 @@ def test_sigkill_mid_delivery_then_restart_loses_nothing(tmp_path: Path, receive
     for _ in range(14):
         receiver.answers.get(timeout=10)  # the 4 held ones are answered into a closed connection
     left = set(pending(db))
-    assert len(left) == count - 10
+    # the 10 answered are acked in batches (once per loop turn): some acks may not have been settled
+    # when the kill landed; those messages are sent again, with the same webhook-id
+    assert count - 10 <= len(left) <= count
 
     proc = launch(db, receiver.url())
     delivered: set[str] = set()
@@ -72,7 +74,7 @@ def test_sigkill_mid_delivery_then_restart_loses_nothing(tmp_path: Path, receive
     verifier = Webhook(SECRET)
     for request in receiver.received:  # duplicates only with the same webhook-id as the body's id
         assert verifier.verify(request.body, request.headers)["id"] == request.webhook_id
-    assert len(ids) - count <= 4
+    assert len(ids) - count <= 14  # at most the 4 in flight and the 10 whose ack may not have settled
     assert pending(db) == []
 
 
