@@ -43,7 +43,7 @@ def _frame_events(data: bytes, max_frame_bytes: int) -> Iterator[HangupEvent]:
 def _bare_plain_events(data: bytes) -> Iterator[HangupEvent]:
     text = data.decode("utf-8", "replace")
     for chunk in text.split("\n\n"):
-        headers = parse_header_block(chunk, url_decoded=True)
+        headers = parse_header_block(chunk)
         if "Event-Name" in headers:
             yield HangupEvent.from_headers(headers)
 

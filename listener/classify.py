@@ -156,15 +156,7 @@ def _bye_reasons(reader: TableReader) -> list[ByeReason]:
 
 
 def _user_rules(reader: TableReader) -> list[tuple[str, dict[str, Any]]]:
-    raw = reader.value("rules", list, [])
-    rules = []
-    for index, item in enumerate(raw):
-        path = f"{reader.key_path('rules')}[{index}]"
-        if not isinstance(item, dict):
-            reader.problems.add(path, "must be a table")
-            continue
-        rules.append((rule_path(path, item), item))
-    return rules
+    return [(rule_path(rule.path, rule.table), dict(rule.table)) for rule in reader.tables("rules")]
 
 
 def parse_classification(reader: TableReader) -> Classifier:

@@ -96,9 +96,9 @@ def split_header_lines(text: str) -> dict[str, str]:
     return {name: value.rstrip("\r") for name, value in pairs}
 
 
-def parse_header_block(text: str, *, url_decoded: bool) -> Mapping[str, str]:
+def parse_header_block(text: str) -> Mapping[str, str]:
     """Header lines split first, then each value decoded on its own (lazily)."""
-    return DecodedHeaders(text) if url_decoded else split_header_lines(text)
+    return DecodedHeaders(text)
 
 
 def parse_plain(body: bytes | str) -> tuple[Mapping[str, str], str | None]:
@@ -106,7 +106,7 @@ def parse_plain(body: bytes | str) -> tuple[Mapping[str, str], str | None]:
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     end = text.find("\n\n")
     head = text if end < 0 else text[:end]
-    headers = parse_header_block(head, url_decoded=True)
+    headers = parse_header_block(head)
     inner: str | None = None
     if end >= 0 and "Content-Length" in headers:
         inner = text[end + 2 : end + 2 + _int(headers["Content-Length"], 0)]
@@ -367,11 +367,3 @@ class HangupEvent:
     def answered(self) -> bool:
         """Whether this leg was ever answered (``answer_epoch`` or the answered time is set)."""
         return bool(self.answer_epoch or self.answered_us)
-
-
-def event_to_dict(event: HangupEvent) -> dict[str, Any]:
-    """The event as a plain dict (headers plus ``_body``), as FreeSWITCH's JSON format writes it."""
-    data: dict[str, Any] = dict(event.headers)
-    if event.body is not None:
-        data["_body"] = event.body
-    return data

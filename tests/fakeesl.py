@@ -11,6 +11,7 @@ import contextlib
 import socket
 import struct
 from pathlib import Path
+from typing import Any
 
 import gevent
 import gevent.event
@@ -186,3 +187,17 @@ class FakeFreeSWITCH:
         if subscribed and not self.silent and not self.reject_acl:
             assert session.subscribed.wait(timeout), f"no subscription; commands: {session.commands}"
         return session
+
+
+class Collect:
+    """A sink that hands every document to the test."""
+
+    def __init__(self) -> None:
+        self.documents: gevent.queue.Queue[dict[str, Any]] = gevent.queue.Queue()
+
+    def put(self, documents: list[dict[str, Any]]) -> None:
+        for document in documents:
+            self.documents.put(document)
+
+    def take(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        return [self.documents.get(timeout=timeout) for _ in range(count)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import gevent
 import gevent.queue
@@ -23,20 +22,11 @@ from listener.app import App
 from listener.classify import default_classifier
 from listener.config import Config, HealthConfig
 from listener.esl import ESLSettings, Node
-from tests.fakeesl import FakeFreeSWITCH, Session, capture_bodies, event_frame, with_header
+from tests.fakeesl import Collect, FakeFreeSWITCH, Session, capture_bodies, event_frame, with_header
 from tests.test_fuzz_frame import envelopes
 
 SETTINGS = ESLSettings(connect_timeout=2, command_timeout=1, liveness_timeout=5,
                        max_frame_bytes=64 * 1024, backoff_initial=0.01, backoff_max=0.05)
-
-
-class Collect:
-    def __init__(self) -> None:
-        self.documents: gevent.queue.Queue[dict[str, Any]] = gevent.queue.Queue()
-
-    def put(self, documents: list[dict[str, Any]]) -> None:
-        for document in documents:
-            self.documents.put(document)
 
 
 @dataclass

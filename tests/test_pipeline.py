@@ -21,7 +21,7 @@ from listener.config import Config, HealthConfig
 from listener.errors import OutboxError
 from listener.esl import ESLSettings, Node
 from listener.event import HangupEvent
-from tests.fakeesl import FIXTURES, FakeFreeSWITCH, capture_bodies
+from tests.fakeesl import FIXTURES, Collect, FakeFreeSWITCH, capture_bodies
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "listener/data/call.schema.json").read_text())
 SCENARIOS = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
@@ -32,20 +32,6 @@ ANY_PORT = HealthConfig(port=0)  # the health listener on a free port, never a f
 @cache
 def validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())
-
-
-class Collect:
-    """A sink that hands every document to the test."""
-
-    def __init__(self) -> None:
-        self.documents: gevent.queue.Queue[dict[str, Any]] = gevent.queue.Queue()
-
-    def put(self, documents: list[dict[str, Any]]) -> None:
-        for document in documents:
-            self.documents.put(document)
-
-    def take(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
-        return [self.documents.get(timeout=timeout) for _ in range(count)]
 
 
 def documents_of(scenario: str) -> list[dict[str, Any]]:
