@@ -18,7 +18,7 @@ from wire_server import Answer, WireServer, wait
 
 from listener.circuit import UNREACHABLE
 from listener.retry import RetrySchedule
-from listener.transport import Transport
+from listener.transport import Transport, origin_of, request_head
 from listener.webhook import Delivered, Request, Retry, build_request
 from listener.webhook_config import WebhookConfig
 
@@ -170,9 +170,24 @@ def test_the_request_carries_host_with_its_port_and_the_signed_headers(
     assert seen.body == body.encode()
 
 
+@pytest.mark.parametrize(("url", "host", "port", "authority"), [
+    ("http://example.com/hook", "example.com", 80, "example.com"),
+    ("https://example.com:443/hook", "example.com", 443, "example.com"),
+    ("https://example.com:8443/hook?a=1", "example.com", 8443, "example.com:8443"),
+    ("http://[::1]:8080/hook", "::1", 8080, "[::1]:8080"),
+])
+def test_the_host_header_names_the_port_only_when_not_the_default(
+    url: str, host: str, port: int, authority: str
+) -> None:
+    origin = origin_of(url)
+    assert (origin.host, origin.port, origin.authority) == (host, port, authority)
+
+
 def test_a_header_value_that_would_split_the_head_is_refused_and_not_sent(server: WireServer) -> None:
     bad = request(server.url(), 1)
     bad = Request(bad.target, {**bad.headers, "webhook-id": "evt-1\r\nx-injected: 1"}, bad.body)
+    with pytest.raises(ValueError, match="control character"):
+        request_head("h", bad)
     t = Transport(config(server.url()))
     assert t.send(bad, time.time) == Retry("protocol_error")
     assert server.accepted == 0
