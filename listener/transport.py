@@ -12,6 +12,10 @@ Invariants:
   or the response ends before its first byte) is not a failed attempt: the request is sent once
   more, on a new connection. The same on a new connection is a failure. Resending is safe:
   receivers dedupe on ``webhook-id``.
+- A pooled connection idle for ``idle_check_s`` or longer is checked before use: if the server
+  wrote to it or closed it meanwhile (say, an unsolicited ``408`` before an idle close), it is
+  dropped unused, so that answer is never read as ours. Under load connections are reused within
+  milliseconds and skip the check (a select() per request costs as much as a tenth of the request).
 - The whole request, a resend included, takes at most ``connect_timeout + timeout``.
 
 The response is read by geventhttpclient's C-backed parser; sockets and TLS are gevent's, so the
@@ -23,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +35,7 @@ from urllib.parse import urlsplit
 
 import gevent
 import gevent.lock
+import gevent.select
 import gevent.socket
 import gevent.ssl
 from geventhttpclient.response import HTTPConnectionClosed, HTTPSocketResponse
@@ -43,6 +49,8 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 _UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
 _UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters but tab: would split the head
 _PEER_GONE = (BrokenPipeError, ConnectionResetError)
+IDLE_CHECK_S = 1.0
+"""A pooled connection idle this long is checked for data or EOF before it carries a request."""
 
 
 class _DeadlineExceededError(TimeoutError):
@@ -88,7 +96,8 @@ class Transport:
         self.config = config
         self.origin = origin_of(config.url)
         self._tls = _tls_context(config) if self.origin.tls else None
-        self._idle: list[Socket] = []
+        self._idle: list[tuple[Socket, float]] = []  # with when each went idle (monotonic)
+        self.idle_check_s = IDLE_CHECK_S
         self._slots = gevent.lock.BoundedSemaphore(config.max_concurrency)
         self._closed = False
 
@@ -112,15 +121,25 @@ class Transport:
         except Exception as exc:
             raise _NotSentError from exc
         try:
-            if not self._idle:
+            pooled = self._pooled()
+            if pooled is None:
                 return self._roundtrip(self._connect(), data)
             try:
-                return self._roundtrip(self._idle.pop(), data)
+                return self._roundtrip(pooled, data)
             except HTTPConnectionClosed:
                 pass  # closed by the server while idle: once more, on a new connection
             return self._roundtrip(self._connect(), data)
         finally:
             self._slots.release()
+
+    def _pooled(self) -> Socket | None:
+        """The most recently used idle connection that is still quiet, if any."""
+        while self._idle:
+            sock, since = self._idle.pop()
+            if time.monotonic() - since < self.idle_check_s or _quiet(sock):
+                return sock
+            sock.close()  # the server wrote or closed while it was idle: never read that as our answer
+        return None
 
     def _roundtrip(self, sock: Socket, data: bytes) -> tuple[int, str | None]:
         """Write ``data``, read the response to its end; keep the socket only if it may be reused."""
@@ -134,7 +153,7 @@ class Transport:
         if response.should_close() or self._closed:
             sock.close()
         else:
-            self._idle.append(sock)
+            self._idle.append((sock, time.monotonic()))
         retry_after = response.get("retry-after")
         if isinstance(retry_after, list):
             retry_after = retry_after[0] if retry_after else None
@@ -164,8 +183,17 @@ class Transport:
         """Close the idle connections; those in use are closed when their request ends."""
         self._closed = True
         idle, self._idle = self._idle, []
-        for sock in idle:
+        for sock, _ in idle:
             sock.close()
+
+
+def _quiet(sock: Socket) -> bool:
+    """Nothing to read on an idle connection: no stray bytes, no EOF."""
+    try:
+        readable, _, _ = gevent.select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
 
 
 def _write(sock: Socket, data: bytes) -> None:

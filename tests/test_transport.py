@@ -228,3 +228,17 @@ def test_over_tls_a_pooled_connection_is_reused_and_a_stale_one_resent(tmp_path:
     finally:
         t.close()
         server.close()
+
+
+def test_an_idle_connection_the_server_wrote_to_is_dropped_unused(
+    server: WireServer, transport: Transport
+) -> None:
+    transport.idle_check_s = 0.0  # check every pooled connection (in service: those idle for 1 s)
+    timeout = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+    server.script(Answer(after_release=timeout, then="close"))  # 200; later a 408 on its own, and close
+    assert send(transport, 1) == Delivered(200)
+    server.release()
+    assert wait(server.server_closed) == 0
+    assert send(transport, 2) == Delivered(200)  # not the stray 408, and not a failed attempt
+    seen = [wait(server.requests), wait(server.requests)]
+    assert [(s.connection, s.head["webhook-id"]) for s in seen] == [(0, "evt-1"), (1, "evt-2")]

@@ -34,6 +34,8 @@ class Answer:
     """Never answer; the connection stays open until the server closes."""
     pace_s: float = 0.0
     """Write the answer a byte at a time, this long apart."""
+    after_release: bytes = b""
+    """Written after the answer once ``release()`` is called (an unsolicited answer to an idle client)."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,9 @@ class WireServer:
                 time.sleep(answer.pace_s)
         else:
             conn.sendall(answer.raw)
+        if answer.after_release:
+            self._released.wait(30)
+            conn.sendall(answer.after_release)
         if answer.then == "reset":
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         if answer.then != "keep":
