@@ -31,12 +31,12 @@ from listener.metrics import Metrics
 from listener.outbox import EndpointStats, with_endpoints
 from listener.privacy import Redactor
 from listener.service import Service
-from listener.sink import Attempted, OutboxWriter, WebhookSink
+from listener.sink import OutboxWriter
+from listener.worker import DeliveryWorker
 
 Classify = Callable[[HangupEvent], payload.Outcome]
 Document = dict[str, Any]
 Redact = Callable[[Document], Any]
-_OUTCOMES = {"Delivered": "delivered", "Retry": "failed", "GiveUp": "gave_up"}
 RELOADED = ("classifier", "privacy", "log", "webhooks")
 """What SIGHUP changes in place; every other section needs a restart."""
 
@@ -129,7 +129,7 @@ class App:
         config: Config,
         classify: Classify,
         sink: Sink | None = None,
-        delivery: WebhookSink | None = None,
+        delivery: DeliveryWorker | None = None,
     ) -> None:
         self.config = config
         self.sink = sink
@@ -167,7 +167,8 @@ class App:
         if not config.webhooks:
             return cls(config, config.classifier.classify)
         writer = OutboxWriter.open(config.outbox, config.webhooks)
-        return cls(config, config.classifier.classify, writer, WebhookSink(writer, config.webhooks))
+        worker = DeliveryWorker(writer, config.webhooks, config.outbox, config.log.level)
+        return cls(config, config.classifier.classify, writer, worker)
 
     def start(self) -> None:
         """Start delivery (pending messages resume), one greenlet per node, the health listener, READY=1."""
@@ -177,29 +178,28 @@ class App:
         loops = {source.node.name: self.group.spawn(source.run) for source in self.sources}
         self.service.start(loops)
 
-    def _watch_delivery(self, writer: OutboxWriter, delivery: WebhookSink) -> None:
-        """Readiness, liveness and metrics of the outbox and the webhook endpoints."""
+    def _watch_delivery(self, writer: OutboxWriter, delivery: DeliveryWorker) -> None:
+        """Readiness, liveness and metrics of the outbox, the delivery process and its endpoints."""
         self.service.readiness.add("outbox", lambda: Check(
             ok=writer.ready and self.ingesting,
             details={"writable": writer.ready, "ingesting": self.ingesting,
                      "failure": type(writer.failure).__name__ if writer.failure else None}))
         self.service.readiness.add("endpoints", lambda: Check(
             ok=delivery.healthy,
-            details={name: {"crashed": e.crashed is not None} for name, e in delivery.endpoints.items()}),
+            details={name: {"crashed": name in delivery.crashed} for name in delivery.endpoints}),
+            required=False)
+        self.service.readiness.add("delivery_process", lambda: Check(
+            ok=delivery.running.is_set(),
+            details={"running": delivery.running.is_set(), "started": delivery.started_count}),
             required=False)
         self.service.liveness.add(
             "delivery", lambda: None if delivery.healthy else "webhook delivery loop or outbox failed")
-        delivery.observers.append(self._delivery_attempted)
-        names = tuple(delivery.endpoints)
+        delivery.observers.append(self.metrics.delivery_attempted)
 
         def outbox_stats() -> tuple[EndpointStats, ...]:
-            return with_endpoints(writer.call(writer.outbox.stats, time.time()), names)
+            return with_endpoints(writer.call(writer.outbox.stats, time.time()), delivery.endpoints)
 
         self.metrics.watch_outbox(outbox_stats)
-
-    def _delivery_attempted(self, attempt: Attempted) -> None:
-        outcome = _OUTCOMES[type(attempt.outcome).__name__]
-        self.metrics.delivery_attempted(attempt.endpoint, outcome, attempt.latency_s)
 
     def _sink_failed(self, exc: OutboxError) -> None:
         """The outbox cannot take documents: stop ingesting, loudly; delivery of what is stored goes on."""
@@ -240,7 +240,7 @@ class App:
         for pipeline in self.pipelines:
             pipeline.classify, pipeline.redact = new.classifier.classify, redact
         if self.delivery is not None and new.webhooks:
-            self.delivery.reconfigure(new.webhooks)
+            self.delivery.reconfigure(new.webhooks, new.log.level)
         elif new.webhooks != self.config.webhooks:  # opening or closing the outbox needs a restart
             new = dataclasses.replace(new, webhooks=self.config.webhooks)
             self.log.warning("config.reload_partial", reason="adding the first or removing the last "

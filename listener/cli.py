@@ -1,6 +1,7 @@
 """Command line: ``run`` (the daemon), ``classify`` (saved ESL traffic), ``check-config``, ``outbox``.
 
-gevent's monkey-patching happens here, first, and only for ``run``. Exit codes follow sysexits:
+gevent's monkey-patching happens here, first, and only for ``run`` and ``deliver`` (the daemon's
+delivery process, which ``run`` starts). Exit codes follow sysexits:
 78 (EX_CONFIG) for an invalid configuration, 65 (EX_DATAERR) for unusable ``classify`` input.
 """
 
@@ -47,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path, help="TOML configuration")
     check.set_defaults(func=_check_config)
 
+    deliver = commands.add_parser("deliver", help=argparse.SUPPRESS)  # started by `run`, not by hand
+    deliver.add_argument("--report-fd", type=int, required=True)
+    deliver.set_defaults(func=_deliver)
+
     outbox = add_outbox_parser(commands)
     outbox.add_argument("--config", type=Path, help="TOML configuration (for its [outbox] path)")
     outbox.set_defaults(func=_outbox)
@@ -55,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "run":
+    if args.command in ("run", "deliver"):
         from gevent import monkey  # noqa: PLC0415 - patched first, before anything else is imported
 
         monkey.patch_all()
@@ -97,6 +102,12 @@ def _run(args: argparse.Namespace) -> int:
         return EX_IOERR
     daemon.run_forever()
     return EX_OK
+
+
+def _deliver(args: argparse.Namespace) -> int:
+    from listener import deliverer  # noqa: PLC0415 - imported after monkey-patching
+
+    return deliverer.main(args.report_fd)
 
 
 def _classify(args: argparse.Namespace) -> int:

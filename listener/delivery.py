@@ -40,7 +40,8 @@ __all__ = ["Attempted", "EndpointDelivery", "Observer", "Transport", "Writer"]
 Clock = Callable[[], float]
 log = structlog.get_logger("listener.sink")
 PREFETCH = 256
-"""Rows an endpoint holds ready beyond its request slots: claimed in one turn or offered by a commit."""
+"""Rows an endpoint holds ready beyond its request slots, claimed in one turn: a turn that waits behind
+the daemon's commits never leaves the request slots without work."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +111,6 @@ class EndpointDelivery:
         self._running = 0
         self._room = max(PREFETCH, 2 * config.max_concurrency)
         self._batch = max(config.max_concurrency, 16)
-        self._behind = True  # rows may wait in the outbox (an earlier run): claim before taking offers
         self._probing = False
         self.circuit = Circuit(rng)
         self._requests = gevent.pool.Group()
@@ -121,21 +121,6 @@ class EndpointDelivery:
 
     def wake(self) -> None:
         self._wake.set()
-
-    def offer(self, rows: Sequence[Delivery]) -> None:
-        """Rows just committed: send them without claiming them, unless older ones wait in the outbox.
-
-        What is not taken (no room, circuit open, stopping) stays pending and is claimed by a turn.
-        """
-        if self._behind or self.stopping or self.circuit.open:
-            self._wake.set()
-            return
-        fresh = [row for row in rows if row.id not in self._claimed]
-        taken = fresh[:max(self._room - self._running - len(self._ready), 0)]
-        if len(taken) < len(fresh):
-            self._behind = True
-            self._wake.set()
-        self._claim(taken)
 
     def run(self) -> None:
         """Loop until ``stopping``; an outbox failure ends it (the writer is failed, ingestion stops)."""
@@ -168,9 +153,7 @@ class EndpointDelivery:
             self._report(result, settlement, now)
         if self.circuit.open:
             self._release_ready()
-        if limit > 0:
-            self._behind = len(rows) >= limit
-        self._claim([row for row in rows if row.id not in self._claimed])  # an offer may have been first
+        self._claim(rows)
 
     def _claim(self, rows: Sequence[Delivery]) -> None:
         """Hold ``rows`` ready (excluded from claims until settled) and fill the free request slots."""

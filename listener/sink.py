@@ -175,7 +175,7 @@ class WebhookSink:
         self._loop_of: dict[str, gevent.Greenlet] = {}
         self._started = False
         self._stopping = False
-        writer.on_commit(self.offer)
+        writer.on_commit(lambda created: self.wake())
 
     def _endpoint(self, config: WebhookConfig) -> EndpointDelivery:
         return EndpointDelivery(config, self._writer, clock=self._clock, rng=self._rng,
@@ -223,16 +223,6 @@ class WebhookSink:
         """Make every loop look for due rows now."""
         for endpoint in self.endpoints.values():
             endpoint.wake()
-
-    def offer(self, created: Sequence[Delivery]) -> None:
-        """Hand rows just committed to their endpoints' loops (rows of an unknown endpoint stay stored)."""
-        by_endpoint: dict[str, list[Delivery]] = {}
-        for row in created:
-            by_endpoint.setdefault(row.endpoint, []).append(row)
-        for name, rows in by_endpoint.items():
-            endpoint = self.endpoints.get(name)
-            if endpoint is not None:
-                endpoint.offer(rows)
 
     @property
     def healthy(self) -> bool:

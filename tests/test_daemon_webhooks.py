@@ -198,14 +198,21 @@ def _http_get(port: int, path: str) -> tuple[int, bytes]:
 
 
 def wait_log(daemon: subprocess.Popen[bytes], event: str) -> dict[str, object]:
+    return wait_logs(daemon, event)[event]
+
+
+def wait_logs(daemon: subprocess.Popen[bytes], *events: str) -> dict[str, dict[str, object]]:
+    """The first line of each of ``events``, in whatever order the daemon's two processes wrote them."""
     assert daemon.stdout is not None
-    while True:
+    seen: dict[str, dict[str, object]] = {}
+    while len(seen) < len(events):
         line = gevent.get_hub().threadpool.apply(daemon.stdout.readline)
         assert line, "the daemon exited"
         entry = json.loads(line)
         assert entry["event"] != "loop.blocked", f"the daemon's loop was blocked: {entry}"
-        if entry["event"] == event:
-            return dict(entry)
+        if entry["event"] in events:
+            seen.setdefault(entry["event"], dict(entry))
+    return seen
 
 
 def test_metrics_and_readiness_report_deliveries_and_the_outbox(tmp_path: Path, receiver: Receiver) -> None:
@@ -253,8 +260,9 @@ def test_sighup_reloads_webhook_endpoints_keeps_freeswitch(tmp_path: Path, recei
                 receiver.get(timeout=15)
             config.write_text(config.read_text().replace("/first", "/second"))
             daemon.send_signal(signal.SIGHUP)
-            assert wait_log(daemon, "webhook.reconfigured")["started"] == ["hook0"]
-            assert wait_log(daemon, "config.reloaded")["restart_required_for"] == []
+            lines = wait_logs(daemon, "webhook.reconfigured", "config.reloaded")  # delivery's, the daemon's
+            assert lines["webhook.reconfigured"]["started"] == ["hook0"]
+            assert lines["config.reloaded"]["restart_required_for"] == []
             second = [with_header(b, "Unique-ID", f"after-{n}") for n, b in enumerate(bodies(2))]
             send(session, second)
             wait_classified(daemon, 2)

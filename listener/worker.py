@@ -1,0 +1,172 @@
+"""Webhook delivery in its own process, so that ingestion and delivery each get a core.
+
+The daemon's one Python thread cannot both read, classify and commit several thousand calls a
+second and POST them: under a burst the main thread sat at 100% of a core while the second core was
+a third idle. ``DeliveryWorker`` starts ``hangup-listener deliver`` (``listener.deliverer``) and
+watches it:
+
+- it sends the settings first (again on every reload) and a wake after each outbox commit that
+  created rows, so the child claims them at once;
+- it reads the child's reports (attempts, health) into the daemon's metrics and health checks;
+- if the child exits, it says so and starts a new one after a backoff (1 s doubling to 30 s);
+  nothing is lost, rows stay in the outbox until acknowledged;
+- ``stop`` asks the child to finish requests in flight within the deadline, then kills it.
+
+The outbox is the only hand-off: the child claims every row from it, and deletes a row only once
+its endpoint answered 2xx.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.os
+import gevent.subprocess
+import structlog
+
+from listener.backoff import reconnect_delay
+from listener.outbox import Delivery
+from listener.sink import OutboxWriter
+from listener.webhook_config import OutboxConfig, WebhookConfig
+from listener.workerwire import Report, Settings, read_report, settings_frame, stop_frame, wake_frame
+
+AttemptObserver = Callable[[str, str, float], None]
+"""Called with (endpoint, outcome: delivered | failed | gave_up, latency_s) for each attempt."""
+log = structlog.get_logger("listener.worker")
+HEALTHY_RUN_S = 60.0
+"""A child that ran this long before it exited restarts after the shortest backoff again."""
+
+
+class DeliveryWorker:
+    """The delivery process, seen from the daemon: ``start`` once, ``reconfigure`` on reload, ``stop``."""
+
+    def __init__(self, writer: OutboxWriter, webhooks: Sequence[WebhookConfig], outbox: OutboxConfig,
+                 log_level: str, *, command: Sequence[str] | None = None,
+                 backoff_initial_s: float = 1.0, backoff_cap_s: float = 30.0) -> None:
+        self._writer = writer
+        self._settings = Settings(tuple(webhooks), outbox, log_level)
+        self._command = list(command or (sys.executable, "-m", "listener", "deliver"))
+        self._backoff = (backoff_initial_s, backoff_cap_s)
+        self._failures = 0
+        self.observers: list[AttemptObserver] = []
+        self._proc: Any = None
+        self._report: Report | None = None
+        self._supervisor: gevent.Greenlet | None = None
+        self._stopping = False
+        self.started_count = 0
+        self.running = gevent.event.Event()
+        writer.on_commit(self._committed)
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return tuple(w.name for w in self._settings.webhooks)
+
+    @property
+    def crashed(self) -> tuple[str, ...]:
+        """The endpoints whose loop crashed in the running child, by its last report."""
+        return self._report.crashed if self._report else ()
+
+    @property
+    def healthy(self) -> bool:
+        """The outbox has not failed here, and the child did not report a failure (a restart is not one)."""
+        return self._writer.failure is None and (self._report is None or self._report.healthy)
+
+    def start(self) -> None:
+        self._supervisor = gevent.spawn(self._supervise)
+
+    def reconfigure(self, webhooks: Sequence[WebhookConfig], log_level: str | None = None) -> None:
+        """Route new documents by ``webhooks`` at once; the child applies them as its next frame."""
+        self._writer.set_webhooks(webhooks)
+        level = log_level or self._settings.log_level
+        self._settings = Settings(tuple(webhooks), self._settings.outbox, level)
+        self._send(settings_frame(self._settings))
+
+    def stop(self, deadline_s: float) -> bool:
+        """Let the child finish requests in flight within ``deadline_s``; True if it exited in time."""
+        self._stopping = True
+        proc = self._proc
+        clean = True
+        if proc is not None and proc.poll() is None:
+            self._send(stop_frame(deadline_s))
+            try:
+                proc.wait(timeout=deadline_s + 2.0)
+            except gevent.subprocess.TimeoutExpired:
+                log.error("webhook.worker_killed", pid=proc.pid, reason=f"not stopped within {deadline_s:g}s")
+                proc.kill()
+                proc.wait()
+                clean = False
+        if self._supervisor is not None:
+            self._supervisor.kill(block=True, timeout=2.0)
+        return clean and proc is not None and proc.returncode == 0
+
+    # -- the child ----------------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        while not self._stopping:
+            started = time.monotonic()
+            code = self._run_child()
+            if self._stopping:
+                return
+            if time.monotonic() - started >= HEALTHY_RUN_S:
+                self._failures = 0
+            initial, cap = self._backoff
+            delay = reconnect_delay(self._failures, initial=initial, cap=cap)
+            self._failures += 1
+            log.error("webhook.worker_exited", code=code, restart_in_s=round(delay, 1))
+            gevent.sleep(delay)
+
+    def _run_child(self) -> int | None:
+        read_fd, write_fd = os.pipe()
+        try:
+            proc = gevent.subprocess.Popen([*self._command, "--report-fd", str(write_fd)],
+                                           stdin=subprocess.PIPE, pass_fds=(write_fd,))
+        finally:
+            os.close(write_fd)
+        self._proc, self._report = proc, None
+        self.started_count += 1
+        log.info("webhook.worker_started", pid=proc.pid)
+        self._send(settings_frame(self._settings))
+        self.running.set()
+        try:
+            self._read_reports(read_fd)
+        finally:
+            os.close(read_fd)
+            self.running.clear()
+        code: int | None = proc.wait()
+        return code
+
+    def _read_reports(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        pending = b""
+        while data := gevent.os.nb_read(fd, 65536):
+            *lines, pending = (pending + data).split(b"\n")
+            for line in lines:
+                self._apply(read_report(line))
+
+    def _apply(self, report: Report) -> None:
+        self._report = report
+        for endpoint, outcome, latency_s in report.attempts:
+            for observe in self.observers:
+                observe(endpoint, outcome, latency_s)
+
+    def _committed(self, created: Sequence[Delivery]) -> None:
+        if created:
+            self._send(wake_frame())
+
+    def _send(self, data: bytes) -> None:
+        """Write a frame to the child; if it is gone, the supervisor sees it exit and restarts it."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            proc.stdin.write(data)
+            proc.stdin.flush()
+        except OSError:
+            pass
