@@ -12,9 +12,6 @@ but every method with a verified defect is replaced here:
   the socket closed are all processed (greenswitch drops them). It takes whatever is queued (up to
   ``MAX_BATCH``) at once: a ``BatchHandler`` prepares each event of a run on its own (one failure
   skips one event) and then commits the run together (one outbox transaction for many calls).
-  That commit runs on its own greenlet while the next batch is taken and prepared (the CPU works
-  while the outbox syncs); at most one commit is in flight, and each starts only after the
-  previous one returned, so commits (and their log lines) keep event order.
 * ``send`` has a timeout and fails fast on a dead connection (greenswitch can block forever).
 * one ``HardenedInboundESL`` per connection attempt: ``ESLSource`` makes a fresh one each time.
 """
@@ -22,13 +19,12 @@ but every method with a verified defect is replaced here:
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import random
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -46,7 +42,7 @@ from listener.frame import DEFAULT_MAX_FRAME_BYTES, Frame, FrameDecoder
 DEFAULT_EVENTS = ("CHANNEL_HANGUP_COMPLETE", "HEARTBEAT")
 EVENT_FORMATS = ("json", "plain")
 MAX_BATCH = 500
-"""Most events taken at once (what is queued when the processor is free) and handed to a ``BatchHandler``."""
+"""Most events handed to a ``BatchHandler`` at once (what is queued when the handler is free)."""
 _END = object()  # queued after the last event of a connection
 SLICE_S = 0.01
 """Longest run of the reader or the handlers without yielding: a backlog never stalls the loop."""
@@ -127,8 +123,6 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
         self._esl_event_queue = gevent.queue.Queue(maxsize=settings.queue_size)
         self.on_core_uuid: Callable[[str], None] | None = None
         self._in_hand = 0
-        self._handling_starts: list[float] = []
-        self._committer = _Committer()
 
     # -- connecting ---------------------------------------------------------------------------
     def connect(self) -> None:
@@ -269,19 +263,7 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
 
     # -- processing ---------------------------------------------------------------------------
     def process_events(self) -> None:
-        """Run handlers for every queued event, including those queued just before the close.
-
-        Returns once the last commit returned; killed (``ESLSource.abandon``), it kills the commit too.
-        """
-        try:
-            self._process_until_end()
-        except gevent.GreenletExit:
-            self._committer.kill()
-            raise
-        finally:
-            self._committer.wait()
-
-    def _process_until_end(self) -> None:
+        """Run handlers for every queued event, including those queued just before the close."""
         running = _Slice()
         ended = False
         while not ended:
@@ -291,9 +273,8 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
                 if self.on_core_uuid is not None and event.core_uuid:
                     self.on_core_uuid(event.core_uuid)
             for name, run in itertools.groupby(batch, key=lambda e: e.event_name):
-                events = list(run)
-                self._dispatch(name, events, running)
-                self._in_hand -= len(events)  # handled, or in the commit in flight (counted there)
+                self._dispatch(name, list(run), running)
+            self._in_hand = 0
             running.check()
 
     def _next_batch(self) -> tuple[list[HangupEvent], bool]:
@@ -309,7 +290,8 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
         return batch, True
 
     def _dispatch(self, name: str, events: list[HangupEvent], running: _Slice) -> None:
-        with self._handling():
+        self.stats.handling_since = time.monotonic()
+        try:
             for handler in self.event_handlers.get(name, ()):
                 if isinstance(handler, BatchHandler):
                     self._exec_batch(handler, events, running)
@@ -317,9 +299,10 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
                     for event in events:
                         self._safe_exec_handler(handler, event)
                         running.check()
+        finally:
+            self.stats.handling_since = None
 
     def _exec_batch(self, handler: BatchHandler, events: list[HangupEvent], running: _Slice) -> None:
-        """Prepare each event here; commit the run on the committer, after the commit in flight."""
         prepared, handled = [], []
         for event in events:
             try:
@@ -329,29 +312,12 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
             else:
                 handled.append(event)
             running.check()
-        if prepared:
-            self._committer.start(functools.partial(self._commit, handler, prepared, handled), len(handled))
-
-    def _commit(self, handler: BatchHandler, prepared: list[Any], handled: list[HangupEvent]) -> None:
-        """On the committer's greenlet: commit the run; if that fails, log each of its events once."""
-        with self._handling():
-            try:
-                handler.commit(prepared)
-            except Exception:  # noqa: BLE001 - logged with its traceback, once per event of the run
-                for event in handled:
-                    self._handler_failed(event)
-
-    @contextlib.contextmanager
-    def _handling(self) -> Iterator[None]:
-        """Work in progress: ``handling_since`` is when the oldest still running (a run, a commit) began."""
-        started = time.monotonic()
-        self._handling_starts.append(started)
-        self.stats.handling_since = min(self._handling_starts)
         try:
-            yield
-        finally:
-            self._handling_starts.remove(started)
-            self.stats.handling_since = min(self._handling_starts, default=None)
+            if prepared:
+                handler.commit(prepared)
+        except Exception:  # noqa: BLE001 - logged with its traceback, once per event of the run
+            for event in handled:
+                self._handler_failed(event)
 
     def _safe_exec_handler(self, handler: Callable[[HangupEvent], None], event: HangupEvent) -> None:
         try:
@@ -379,9 +345,8 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
 
     @property
     def queued(self) -> int:
-        """Events received on this connection and not handled yet (queued, at hand, or being committed)."""
-        queued = sum(1 for item in self._esl_event_queue.queue if item is not _END)
-        return queued + self._in_hand + self._committer.events
+        """Events received on this connection and not handled yet (queued, or in the batch at hand)."""
+        return self._in_hand + sum(1 for item in self._esl_event_queue.queue if item is not _END)
 
     def wait_processed(self, timeout: float | None = None) -> bool:
         """Wait until every event of this connection was handled."""
@@ -406,42 +371,6 @@ class _Slice:
         if time.monotonic() - self.started > SLICE_S:
             gevent.sleep(0)
             self.started = time.monotonic()
-
-
-class _Committer:
-    """Runs each commit on its own greenlet, one at a time, in the order given; owned by the processor.
-
-    ``start`` first waits for the commit in flight to return, so at most one runs and none overtakes
-    another, while the caller goes on (preparing the next batch) as soon as its commit is started.
-    """
-
-    def __init__(self) -> None:
-        self._greenlet: gevent.Greenlet | None = None
-        self.events = 0
-        """Events of the commit in flight (0: none)."""
-
-    def start(self, commit: Callable[[], None], events: int) -> None:
-        """Run ``commit`` (carrying ``events``) once the commit in flight returned."""
-        self.wait()
-        self.events = events
-        self._greenlet = gevent.spawn(self._run, commit)
-
-    def _run(self, commit: Callable[[], None]) -> None:
-        try:
-            commit()
-        finally:
-            self.events = 0
-
-    def wait(self) -> None:
-        """Until the commit in flight, if any, returned."""
-        if self._greenlet is not None:
-            self._greenlet.join()
-            self._greenlet = None
-
-    def kill(self) -> None:
-        """Abandon the commit in flight: its documents may be stored, their lines are not written."""
-        if self._greenlet is not None:
-            self._greenlet.kill()
 
 
 class ESLSource:
