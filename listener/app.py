@@ -32,7 +32,7 @@ from listener.outbox import EndpointStats, with_endpoints
 from listener.privacy import Redactor
 from listener.service import Service
 from listener.sink import OutboxWriter
-from listener.worker import DeliveryWorker
+from listener.worker import DeliveryWorker, InlineDelivery
 
 Classify = Callable[[HangupEvent], payload.Outcome]
 Document = dict[str, Any]
@@ -129,7 +129,7 @@ class App:
         config: Config,
         classify: Classify,
         sink: Sink | None = None,
-        delivery: DeliveryWorker | None = None,
+        delivery: DeliveryWorker | InlineDelivery | None = None,
     ) -> None:
         self.config = config
         self.sink = sink
@@ -167,8 +167,12 @@ class App:
         if not config.webhooks:
             return cls(config, config.classifier.classify)
         writer = OutboxWriter.open(config.outbox, config.webhooks)
-        worker = DeliveryWorker(writer, config.webhooks, config.outbox, config.log.level)
-        return cls(config, config.classifier.classify, writer, worker)
+        delivery: DeliveryWorker | InlineDelivery
+        if config.outbox.delivery_process:
+            delivery = DeliveryWorker(writer, config.webhooks, config.outbox, config.log.level)
+        else:
+            delivery = InlineDelivery(writer, config.webhooks)
+        return cls(config, config.classifier.classify, writer, delivery)
 
     def start(self) -> None:
         """Start delivery (pending messages resume), one greenlet per node, the health listener, READY=1."""
@@ -178,7 +182,7 @@ class App:
         loops = {source.node.name: self.group.spawn(source.run) for source in self.sources}
         self.service.start(loops)
 
-    def _watch_delivery(self, writer: OutboxWriter, delivery: DeliveryWorker) -> None:
+    def _watch_delivery(self, writer: OutboxWriter, delivery: DeliveryWorker | InlineDelivery) -> None:
         """Readiness, liveness and metrics of the outbox, the delivery process and its endpoints."""
         self.service.readiness.add("outbox", lambda: Check(
             ok=writer.ready and self.ingesting,
@@ -188,9 +192,10 @@ class App:
             ok=delivery.healthy,
             details={name: {"crashed": name in delivery.crashed} for name in delivery.endpoints}),
             required=False)
-        self.service.readiness.add("delivery_process", lambda: Check(
+        self.service.readiness.add("delivery", lambda: Check(
             ok=delivery.running.is_set(),
-            details={"running": delivery.running.is_set(), "started": delivery.started_count}),
+            details={"mode": delivery.mode, "running": delivery.running.is_set(),
+                     "started": delivery.started_count}),
             required=False)
         self.service.liveness.add(
             "delivery", lambda: None if delivery.healthy else "webhook delivery loop or outbox failed")

@@ -35,7 +35,6 @@ from listener.workerwire import (
 )
 
 EX_OK, EX_SOFTWARE, EX_IOERR = 0, 70, 74
-_OUTCOMES = {"Delivered": "delivered", "Retry": "failed", "GiveUp": "gave_up"}
 DEFAULT_DEADLINE_S = 10.0
 log = structlog.get_logger("listener.deliverer")
 
@@ -104,8 +103,7 @@ class Deliverer:
             self._stop.set()
 
     def _attempted(self, attempt: Attempted) -> None:
-        kind = _OUTCOMES[type(attempt.outcome).__name__]
-        self._attempts.append((attempt.endpoint, kind, attempt.latency_s))
+        self._attempts.append((attempt.endpoint, attempt.kind, attempt.latency_s))
 
     def _report_loop(self) -> None:
         while True:

@@ -54,6 +54,13 @@ class Attempted:
     outcome: Outcome
     latency_s: float
 
+    @property
+    def kind(self) -> str:
+        """``delivered``, ``failed`` (to be retried) or ``gave_up``: the outcome as metrics count it."""
+        if isinstance(self.outcome, Delivered):
+            return "delivered"
+        return "gave_up" if isinstance(self.outcome, GiveUp) else "failed"
+
 
 Observer = Callable[[Attempted], None]
 

@@ -59,6 +59,8 @@ class OutboxConfig:
 
     path: Path
     synchronous: str = "full"
+    delivery_process: bool = True
+    """Deliver from a process of its own (a second core) rather than the daemon's loop."""
 
 
 def safe_url(url: str) -> str:
@@ -194,5 +196,6 @@ def parse_outbox(reader: TableReader) -> OutboxConfig:
     raw = table.string("path")
     path = Path(raw) if raw else default_outbox_path(table.environ)
     synchronous = table.string("synchronous", "full", choices=SYNCHRONOUS)
+    delivery_process = table.boolean("delivery_process", True)
     table.reject_unknown()
-    return OutboxConfig(path=path, synchronous=synchronous)
+    return OutboxConfig(path=path, synchronous=synchronous, delivery_process=delivery_process)

@@ -33,7 +33,7 @@ import structlog
 
 from listener.backoff import reconnect_delay
 from listener.outbox import Delivery
-from listener.sink import OutboxWriter
+from listener.sink import Attempted, OutboxWriter, WebhookSink
 from listener.webhook_config import OutboxConfig, WebhookConfig
 from listener.workerwire import Report, Settings, read_report, settings_frame, stop_frame, wake_frame
 
@@ -46,6 +46,8 @@ HEALTHY_RUN_S = 60.0
 
 class DeliveryWorker:
     """The delivery process, seen from the daemon: ``start`` once, ``reconfigure`` on reload, ``stop``."""
+
+    mode = "process"
 
     def __init__(self, writer: OutboxWriter, webhooks: Sequence[WebhookConfig], outbox: OutboxConfig,
                  log_level: str, *, command: Sequence[str] | None = None,
@@ -170,3 +172,45 @@ class DeliveryWorker:
             proc.stdin.flush()
         except OSError:
             pass
+
+
+class InlineDelivery:
+    """Delivery on the daemon's own loop (``[outbox] delivery_process = false``): one process, less
+    memory, and ingestion and delivery share one core. Same face as ``DeliveryWorker``."""
+
+    mode = "inline"
+
+    def __init__(self, writer: OutboxWriter, webhooks: Sequence[WebhookConfig]) -> None:
+        self._sink = WebhookSink(writer, webhooks)
+        self._sink.observers.append(self._attempted)
+        self.observers: list[AttemptObserver] = []
+        self.running = gevent.event.Event()
+        self.started_count = 0
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return tuple(self._sink.endpoints)
+
+    @property
+    def crashed(self) -> tuple[str, ...]:
+        return tuple(name for name, e in self._sink.endpoints.items() if e.crashed is not None)
+
+    @property
+    def healthy(self) -> bool:
+        return self._sink.healthy
+
+    def start(self) -> None:
+        self._sink.start()
+        self.started_count += 1
+        self.running.set()
+
+    def reconfigure(self, webhooks: Sequence[WebhookConfig], log_level: str | None = None) -> None:
+        self._sink.reconfigure(webhooks)
+
+    def stop(self, deadline_s: float) -> bool:
+        self.running.clear()
+        return self._sink.stop(deadline_s)
+
+    def _attempted(self, attempt: Attempted) -> None:
+        for observe in self.observers:
+            observe(attempt.endpoint, attempt.kind, attempt.latency_s)

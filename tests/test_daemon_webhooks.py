@@ -33,7 +33,13 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
-def write_config(tmp_path: Path, fake: FakeFreeSWITCH, *urls: str) -> Path:
+@pytest.fixture(params=[True, False], ids=["delivery_process", "inline_delivery"])
+def process(request: pytest.FixtureRequest) -> bool:
+    """Each daemon test runs with delivery in its own process (the default) and on the daemon's loop."""
+    return bool(request.param)
+
+
+def write_config(tmp_path: Path, fake: FakeFreeSWITCH, *urls: str, process: bool = True) -> Path:
     config = tmp_path / "listener.toml"
     hooks = "".join(
         f'[[webhooks]]\nname = "hook{n}"\nurl = "{url}"\nsecret = "{SECRET}"\n'
@@ -44,6 +50,7 @@ def write_config(tmp_path: Path, fake: FakeFreeSWITCH, *urls: str) -> Path:
         f'[[freeswitch]]\nname = "lab"\nport = {fake.port}\n'
         f"[esl]\nbackoff_initial = 0.05\nbackoff_max = 0.2\n"
         f'[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\nsynchronous = "normal"\n'
+        f"delivery_process = {str(process).lower()}\n"
         f"[health]\nport = 0\n{hooks}"  # never a fixed port
     )
     return config
@@ -106,11 +113,13 @@ def expected_ids(events: list[bytes]) -> set[str]:
     return {document_id(e.core_uuid, e.unique_id) for e in map(HangupEvent.from_plain, events)}
 
 
-def test_sigkill_mid_delivery_then_restart_loses_nothing(tmp_path: Path, receiver: Receiver) -> None:
+def test_sigkill_mid_delivery_then_restart_loses_nothing(
+    tmp_path: Path, receiver: Receiver, process: bool
+) -> None:
     receiver.script("/hook", *[Reply(200)] * 5, *[Hold()] * 4)
     events = bodies(30)
     with FakeFreeSWITCH() as fake:
-        config = write_config(tmp_path, fake, receiver.url())
+        config = write_config(tmp_path, fake, receiver.url(), process=process)
         daemon = start_daemon(config, read_log=True)
         try:
             send(fake.next_session(timeout=15), events)
@@ -139,11 +148,13 @@ def test_sigkill_mid_delivery_then_restart_loses_nothing(tmp_path: Path, receive
     assert len(ids) - len(want) <= 9
 
 
-def test_sigterm_lets_requests_in_flight_finish_keeps_the_rest(tmp_path: Path, receiver: Receiver) -> None:
+def test_sigterm_lets_requests_in_flight_finish_keeps_the_rest(
+    tmp_path: Path, receiver: Receiver, process: bool
+) -> None:
     receiver.script("/hook", *[Hold()] * 4)
     events = bodies(10)
     with FakeFreeSWITCH() as fake:
-        daemon = start_daemon(write_config(tmp_path, fake, receiver.url()))
+        daemon = start_daemon(write_config(tmp_path, fake, receiver.url(), process=process))
         try:
             send(fake.next_session(timeout=15), events)
             for _ in range(4):
@@ -166,10 +177,12 @@ def test_sigterm_lets_requests_in_flight_finish_keeps_the_rest(tmp_path: Path, r
     assert not delivered & left
 
 
-def test_a_dead_endpoint_does_not_delay_a_healthy_one(tmp_path: Path, receiver: Receiver) -> None:
+def test_a_dead_endpoint_does_not_delay_a_healthy_one(
+    tmp_path: Path, receiver: Receiver, process: bool
+) -> None:
     events = bodies(20)
     with FakeFreeSWITCH() as fake:
-        daemon = start_daemon(write_config(tmp_path, fake, refused_url(), receiver.url()))
+        daemon = start_daemon(write_config(tmp_path, fake, refused_url(), receiver.url(), process=process))
         try:
             send(fake.next_session(timeout=15), events)
             while len(set(verified_ids(receiver))) < len(events):
@@ -215,11 +228,13 @@ def wait_logs(daemon: subprocess.Popen[bytes], *events: str) -> dict[str, dict[s
     return seen
 
 
-def test_metrics_and_readiness_report_deliveries_and_the_outbox(tmp_path: Path, receiver: Receiver) -> None:
+def test_metrics_and_readiness_report_deliveries_and_the_outbox(
+    tmp_path: Path, receiver: Receiver, process: bool
+) -> None:
     events = bodies(6)
     receiver.script("/hook", Reply(500))  # the first attempt fails, its retry succeeds
     with FakeFreeSWITCH() as fake:
-        config = write_config(tmp_path, fake, receiver.url())
+        config = write_config(tmp_path, fake, receiver.url(), process=process)
         daemon = start_daemon(config, read_log=True)
         try:
             port = int(str(wait_log(daemon, "health.listening")["port"]))
@@ -241,15 +256,19 @@ def test_metrics_and_readiness_report_deliveries_and_the_outbox(tmp_path: Path, 
     assert ready["ready"] is True
     assert ready["outbox"]["details"] == {"writable": True, "ingesting": True, "failure": None}
     assert ready["endpoints"]["details"] == {"hook0": {"crashed": False}}
+    mode = "process" if process else "inline"
+    assert ready["delivery"]["details"] == {"mode": mode, "running": True, "started": 1}
     assert 'hangup_listener_outbox_pending_messages{endpoint="hook0"} 0.0' in metrics
     assert 'hangup_listener_webhook_deliveries_total{endpoint="hook0",outcome="failed"} 1.0' in metrics
     assert 'hangup_listener_outbox_pending_messages{endpoint="hook0"}' in metrics
     assert "hangup_listener_webhook_delivery_latency_seconds_count" in metrics
 
 
-def test_sighup_reloads_webhook_endpoints_keeps_freeswitch(tmp_path: Path, receiver: Receiver) -> None:
+def test_sighup_reloads_webhook_endpoints_keeps_freeswitch(
+    tmp_path: Path, receiver: Receiver, process: bool
+) -> None:
     with FakeFreeSWITCH() as fake:
-        config = write_config(tmp_path, fake, receiver.url("/first"))
+        config = write_config(tmp_path, fake, receiver.url("/first"), process=process)
         daemon = start_daemon(config, read_log=True)
         try:
             session = fake.next_session(timeout=15)

@@ -176,16 +176,24 @@ def test_outbox_config_defaults_to_the_state_directory(tmp_path: Path) -> None:
     config = parse_outbox(TableReader({}, "", problems, {"STATE_DIRECTORY": str(tmp_path)}))
     assert config.path == tmp_path / "outbox.sqlite3"
     assert config.synchronous == "full"
+    assert config.delivery_process is True
     assert default_outbox_path({}).name == "outbox.sqlite3"
 
 
 def test_outbox_config_reports_bad_keys() -> None:
     problems = Problems()
-    config = parse_outbox(TableReader({"outbox": {"path": "/x/o.db", "synchronous": "off", "size": 1}}, "",
-                                      problems, {}))
+    table = {"path": "/x/o.db", "synchronous": "off", "size": 1, "delivery_process": "yes"}
+    config = parse_outbox(TableReader({"outbox": table}, "", problems, {}))
     assert config.path == Path("/x/o.db")
     assert problems.items == ["outbox.synchronous: must be one of full, normal; got 'off'",
+                              "outbox.delivery_process: must be true or false, got str",
                               "outbox.size: unknown key"]
+
+
+def test_outbox_delivery_can_stay_on_the_daemons_loop() -> None:
+    problems = Problems()
+    config = parse_outbox(TableReader({"outbox": {"delivery_process": False}}, "", problems, {}))
+    assert (config.delivery_process, problems.items) == (False, [])
 
 
 def test_webhook_config_repr_hides_the_key() -> None:
