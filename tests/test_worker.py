@@ -103,9 +103,14 @@ class Rig:
     def delivered(self, count: int, timeout: float = 15.0) -> list[Attempt]:
         """Attempts as observed until ``count`` of them were deliveries."""
         seen: list[Attempt] = []
-        with gevent.Timeout(timeout, AssertionError(f"not {count} deliveries within {timeout}s: {seen}")):
-            while sum(outcome == "delivered" for _, outcome, _ in seen) < count:
+
+        def done() -> bool:
+            return sum(outcome == "delivered" for _, outcome, _ in seen) >= count
+
+        with gevent.Timeout(timeout, False):
+            while not done():
                 seen.append(self.attempts.get())
+        assert done(), f"not {count} deliveries within {timeout}s, saw {seen}"
         return seen
 
     def rows(self) -> tuple[Delivery, ...]:
