@@ -234,6 +234,28 @@ def test_stop_with_a_request_never_answered_leaves_its_row_pending_and_returns_a
     assert (stopped, child.returncode) == (True, 0)  # the child gave the request up in time and exited
 
 
+def test_stop_sent_while_the_child_is_still_starting_is_obeyed(rig: Rig) -> None:
+    worker = rig.start(endpoint("crm", refused_url()))
+    assert worker.running.wait(timeout=10)  # the settings frame is written; the child is still importing
+    started = time.monotonic()
+    assert worker.stop(2.0) is True
+    assert time.monotonic() - started < 2.0 + 2.0
+    assert worker._proc.returncode == 0
+
+
+def test_a_reload_sent_while_the_child_is_still_starting_is_applied(rig: Rig, receiver: Receiver) -> None:
+    crm, audit = endpoint("crm", receiver.url("/crm")), endpoint("audit", receiver.url("/audit"))
+    worker = rig.make(crm)
+    assert rig.writer is not None
+    rig.writer.set_webhooks([crm, audit])
+    rig.put([doc(1)])  # a row for each endpoint, before any child: no wake will follow
+    worker.start()
+    assert worker.running.wait(timeout=10)
+    worker.reconfigure([crm, audit])  # reaches the child in the same read as its first settings
+    rig.delivered(2)
+    assert sorted(r.path for r in receiver.received) == ["/audit", "/crm"]
+
+
 def test_the_child_exits_by_itself_at_the_end_of_its_stdin(rig: Rig, receiver: Receiver) -> None:
     with log_lines() as lines:
         worker = rig.start(endpoint("crm", receiver.url()), backoff_initial_s=0.1, backoff_cap_s=0.2)
