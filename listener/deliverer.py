@@ -85,6 +85,8 @@ class Deliverer:
                     return read_settings(payload)
 
     def _read_control(self) -> None:
+        for kind, payload in self._frames.feed(b""):  # those that came in one read with the first settings
+            self._apply(kind, payload)
         while data := gevent.os.nb_read(self._control, 1 << 20):
             for kind, payload in self._frames.feed(data):
                 self._apply(kind, payload)
