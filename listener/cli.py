@@ -105,8 +105,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _deliver(args: argparse.Namespace) -> int:
-    from listener import deliverer  # noqa: PLC0415 - imported after monkey-patching
+    import structlog  # noqa: PLC0415 - imported after monkey-patching
 
+    from listener import deliverer, logs, monitor  # noqa: PLC0415
+
+    logs.configure("info")  # JSON lines from the start; the daemon's level comes with the settings
+    monitor.watch(structlog.get_logger("listener.deliverer"))
     return deliverer.main(args.report_fd)
 
 

@@ -49,6 +49,7 @@ class Deliverer:
         self._attempts: list[tuple[str, str, float]] = []
         self._stop = gevent.event.Event()
         self._deadline_s = DEFAULT_DEADLINE_S
+        self._applied = 0
         self.sink: WebhookSink | None = None
 
     def serve(self) -> int:
@@ -57,6 +58,7 @@ class Deliverer:
         if settings is None:
             return EX_OK
         logs.configure(settings.log_level)
+        self._applied = settings.generation
         try:
             writer = OutboxWriter.open(settings.outbox, settings.webhooks)
         except OutboxError as exc:
@@ -100,6 +102,8 @@ class Deliverer:
             settings = read_settings(payload)
             logs.configure(settings.log_level)
             self.sink.reconfigure(settings.webhooks)
+            self._applied = settings.generation
+            self._send_report()  # the parent may be waiting for it
         elif kind == STOP:
             self._deadline_s = float(payload.decode())
             self._stop.set()
@@ -116,7 +120,7 @@ class Deliverer:
         assert self.sink is not None
         attempts, self._attempts = tuple(self._attempts), []
         crashed = tuple(name for name, e in self.sink.endpoints.items() if e.crashed is not None)
-        line = report_line(Report(attempts, self.sink.healthy, crashed))
+        line = report_line(Report(attempts, self.sink.healthy, crashed, self._applied))
         try:
             _write_all(self._report, line)
         except OSError:

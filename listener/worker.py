@@ -18,6 +18,7 @@ its endpoint answered 2xx.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -40,6 +41,8 @@ from listener.workerwire import Report, Settings, read_report, settings_frame, s
 AttemptObserver = Callable[[str, str, float], None]
 """Called with (endpoint, outcome: delivered | failed | gave_up, latency_s) for each attempt."""
 log = structlog.get_logger("listener.worker")
+SEND_TIMEOUT_S = 5.0
+"""Longest wait for the child to take a settings or stop frame."""
 HEALTHY_RUN_S = 60.0
 """A child that ran this long before it exited restarts after the shortest backoff again."""
 
@@ -62,8 +65,10 @@ class DeliveryWorker:
         self._report: Report | None = None
         self._supervisor: gevent.Greenlet | None = None
         self._stopping = False
+        self._writing = False
         self.started_count = 0
         self.running = gevent.event.Event()
+        self._applied = gevent.event.Event()
         writer.on_commit(self._committed)
 
     @property
@@ -87,8 +92,14 @@ class DeliveryWorker:
         """Route new documents by ``webhooks`` at once; the child applies them as its next frame."""
         self._writer.set_webhooks(webhooks)
         level = log_level or self._settings.log_level
-        self._settings = Settings(tuple(webhooks), self._settings.outbox, level)
+        old = self._settings
+        self._settings = Settings(tuple(webhooks), old.outbox, level, old.generation + 1)
+        self._applied.clear()
         self._send(settings_frame(self._settings))
+
+    def wait_applied(self, timeout: float) -> bool:
+        """Wait until the running child reports the latest settings in force; False on timeout."""
+        return bool(self._applied.wait(timeout))
 
     def stop(self, deadline_s: float) -> bool:
         """Let the child finish requests in flight within ``deadline_s``; True if it exited in time."""
@@ -104,8 +115,9 @@ class DeliveryWorker:
                 proc.kill()
                 proc.wait()
                 clean = False
-        if self._supervisor is not None:
-            self._supervisor.kill(block=True, timeout=2.0)
+        if self._supervisor is not None:  # it reads the child's last report, then ends
+            self._supervisor.join(timeout=2.0)
+            self._supervisor.kill(block=True, timeout=1.0)
         return clean and proc is not None and proc.returncode == 0
 
     # -- the child ----------------------------------------------------------------------------
@@ -129,6 +141,10 @@ class DeliveryWorker:
         try:
             proc = gevent.subprocess.Popen([*self._command, "--report-fd", str(write_fd)],
                                            stdin=subprocess.PIPE, pass_fds=(write_fd,))
+        except OSError as exc:
+            os.close(read_fd)
+            log.error("webhook.worker_start_failed", reason=str(exc))
+            return None
         finally:
             os.close(write_fd)
         self._proc, self._report = proc, None
@@ -150,28 +166,56 @@ class DeliveryWorker:
         while data := gevent.os.nb_read(fd, 65536):
             *lines, pending = (pending + data).split(b"\n")
             for line in lines:
-                self._apply(read_report(line))
+                try:
+                    report = read_report(line)
+                except (ValueError, KeyError, TypeError) as exc:  # a bug in the child: say so, go on
+                    log.error("webhook.worker_report_unreadable", reason=str(exc), line=line[:200].decode(
+                        "utf-8", "replace"))
+                    continue
+                self._apply(report)
 
     def _apply(self, report: Report) -> None:
         self._report = report
+        if report.applied >= self._settings.generation:
+            self._applied.set()
         for endpoint, outcome, latency_s in report.attempts:
             for observe in self.observers:
                 observe(endpoint, outcome, latency_s)
 
     def _committed(self, created: Sequence[Delivery]) -> None:
-        if created:
-            self._send(wake_frame())
+        """After a commit that created rows: wake the child, never waiting (this is the commit loop).
+
+        When a frame is being written or the pipe is full, the wake is dropped: the child has unread
+        frames already, and its loops also look for due rows every second.
+        """
+        proc = self._proc
+        if not created or self._writing or proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(OSError):  # BlockingIOError when full; a child gone is the supervisor's
+            os.write(proc.stdin.fileno(), wake_frame())  # 5 bytes: written whole or not at all
 
     def _send(self, data: bytes) -> None:
-        """Write a frame to the child; if it is gone, the supervisor sees it exit and restarts it."""
+        """Write a frame to the child; if it is gone, the supervisor sees it exit and restarts it.
+
+        A child that does not take the frame within ``SEND_TIMEOUT_S`` (it stopped reading) is
+        killed: its frames are cut, and the one started next gets the settings in force.
+        """
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return
+        self._writing = True
         try:
-            proc.stdin.write(data)
-            proc.stdin.flush()
+            with gevent.Timeout(SEND_TIMEOUT_S):
+                proc.stdin.write(data)
+                proc.stdin.flush()
+        except gevent.Timeout:
+            reason = f"stopped reading for {SEND_TIMEOUT_S:g}s"
+            log.error("webhook.worker_killed", pid=proc.pid, reason=reason)
+            proc.kill()
         except OSError:
             pass
+        finally:
+            self._writing = False
 
 
 class InlineDelivery:

@@ -38,6 +38,8 @@ class Settings:
     webhooks: tuple[WebhookConfig, ...]
     outbox: OutboxConfig
     log_level: str
+    generation: int = 0
+    """Counts the settings sent to one child; its reports say which it has applied."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,8 @@ class Report:
     attempts: tuple[tuple[str, str, float], ...]
     healthy: bool
     crashed: tuple[str, ...] = ()
+    applied: int = 0
+    """The generation of the settings in force."""
 
 
 def frame(kind: bytes, payload: bytes = b"") -> bytes:
@@ -91,10 +95,11 @@ def read_settings(payload: bytes) -> Settings:
 
 def report_line(report: Report) -> bytes:
     return orjson.dumps({"attempts": report.attempts, "healthy": report.healthy,
-                         "crashed": report.crashed}) + b"\n"
+                         "crashed": report.crashed, "applied": report.applied}) + b"\n"
 
 
 def read_report(line: bytes) -> Report:
     data: dict[str, Any] = orjson.loads(line)
     attempts = tuple((str(e), str(o), float(s)) for e, o, s in data["attempts"])
-    return Report(attempts, bool(data["healthy"]), tuple(map(str, data.get("crashed", ()))))
+    return Report(attempts, bool(data["healthy"]), tuple(map(str, data.get("crashed", ()))),
+                  int(data.get("applied", 0)))

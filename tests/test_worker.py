@@ -22,6 +22,7 @@ import structlog
 from standardwebhooks.webhooks import Webhook
 from webhook_receiver import Hold, Receiver, Slow, refused_url
 
+from listener import worker as worker_module
 from listener.outbox import PENDING, Delivery
 from listener.retry import RetrySchedule
 from listener.sink import OutboxWriter
@@ -186,6 +187,7 @@ def test_reconfigure_sends_documents_put_afterwards_to_the_new_url(rig: Rig, rec
     assert receiver.get(timeout=10).path == "/old"
     rig.delivered(1)
     worker.reconfigure([endpoint("crm", receiver.url("/new"))])
+    assert worker.wait_applied(10)  # reloads are applied by the child asynchronously
     rig.put([doc(2)])
     request = receiver.get(timeout=10)
     assert (request.path, request.webhook_id) == ("/new", "call-2")
@@ -252,6 +254,7 @@ def test_a_reload_sent_while_the_child_is_still_starting_is_applied(rig: Rig, re
     worker.start()
     assert worker.running.wait(timeout=10)
     worker.reconfigure([crm, audit])  # reaches the child in the same read as its first settings
+    assert worker.wait_applied(10)
     rig.delivered(2)
     assert sorted(r.path for r in receiver.received) == ["/audit", "/crm"]
 
@@ -313,3 +316,48 @@ def test_the_parent_sends_settings_first_a_wake_per_commit_that_created_rows_and
     started = time.monotonic()
     assert worker.stop(5.0) is True  # the echo child exits only on the stop frame (or end of stdin)
     assert time.monotonic() - started < 5.0
+
+
+def test_wait_applied_follows_the_childs_reports_of_the_settings_in_force(
+        rig: Rig, receiver: Receiver) -> None:
+    worker = rig.start(endpoint("crm", receiver.url()))
+    assert worker.wait_applied(10)  # the first settings
+    worker.reconfigure([endpoint("crm", receiver.url("/new"))])
+    assert not worker._applied.is_set()  # not before the child says so
+    assert worker.wait_applied(10)
+    assert worker._report is not None
+    assert worker._report.applied == 1
+
+
+def test_a_report_line_that_cannot_be_read_is_logged_and_the_next_ones_still_count(rig: Rig) -> None:
+    with log_lines() as lines:
+        worker = rig.start(endpoint("crm", "http://127.0.0.1:9/hook"),
+                           command=[sys.executable, str(ECHO), "--garbage"])
+        bad = next_line(lines, "webhook.worker_report_unreadable")
+    assert bad["line"] == "this is not a report"
+    assert worker.wait_applied(10)  # the settings' echo, read after the bad line
+    assert worker.started_count == 1
+
+
+def test_a_child_that_cannot_be_started_is_tried_again_with_backoff(rig: Rig) -> None:
+    with log_lines() as lines:
+        worker = rig.start(endpoint("crm", "http://127.0.0.1:9/hook"), command=["/nonexistent/deliver"],
+                           backoff_initial_s=0.05, backoff_cap_s=0.1)
+        failures = [next_line(lines, "webhook.worker_start_failed") for _ in range(2)]
+    assert all("nonexistent" in str(f["reason"]) for f in failures)
+    assert (worker.started_count, worker.running.is_set()) == (0, False)
+
+
+def test_wakes_to_a_child_that_stopped_reading_never_block_the_commit_loop(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "SEND_TIMEOUT_S", 0.5)
+    deaf = [sys.executable, str(ECHO), "--deaf"]
+    worker = rig.start(endpoint("crm", "http://127.0.0.1:9/hook"), command=deaf)
+    assert worker.running.wait(timeout=10)
+    row = Delivery(1, "e1", "crm", "pending", 0, 0.0, 0.0, "")
+    with gevent.Timeout(10, AssertionError("a wake blocked on a full pipe")):
+        for _ in range(30_000):  # 150 KB of wakes: more than a pipe holds
+            worker._committed([row])
+    with log_lines() as lines:
+        assert worker.stop(0.1) is False  # the stop frame does not fit either: killed
+        assert "stopped reading" in str(next_line(lines, "webhook.worker_killed")["reason"])

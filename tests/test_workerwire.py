@@ -102,9 +102,10 @@ def test_wake_and_stop_frames() -> None:
 
 @given(st.lists(st.tuples(st.text(), st.sampled_from(["delivered", "failed", "gave_up"]),
                           st.floats(min_value=0, max_value=1e6, allow_nan=False))),
-       st.booleans(), st.lists(st.text()))
-def test_report_round_trip(attempts: list[tuple[str, str, float]], healthy: bool, crashed: list[str]) -> None:
-    sent = Report(tuple(attempts), healthy, tuple(crashed))
+       st.booleans(), st.lists(st.text()), st.integers(min_value=0, max_value=2**40))
+def test_report_round_trip(attempts: list[tuple[str, str, float]], healthy: bool, crashed: list[str],
+                           applied: int) -> None:
+    sent = Report(tuple(attempts), healthy, tuple(crashed), applied)
     line = report_line(sent)
     assert line.endswith(b"\n")
     assert line.count(b"\n") == 1  # one report, one line
