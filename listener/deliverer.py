@@ -16,6 +16,7 @@ from typing import Any
 
 import gevent
 import gevent.event
+import gevent.lock
 import gevent.os
 import structlog
 
@@ -50,6 +51,7 @@ class Deliverer:
         self._stop = gevent.event.Event()
         self._deadline_s = DEFAULT_DEADLINE_S
         self._applied = 0
+        self._reporting = gevent.lock.Semaphore()  # one report line at a time, never torn
         self.sink: WebhookSink | None = None
 
     def serve(self) -> int:
@@ -73,7 +75,8 @@ class Deliverer:
         self._stop.wait()
         sink.stop(deadline_s=self._deadline_s)
         writer.close()
-        gevent.killall(readers)
+        with self._reporting:  # not in the middle of a line
+            gevent.killall(readers)
         self._send_report()
         return EX_OK if sink.healthy else EX_SOFTWARE
 
@@ -122,7 +125,8 @@ class Deliverer:
         crashed = tuple(name for name, e in self.sink.endpoints.items() if e.crashed is not None)
         line = report_line(Report(attempts, self.sink.healthy, crashed, self._applied))
         try:
-            _write_all(self._report, line)
+            with self._reporting:
+                _write_all(self._report, line)
         except OSError:
             self._stop.set()  # the daemon is gone
 
