@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import gevent
+import gevent.select
 import pytest
 from standardwebhooks.webhooks import Webhook
 from webhook_receiver import Hold, Receiver, Reply, refused_url
@@ -293,3 +294,33 @@ def test_sighup_reloads_webhook_endpoints_keeps_freeswitch(
             daemon.kill()
         assert fake.accepted == 1  # the FreeSWITCH connection was never dropped
     assert not set(verified_ids(receiver, "/first")) & expected_ids(second)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _wait_exit(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` (not our child) exits within ``timeout``: its pidfd turns readable."""
+    fd = os.pidfd_open(pid)
+    try:
+        readable, _, _ = gevent.select.select([fd], [], [], timeout)
+        return bool(readable)
+    finally:
+        os.close(fd)
+
+
+def test_the_delivery_process_does_not_outlive_a_daemon_killed_with_sigkill(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    with FakeFreeSWITCH() as fake:
+        daemon = start_daemon(write_config(tmp_path, fake, receiver.url()), read_log=True)
+        try:
+            started = wait_log(daemon, "webhook.worker_started")
+            assert _children(daemon.pid) == [started["pid"]]
+            daemon.send_signal(signal.SIGKILL)
+            assert daemon.wait(timeout=10) == -signal.SIGKILL
+            # its stdin and its report pipe closed with the daemon: it stops as on SIGTERM
+            assert _wait_exit(int(str(started["pid"])), timeout=15)
+        finally:
+            daemon.kill()
