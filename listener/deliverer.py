@@ -122,8 +122,7 @@ class Deliverer:
     def _send_report(self) -> None:
         assert self.sink is not None
         attempts, self._attempts = tuple(self._attempts), []
-        crashed = tuple(name for name, e in self.sink.endpoints.items() if e.crashed is not None)
-        line = report_line(Report(attempts, self.sink.healthy, crashed, self._applied))
+        line = report_line(Report(attempts, self.sink.healthy, self.sink.crashed, self._applied))
         try:
             with self._reporting:
                 _write_all(self._report, line)

@@ -24,6 +24,7 @@ Invariants:
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -186,22 +187,19 @@ class Outbox:
 
     # -- the daemon's side --------------------------------------------------------------------
 
-    def put(self, entries: Iterable[Entry], now: float) -> tuple[Delivery, ...]:
-        """Store many documents in one transaction; returns the delivery rows it created, oldest first.
+    def put(self, entries: Iterable[Entry], now: float) -> Counter[str]:
+        """Store many documents in one transaction; returns the delivery rows created, per endpoint.
 
-        A few statements per ``CHUNK`` documents, not per document: each multi-row INSERT returns
-        what it created, so the caller (the delivery loops) can send fresh rows without reading
-        them back. An event id stored before keeps its first body; only missing rows are added.
+        Two multi-row INSERTs per ``CHUNK`` documents, not three statements per document. An event
+        id stored before keeps its first body; only its missing delivery rows are added.
         """
         wanted = [entry for entry in entries if entry.endpoints]
-        created: list[Delivery] = []
+        created: Counter[str] = Counter()
         with self._transaction("put") as db:
             for start in range(0, len(wanted), CHUNK):
                 chunk = wanted[start:start + CHUNK]
-                messages = _insert_messages(db, chunk, now)
-                created.extend(_insert_deliveries(db, chunk, messages, now))
-        created.sort(key=lambda d: d.id)
-        return tuple(created)
+                created.update(_insert_deliveries(db, chunk, _insert_messages(db, chunk, now), now))
+        return created
 
     def due(self, endpoint: str, now: float, limit: int, exclude: Iterable[int] = ()) -> tuple[Delivery, ...]:
         """Up to ``limit`` pending rows of ``endpoint`` whose time has come, oldest first."""
@@ -336,44 +334,29 @@ def _marks(rows: int, columns: int) -> str:
     return ",".join(["(" + ", ".join("?" * columns) + ")"] * rows)
 
 
-@dataclass(frozen=True, slots=True)
-class _Message:
-    id: int
-    created_at: float
-    body: str
-
-
-def _insert_messages(db: sqlite3.Connection, chunk: Sequence[Entry], now: float) -> dict[str, _Message]:
-    """Insert the chunk's messages; every event id of the chunk mapped to its stored row."""
+def _insert_messages(db: sqlite3.Connection, chunk: Sequence[Entry], now: float) -> dict[str, int]:
+    """Insert the chunk's messages; every event id of the chunk mapped to its message row's id."""
     params = [value for entry in chunk for value in (entry.event_id, entry.body, now)]
-    rows = db.execute(
+    ids: dict[str, int] = dict(db.execute(
         f"INSERT INTO message (event_id, body, created_at) VALUES {_marks(len(chunk), 3)}"
-        " ON CONFLICT (event_id) DO NOTHING RETURNING event_id, id, created_at, body", params).fetchall()
-    stored = {event_id: _Message(id_, created_at, body) for event_id, id_, created_at, body in rows}
-    missing = list({entry.event_id for entry in chunk if entry.event_id not in stored})
+        " ON CONFLICT (event_id) DO NOTHING RETURNING event_id, id", params).fetchall())
+    missing = list({entry.event_id for entry in chunk if entry.event_id not in ids})
     if missing:  # stored by an earlier put: keep that row and its body
-        rows = db.execute(
-            "SELECT event_id, id, created_at, body FROM message"
-            f" WHERE event_id IN ({','.join('?' * len(missing))})", missing).fetchall()
-        stored.update((event_id, _Message(id_, created_at, body)) for event_id, id_, created_at, body in rows)
-    return stored
+        ids.update(db.execute(
+            f"SELECT event_id, id FROM message WHERE event_id IN ({','.join('?' * len(missing))})",
+            missing).fetchall())
+    return ids
 
 
-def _insert_deliveries(db: sqlite3.Connection, chunk: Sequence[Entry], messages: dict[str, _Message],
-                       now: float) -> list[Delivery]:
-    """Insert one delivery row per (message, endpoint) not there yet; the rows created."""
+def _insert_deliveries(db: sqlite3.Connection, chunk: Sequence[Entry], ids: dict[str, int],
+                       now: float) -> list[str]:
+    """Insert one delivery row per (message, endpoint) not there yet; the endpoint of each row created."""
     pairs = list(dict.fromkeys((entry.event_id, endpoint) for entry in chunk for endpoint in entry.endpoints))
-    rows = []
+    created: list[str] = []
     for start in range(0, len(pairs), CHUNK):
         part = pairs[start:start + CHUNK]
-        params = [v for event_id, endpoint in part for v in (messages[event_id].id, endpoint, now, now)]
-        rows += db.execute(
+        params = [v for event_id, endpoint in part for v in (ids[event_id], endpoint, now, now)]
+        created += (endpoint for (endpoint,) in db.execute(
             f"INSERT INTO delivery (message, endpoint, next_at, updated_at) VALUES {_marks(len(part), 4)}"
-            " ON CONFLICT (message, endpoint) DO NOTHING RETURNING id, message, endpoint", params).fetchall()
-    event_of = {message.id: event_id for event_id, message in messages.items()}
-    created = []
-    for id_, message_id, endpoint in rows:
-        message = messages[event_of[message_id]]
-        created.append(Delivery(id_, event_of[message_id], endpoint, PENDING, 0, now, message.created_at, "",
-                                message.body))
+            " ON CONFLICT (message, endpoint) DO NOTHING RETURNING endpoint", params))
     return created

@@ -26,7 +26,7 @@ import structlog
 
 from listener.delivery import Attempted, EndpointDelivery, Observer, Transport
 from listener.errors import OutboxClosedError, OutboxError
-from listener.outbox import Delivery, Entry, Outbox
+from listener.outbox import Entry, Outbox
 from listener.retry import Random
 from listener.webhook import render
 from listener.webhook_config import OutboxConfig, WebhookConfig, safe_url
@@ -60,7 +60,7 @@ class OutboxWriter:
         self._wake = gevent.event.Event()
         self._closing = False
         self.failure: OutboxError | None = None
-        self._listeners: list[Callable[[Sequence[Delivery]], None]] = []
+        self._listeners: list[Callable[[frozenset[str]], None]] = []
         self._committer = gevent.spawn(self._commit_loop)
 
     @classmethod
@@ -83,8 +83,8 @@ class OutboxWriter:
         """Route documents put from now on by these endpoints' filters (a reload)."""
         self._webhooks = tuple(webhooks)
 
-    def on_commit(self, listener: Callable[[Sequence[Delivery]], None]) -> None:
-        """Call ``listener`` with the delivery rows each commit created (bodies included), once committed."""
+    def on_commit(self, listener: Callable[[frozenset[str]], None]) -> None:
+        """Call ``listener`` after each commit with the endpoint names it created rows for (maybe none)."""
         self._listeners.append(listener)
 
     def put(self, documents: Sequence[Mapping[str, Any]]) -> int:
@@ -142,8 +142,9 @@ class OutboxWriter:
             return
         for stored, waiter in batch:
             waiter.set(len(stored))
+        endpoints = frozenset(created)
         for listener in self._listeners:
-            listener(created)
+            listener(endpoints)
 
     def close(self) -> None:
         """Refuse new documents, commit those already offered, close the file."""
@@ -175,7 +176,7 @@ class WebhookSink:
         self._loop_of: dict[str, gevent.Greenlet] = {}
         self._started = False
         self._stopping = False
-        writer.on_commit(lambda created: self.wake())
+        writer.on_commit(self.wake)
 
     def _endpoint(self, config: WebhookConfig) -> EndpointDelivery:
         return EndpointDelivery(config, self._writer, clock=self._clock, rng=self._rng,
@@ -219,10 +220,16 @@ class WebhookSink:
             loop.kill(block=True, timeout=1.0)
         endpoint.finish(deadline_s)
 
-    def wake(self) -> None:
-        """Make every loop look for due rows now."""
-        for endpoint in self.endpoints.values():
-            endpoint.wake()
+    def wake(self, endpoints: frozenset[str] | None = None) -> None:
+        """Make the named loops (all by default) look for due rows now, e.g. after a commit."""
+        for name, endpoint in self.endpoints.items():
+            if endpoints is None or name in endpoints:
+                endpoint.wake()
+
+    @property
+    def crashed(self) -> tuple[str, ...]:
+        """The endpoints whose loop crashed."""
+        return tuple(name for name, e in self.endpoints.items() if e.crashed is not None)
 
     @property
     def healthy(self) -> bool:

@@ -33,7 +33,6 @@ import gevent.subprocess
 import structlog
 
 from listener.backoff import reconnect_delay
-from listener.outbox import Delivery
 from listener.sink import Attempted, OutboxWriter, WebhookSink
 from listener.webhook_config import OutboxConfig, WebhookConfig
 from listener.workerwire import Report, Settings, read_report, settings_frame, stop_frame, wake_frame
@@ -182,14 +181,14 @@ class DeliveryWorker:
             for observe in self.observers:
                 observe(endpoint, outcome, latency_s)
 
-    def _committed(self, created: Sequence[Delivery]) -> None:
+    def _committed(self, endpoints: frozenset[str]) -> None:
         """After a commit that created rows: wake the child, never waiting (this is the commit loop).
 
         When a frame is being written or the pipe is full, the wake is dropped: the child has unread
         frames already, and its loops also look for due rows every second.
         """
         proc = self._proc
-        if not created or self._writing or proc is None or proc.poll() is not None:
+        if not endpoints or self._writing or proc is None or proc.poll() is not None:
             return
         with contextlib.suppress(OSError):  # BlockingIOError when full; a child gone is the supervisor's
             os.write(proc.stdin.fileno(), wake_frame())  # 5 bytes: written whole or not at all
@@ -237,7 +236,7 @@ class InlineDelivery:
 
     @property
     def crashed(self) -> tuple[str, ...]:
-        return tuple(name for name, e in self._sink.endpoints.items() if e.crashed is not None)
+        return self._sink.crashed
 
     @property
     def healthy(self) -> bool:

@@ -32,21 +32,21 @@ def test_open_uses_wal_and_the_chosen_synchronous(tmp_path: Path) -> None:
 
 
 def test_put_stores_body_once_and_one_delivery_row_per_endpoint(outbox: Outbox) -> None:
-    assert len(outbox.put([entry("e1", "crm", "billing"), entry("e2", "crm")], now=100.0)) == 3
+    created = outbox.put([entry("e1", "crm", "billing"), entry("e2", "crm")], now=100.0)
+    assert created == {"crm": 2, "billing": 1}
     assert outbox._db.execute("SELECT count(*) FROM message").fetchone() == (2,)
     assert [d.event_id for d in outbox.due("crm", 100.0, 10)] == ["e1", "e2"]
     assert [d.body for d in outbox.due("billing", 100.0, 10)] == ['{"id":"e1"}']
 
 
 def test_put_skips_documents_no_endpoint_wants(outbox: Outbox) -> None:
-    assert outbox.put([entry("e1")], now=1.0) == ()
+    assert outbox.put([entry("e1")], now=1.0) == {}
     assert outbox._db.execute("SELECT count(*) FROM message").fetchone() == (0,)
 
 
 def test_put_of_the_same_event_id_again_creates_no_duplicate(outbox: Outbox) -> None:
     outbox.put([entry("e1", "crm")], now=1.0)
-    assert [(d.event_id, d.endpoint) for d in outbox.put([entry("e1", "crm", "billing")], now=2.0)] == [
-        ("e1", "billing")]
+    assert outbox.put([entry("e1", "crm", "billing")], now=2.0) == {"billing": 1}
     assert len(outbox.list()) == 2
 
 
@@ -183,21 +183,24 @@ def test_settle_records_acks_reschedules_and_burials_in_one_call(outbox: Outbox)
     assert (rows["e2"].state, rows["e2"].last_error) == ("dead", "gone (410)")
 
 
-def test_put_returns_the_rows_it_created_as_due_would_read_them(outbox: Outbox) -> None:
+def test_put_counts_the_rows_it_created_per_endpoint_as_due_reads_them(outbox: Outbox) -> None:
     created = outbox.put([entry("e1", "crm", "billing"), entry("e2", "crm")], now=100.0)
-    assert [(d.event_id, d.endpoint) for d in created] == [("e1", "crm"), ("e1", "billing"), ("e2", "crm")]
-    assert set(created) == set(outbox.due("crm", 100.0, 10) + outbox.due("billing", 100.0, 10))
+    assert created == {"crm": 2, "billing": 1}
+    rows = outbox.due("crm", 100.0, 10) + outbox.due("billing", 100.0, 10)
+    assert [(d.event_id, d.endpoint) for d in rows] == [("e1", "crm"), ("e2", "crm"), ("e1", "billing")]
 
 
-def test_put_of_an_id_stored_before_keeps_the_first_body_in_the_rows_it_returns(outbox: Outbox) -> None:
+def test_put_of_an_id_stored_before_keeps_the_first_body_and_adds_only_missing_rows(outbox: Outbox) -> None:
     outbox.put([Entry("e1", '{"first":1}', ("crm",))], now=1.0)
-    (row,) = outbox.put([Entry("e1", '{"second":2}', ("crm", "billing")), entry("e1", "crm")], now=2.0)
+    assert outbox.put([Entry("e1", '{"second":2}', ("crm", "billing")), entry("e1", "crm")], now=2.0) == {
+        "billing": 1}
+    (row,) = outbox.due("billing", 2.0, 10)
     assert (row.endpoint, row.body, row.created_at) == ("billing", '{"first":1}', 1.0)
-    assert row == outbox.due("billing", 2.0, 10)[0]
 
 
 def test_put_of_more_rows_than_one_insert_takes_stores_them_all(outbox: Outbox) -> None:
-    created = outbox.put([entry(f"e{i}", "crm", "billing") for i in range(450)], now=1.0)
-    assert len({d.id for d in created}) == 900
-    assert [d.id for d in created] == sorted(d.id for d in created)
-    assert len(outbox.due("crm", 1.0, 1000)) == 450
+    assert outbox.put([entry(f"e{i}", "crm", "billing") for i in range(450)], now=1.0) == {
+        "crm": 450, "billing": 450}
+    rows = outbox.due("crm", 1.0, 1000) + outbox.due("billing", 1.0, 1000)
+    assert len({d.id for d in rows}) == 900
+    assert [d.event_id for d in outbox.due("crm", 1.0, 1000)] == [f"e{i}" for i in range(450)]

@@ -354,10 +354,9 @@ def test_wakes_to_a_child_that_stopped_reading_never_block_the_commit_loop(
     deaf = [sys.executable, str(ECHO), "--deaf"]
     worker = rig.start(endpoint("crm", "http://127.0.0.1:9/hook"), command=deaf)
     assert worker.running.wait(timeout=10)
-    row = Delivery(1, "e1", "crm", "pending", 0, 0.0, 0.0, "")
     with gevent.Timeout(10, AssertionError("a wake blocked on a full pipe")):
         for _ in range(30_000):  # 150 KB of wakes: more than a pipe holds
-            worker._committed([row])
+            worker._committed(frozenset({"crm"}))
     with log_lines() as lines:
         assert worker.stop(0.1) is False  # the stop frame does not fit either: killed
         assert "stopped reading" in str(next_line(lines, "webhook.worker_killed")["reason"])
