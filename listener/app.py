@@ -146,11 +146,12 @@ class App:
         self._wakeup = gevent.event.Event()
         self._reload_requested = False
         redact = Redactor(config.privacy)
+        store: Sink | None = delivery if delivery is not None else sink  # the delivery process commits
         for node in config.nodes:
             node_log = self.log.bind(node=node.name)
             self.health[node.name] = NodeHealth(node_log)
             pipeline = Pipeline(
-                classify, node, node_log, sink,
+                classify, node, node_log, store,
                 on_sink_failure=self._sink_failed, metrics=self.metrics, redact=redact,
             )
             self.pipelines.append(pipeline)

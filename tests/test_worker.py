@@ -360,3 +360,137 @@ def test_wakes_to_a_child_that_stopped_reading_never_block_the_commit_loop(
     with log_lines() as lines:
         assert worker.stop(0.1) is False  # the stop frame does not fit either: killed
         assert "stopped reading" in str(next_line(lines, "webhook.worker_killed")["reason"])
+
+
+# -- the daemon's commits, made by the child ------------------------------------------------------
+
+
+def echo(*flags: str) -> list[str]:
+    return [sys.executable, str(ECHO), *flags]
+
+
+def local_commits(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The event ids of every commit made on the daemon's own connection, as they happen."""
+    assert rig.writer is not None
+    made: list[list[str]] = []
+    put_entries = rig.writer.put_entries
+
+    def spy(entries: Sequence[Any]) -> int:
+        made.append([entry.event_id for entry in entries])
+        return put_entries(entries)
+
+    monkeypatch.setattr(rig.writer, "put_entries", spy)
+    return made
+
+
+def test_put_is_committed_by_the_child_and_the_documents_arrive(
+        rig: Rig, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = rig.start(endpoint("crm", receiver.url()))
+    local = local_commits(rig, monkeypatch)
+    assert worker.running.wait(timeout=10)
+    assert worker.put([doc(1), doc(2)]) == 2
+    assert worker.put([doc(3, caller="Zoë")]) == 1
+    rig.delivered(3)
+    assert local == []  # none on the daemon's connection
+    got = {r.webhook_id: Webhook(SECRET).verify(r.body, r.headers) for r in receiver.received}
+    assert got == {"call-1": doc(1), "call-2": doc(2), "call-3": doc(3, caller="Zoë")}
+
+
+def test_put_returns_once_the_child_reports_the_commit(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = rig.start(endpoint("crm", refused_url()), command=echo("--puts", "ack"))
+    local = local_commits(rig, monkeypatch)
+    assert worker.running.wait(timeout=10)
+    rig.attempts.get(timeout=10)  # the settings frame
+    assert worker.put([doc(1), doc(2)]) == 2
+    assert rig.attempts.get(timeout=10) == ("P", "1 call-1 call-2", 0.0)
+    assert worker.put([doc(3)]) == 1
+    assert rig.attempts.get(timeout=10) == ("P", "2 call-3", 0.0)
+    assert local == []
+    assert rig.rows() == ()  # the echo child commits nothing: only its report made put return
+
+
+def test_a_commit_the_child_reports_failed_is_made_on_the_daemons_connection(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = rig.start(endpoint("crm", refused_url()), command=echo("--puts", "fail"))
+    local = local_commits(rig, monkeypatch)
+    assert worker.running.wait(timeout=10)
+    assert worker.put([doc(1), doc(2)]) == 2
+    assert local == [["call-1", "call-2"]]
+    assert sorted(row.event_id for row in rig.rows()) == ["call-1", "call-2"]
+
+
+def test_a_child_that_never_reports_the_commit_is_killed_and_the_daemon_commits(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "COMMIT_TIMEOUT_S", 0.5)
+    with log_lines() as lines:
+        worker = rig.start(endpoint("crm", refused_url()), command=echo("--puts", "ignore"),
+                           backoff_initial_s=0.05, backoff_cap_s=0.1)
+        local = local_commits(rig, monkeypatch)
+        assert worker.running.wait(timeout=10)
+        child = worker._proc
+        assert worker.put([doc(1)]) == 1
+        killed = next_line(lines, "webhook.worker_killed")
+        assert next_line(lines, "webhook.worker_exited")["code"] == -signal.SIGKILL
+    assert killed["pid"] == child.pid
+    assert "no commit reported within 0.5s" in str(killed["reason"])
+    assert local == [["call-1"]]
+    assert [row.event_id for row in rig.rows()] == ["call-1"]
+
+
+def test_puts_waiting_on_a_child_that_dies_are_committed_by_the_daemon(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = rig.start(endpoint("crm", refused_url()), command=echo("--puts", "ignore"),
+                       backoff_initial_s=5, backoff_cap_s=5)
+    local = local_commits(rig, monkeypatch)
+    assert worker.running.wait(timeout=10)
+    rig.attempts.get(timeout=10)  # the settings frame
+    puts = [gevent.spawn(worker.put, [doc(n)]) for n in (1, 2)]
+    assert sorted([rig.attempts.get(timeout=10)[1] for _ in puts]) == ["1 call-1", "2 call-2"]
+    assert not any(put.ready() for put in puts)  # waiting for the child's word
+    worker._proc.send_signal(signal.SIGKILL)
+    assert [put.get(timeout=10) for put in puts] == [1, 1]
+    assert sorted(map(sorted, local)) == [["call-1"], ["call-2"]]
+    assert worker.put([doc(3)]) == 1  # no child while it backs off: at once, on the daemon's connection
+    assert sorted(row.event_id for row in rig.rows()) == ["call-1", "call-2", "call-3"]
+
+
+def test_a_closing_child_gets_no_more_puts(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = rig.start(endpoint("crm", refused_url()), command=echo("--puts", "ack", "--closing"))
+    local = local_commits(rig, monkeypatch)
+    assert worker.running.wait(timeout=10)
+    rig.attempts.get(timeout=10)  # the settings frame
+    assert worker.put([doc(1)]) == 1  # its report said closing: made here
+    assert rig.attempts.get(timeout=10) == ("P", "1 call-1", 0.0)
+    assert worker.put([doc(2)]) == 1
+    assert local == [["call-1"], ["call-2"]]
+    assert worker._seq == 1  # no second put frame was sent
+
+
+def test_put_before_the_child_runs_and_after_stop_commits_on_the_daemons_connection(
+        rig: Rig, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = rig.make(endpoint("crm", receiver.url()))
+    local = local_commits(rig, monkeypatch)
+    assert worker.put([doc(1)]) == 1
+    worker.start()
+    rig.delivered(1)
+    assert worker.stop(5.0) is True
+    assert worker.put([doc(2)]) == 1
+    assert local == [["call-1"], ["call-2"]]
+    assert [row.event_id for row in rig.rows()] == ["call-2"]
+
+
+def test_a_signalled_child_says_closing_and_the_daemon_commits_from_then_on(
+        rig: Rig, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    receiver.script("/hook", Hold())  # a request in flight keeps the child stopping for a while
+    worker = rig.start(endpoint("crm", receiver.url()), backoff_initial_s=5, backoff_cap_s=5)
+    local = local_commits(rig, monkeypatch)
+    assert worker.running.wait(timeout=10)
+    assert worker.put([doc(1)]) == 1
+    receiver.get(timeout=10)
+    worker._proc.send_signal(signal.SIGTERM)
+    with gevent.Timeout(10, AssertionError("the child never said closing")):
+        while worker._accepting:
+            gevent.sleep(0.01)
+    assert worker._proc.poll() is None  # still finishing its request
+    assert worker.put([doc(2)]) == 1
+    assert local == [["call-2"]]
