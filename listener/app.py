@@ -60,6 +60,7 @@ class Pipeline:
         on_sink_failure: Callable[[OutboxError], None] | None = None,
         metrics: Metrics | None = None,
         redact: Redact | None = None,
+        overlap: bool = False,
     ) -> None:
         self.classify = classify
         self.node = node
@@ -68,6 +69,9 @@ class Pipeline:
         self.on_sink_failure = on_sink_failure
         self.metrics = metrics
         self.redact = redact
+        self.overlap = overlap
+        self._committing: gevent.Greenlet | None = None
+        self._in_flight = 0
 
     def process(self, event: HangupEvent) -> Document:
         """The classified document for one event (pure)."""
@@ -79,7 +83,42 @@ class Pipeline:
         self.commit([self.process(event)])
 
     def commit(self, documents: list[Document]) -> None:
-        """Store the documents in one outbox commit, then write one line per call (never before)."""
+        """Store the documents in one outbox commit, then write one line per call (never before).
+
+        With ``overlap`` (the commit is made in the delivery process), the commit and the lines run
+        in a greenlet of their own and this returns at once, so the next run of events is read and
+        classified while this one is made durable. One commit at a time: this first waits for the
+        previous one, so the lines keep their order.
+        """
+        if not self.overlap:
+            self._commit_now(documents)
+            return
+        self.drain()
+        self._in_flight = len(documents)
+        self._committing = gevent.spawn(self._commit_now, documents)
+
+    def drain(self, timeout: float | None = None) -> int:
+        """Wait for the commit in flight (``overlap``); returns how many documents it still holds."""
+        committing = self._committing
+        if committing is None:
+            return 0
+        committing.join(timeout)
+        if not committing.dead:
+            return self._in_flight
+        self._committing, self._in_flight = None, 0
+        return 0
+
+    def _commit_now(self, documents: list[Document]) -> None:
+        try:
+            self._store_and_log(documents)
+        except Exception:
+            if not self.overlap:
+                raise
+            for document in documents:
+                self.log.exception("call.handler_failed", channel_uuid=document.get("channel_uuid"),
+                                   event_name=HANGUP_COMPLETE)
+
+    def _store_and_log(self, documents: list[Document]) -> None:
         if self.sink is not None and not self._store(documents):
             return
         for document in documents:
@@ -153,6 +192,7 @@ class App:
             pipeline = Pipeline(
                 classify, node, node_log, store,
                 on_sink_failure=self._sink_failed, metrics=self.metrics, redact=redact,
+                overlap=isinstance(delivery, DeliveryWorker),
             )
             self.pipelines.append(pipeline)
             handlers: dict[str, EventHandler] = {HANGUP_COMPLETE: pipeline, HEARTBEAT: self.health[node.name]}
@@ -220,12 +260,17 @@ class App:
         self.service.stopping()
         for source in self.sources:
             source.stop()
+        until = time.monotonic() + timeout
         if not self.group.join(timeout=timeout):
             for source in self.sources:  # what the deadline leaves unhandled is lost: say so
                 if left := source.abandon():
                     self.log.error("listener.events_abandoned", node=source.node.name, queued=left,
                                    reason=f"not handled within the {timeout:g}s stop deadline")
         self.group.kill(timeout=1)
+        for pipeline in self.pipelines:  # the last commit in flight (``overlap``)
+            if left := pipeline.drain(max(0.0, until - time.monotonic())):
+                self.log.error("listener.events_abandoned", node=pipeline.node.name, queued=left,
+                               reason=f"not committed within the {timeout:g}s stop deadline")
         if self.delivery is not None:
             self.delivery.stop(deadline_s=timeout)
         if isinstance(self.sink, OutboxWriter):
