@@ -37,6 +37,7 @@ from listener.esl import Node  # noqa: E402
 from listener.outbox import Outbox  # noqa: E402
 from listener.sink import OutboxWriter  # noqa: E402
 from listener.webhook_config import WebhookConfig  # noqa: E402
+from listener.worker import DeliveryWorker  # noqa: E402
 
 MARK = '"call.classified"'
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,7 +87,7 @@ class Feeder:
         self.proc.wait()
 
 
-def measure(events: int, folder: Path, synchronous: str) -> dict[str, Any]:
+def measure(events: int, folder: Path, synchronous: str, process: bool = False) -> dict[str, Any]:
     """One burst of ``events`` into a fresh daemon and a fresh outbox; the figures of the docstring."""
     lines = Lines(events)
     logs.configure("info", stream=lines)  # type: ignore[arg-type]
@@ -95,7 +96,9 @@ def measure(events: int, folder: Path, synchronous: str) -> dict[str, Any]:
         nodes=(Node("bench", port=feeder.port),), health=HealthConfig(enabled=False),
         outbox=OutboxConfig(folder / "outbox.sqlite3", synchronous=synchronous),
         webhooks=(WebhookConfig(name="down", url="http://127.0.0.1:9/", key=b"k" * 32),))
-    app = App(config, default_classifier().classify, OutboxWriter.open(config.outbox, config.webhooks))
+    writer = OutboxWriter.open(config.outbox, config.webhooks)
+    delivery = DeliveryWorker(writer, config.webhooks, config.outbox, "info") if process else None
+    app = App(config, default_classifier().classify, writer, delivery)
     app.start()
     gevent.sleep(0.5)  # connected, subscribed, the core-UUID query answered
     cpu, process = time.thread_time(), time.process_time()
@@ -127,6 +130,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--synchronous", default="full", choices=("full", "normal"))
+    parser.add_argument("--delivery-process", action="store_true",
+                        help="the daemon's default: commits and delivery in a child process")
     parser.add_argument("--disk-delay-ms", type=float, default=0.0,
                         help="added to every outbox commit, on its thread: a slower disk, simulated")
     args = parser.parse_args()
@@ -135,7 +140,7 @@ def main() -> None:
     results = []
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory() as folder:
-            results.append(measure(args.events, Path(folder), args.synchronous))
+            results.append(measure(args.events, Path(folder), args.synchronous, args.delivery_process))
         print(json.dumps(results[-1]), flush=True)
     rates = sorted(r["events_per_s"] for r in results)
     print(json.dumps({"median_events_per_s": rates[len(rates) // 2]}))
