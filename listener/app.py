@@ -121,10 +121,11 @@ class Pipeline:
     def _store_and_log(self, documents: list[Document]) -> None:
         if self.sink is not None and not self._store(documents):
             return
-        for document in documents:
-            if self.metrics is not None:
-                self.metrics.call_classified(self.node.name, document)
-            self.log.info("call.classified", call=self.redact(document) if self.redact else document)
+        with logs.held():  # the run's lines in one write, flushed when it ends
+            for document in documents:
+                if self.metrics is not None:
+                    self.metrics.call_classified(self.node.name, document)
+                self.log.info("call.classified", call=self.redact(document) if self.redact else document)
 
     def _store(self, documents: list[Document]) -> bool:
         """Commit the documents to the outbox; on failure log each whole (never lost silently)."""

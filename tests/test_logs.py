@@ -56,3 +56,47 @@ def test_debug_level_lets_debug_lines_through() -> None:
     structlog.get_logger().debug("esl.heartbeat_received")
     structlog.reset_defaults()
     assert json.loads(out.getvalue())["level"] == "debug"
+
+
+class Flushes(io.StringIO):
+    """A stream that records what had been written at each flush."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed: list[str] = []
+
+    def flush(self) -> None:
+        self.flushed.append(self.getvalue())
+
+
+def test_each_line_is_flushed_as_written_and_held_lines_together_when_the_run_ends() -> None:
+    out = Flushes()
+    logs.configure("info", stream=out)
+    log = structlog.get_logger()
+    log.info("alone")
+    assert [json.loads(line)["event"] for line in out.flushed[-1].splitlines()] == ["alone"]
+    flushes = len(out.flushed)
+    with logs.held():
+        log.info("one")
+        with logs.held():  # nested: still one flush, at the outer end
+            log.info("two")
+        log.info("three")
+        assert len(out.flushed) == flushes  # written, not flushed yet
+    assert len(out.flushed) == flushes + 1
+    events = [json.loads(line)["event"] for line in out.flushed[-1].splitlines()]
+    assert events == ["alone", "one", "two", "three"]
+    log.info("after")
+    assert len(out.flushed) == flushes + 2
+
+
+def test_held_lines_are_flushed_when_the_run_fails() -> None:
+    out = Flushes()
+    logs.configure("info", stream=out)
+    def fail() -> None:
+        with logs.held():
+            structlog.get_logger().info("before the failure")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        fail()
+    assert "before the failure" in out.flushed[-1]
