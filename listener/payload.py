@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import Any, Protocol
 
 from listener.event import HangupEvent
@@ -57,9 +58,34 @@ def document_id(core_uuid: str, unique_id: str) -> str:
 
 
 def iso_utc(epoch_us: int | None) -> str | None:
-    """Microseconds since the epoch as ISO-8601 UTC with a ``Z``."""
+    """Microseconds since the epoch as ISO-8601 UTC with a ``Z``, milliseconds truncated.
+
+    Years 1970..2106 (every real timestamp) are formatted from integers and a cache of minutes,
+    0.9 us instead of 2.0 us; in that range the float the datetime spelling divides into is exact
+    to well under half a microsecond, so both give the same text (a test compares them).
+    """
     if epoch_us is None:
         return None
+    if 0 <= epoch_us < _FAST_UNTIL_US:
+        minutes, us = divmod(epoch_us, 60_000_000)
+        return f"{_minute_prefix(minutes)}{us // 1_000_000:02d}.{us // 1000 % 1000:03d}Z"
+    return _iso_utc_datetime(epoch_us)
+
+
+#: 2**32 seconds (2106): below 2**33 s a float's half-ulp is under half a microsecond.
+_FAST_UNTIL_US = 2**32 * 1_000_000
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+@lru_cache(maxsize=1024)
+def _minute_prefix(minutes: int) -> str:
+    """``YYYY-MM-DDTHH:MM:`` of a minute since the epoch (a day of calls reuses a few hundred)."""
+    days, minute_of_day = divmod(minutes, 1440)
+    day = date.fromordinal(_EPOCH_ORDINAL + days).isoformat()
+    return f"{day}T{minute_of_day // 60:02d}:{minute_of_day % 60:02d}:"
+
+
+def _iso_utc_datetime(epoch_us: int) -> str | None:
     try:
         moment = datetime.fromtimestamp(epoch_us / 1_000_000, tz=UTC)
     except (ValueError, OverflowError, OSError):  # outside years 1..9999 or the platform's time_t
