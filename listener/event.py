@@ -153,10 +153,13 @@ def _int(value: str | None, default: int) -> int:
 def _opt_int(value: str | None) -> int | None:
     """An integer header value; None when absent, not a number, or beyond 64 bits (no such count or
     time exists, and JSON encoders for the document refuse it)."""
-    if value is None or not value.strip():
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
         return None
     try:
-        number = int(value.strip())
+        number = int(value)
     except ValueError:
         return None
     return number if -(2**63) <= number < 2**63 else None

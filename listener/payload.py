@@ -103,12 +103,13 @@ def timing(event: HangupEvent) -> dict[str, Any]:
     """Created / answered / ended timestamps, the call's duration, billed seconds and ring time."""
     created, answered, ended = event.created_us, event.answered_us, event.hangup_us
     ring_start = event.progress_us or created
+    billsec = event.billsec
     return {
         "created_at": iso_utc(created),
         "answered_at": iso_utc(answered),
         "ended_at": iso_utc(ended),
         "duration_s": _seconds(created, ended),
-        "billsec": event.billsec if event.billsec is None or event.billsec >= 0 else None,
+        "billsec": billsec if billsec is None or billsec >= 0 else None,
         "ring_s": _seconds(ring_start, answered or ended),
     }
 
@@ -116,9 +117,10 @@ def timing(event: HangupEvent) -> dict[str, Any]:
 def build(event: HangupEvent, outcome: Outcome, node_name: str) -> dict[str, Any]:
     """The classified document for one CHANNEL_HANGUP_COMPLETE."""
     facts = outcome.facts
+    core_uuid, unique_id, direction = event.core_uuid, event.unique_id, event.direction
     return {
         "schema_version": SCHEMA_VERSION,
-        "id": document_id(event.core_uuid, event.unique_id),
+        "id": document_id(core_uuid, unique_id),
         "status": outcome.status,
         "status_label": outcome.status_label,
         "status_definition": outcome.status_definition,
@@ -132,14 +134,14 @@ def build(event: HangupEvent, outcome: Outcome, node_name: str) -> dict[str, Any
         "hangup_disposition": facts.hangup_disposition,
         "hangup_by": facts.hangup_by,
         "leg": facts.leg,
-        "direction": event.direction if event.direction in ("inbound", "outbound") else None,
+        "direction": direction if direction in ("inbound", "outbound") else None,
         "answered": facts.answered,
-        "channel_uuid": event.unique_id,
+        "channel_uuid": unique_id,
         "call_uuid": event.call_uuid,
         "other_leg_uuid": event.other_leg_unique_id,
         "caller_number": event.caller_number,
         "caller_name": event.caller_name,
         "destination_number": event.destination_number,
         **timing(event),
-        "node": {"name": node_name, "hostname": event.hostname, "core_uuid": event.core_uuid},
+        "node": {"name": node_name, "hostname": event.hostname, "core_uuid": core_uuid},
     }
