@@ -9,18 +9,27 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from listener.confread import TableReader
 from listener.event import HangupEvent
 from listener.facts import Facts
 from listener.rulebook import RULES_FILE, Overlay, RuleBook, build_rulebook
-from listener.rules import Rule, rule_path
+from listener.rules import Condition, Rule, rule_path
 from listener.spec import ByeReason, load_spec, read_data
 from listener.subject import Subject
 
 EXPLICIT_RULE = "dialplan-variable"
 NO_RULE = "no-rule"
+
+
+class _Step(NamedTuple):
+    """One rule as ``Classifier._decide`` tries it for a known (cause, answered) pair."""
+
+    conditions: tuple[Condition, ...]
+    status: str
+    bye_reason: str
+    rule_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +63,27 @@ class Classifier:
 
     def __init__(self, book: RuleBook) -> None:
         self.book = book
-        self._candidates: dict[tuple[str, bool], tuple[Rule, ...]] = {
-            (cause, answered): self._select(cause, answered)
+        self._plans: dict[tuple[str, bool], tuple[_Step, ...]] = {
+            (cause, answered): self._plan(cause, answered)
             for cause in (*book.causes, "")
             for answered in (False, True)
         }
 
-    def _select(self, cause: str, answered: bool) -> tuple[Rule, ...]:
-        """The rules that can match a leg with this effective cause and answered state."""
-        return tuple(rule for rule in self.book.rules if rule.admits(cause, answered))
+    def _plan(self, cause: str, answered: bool) -> tuple[_Step, ...]:
+        """The rules that can match a leg with this effective cause and answered state, in order.
+
+        Each keeps only the conditions the pair does not already decide, with its status and bye
+        reason resolved against the cause table; a rule that resolves to neither is left out (it
+        could never decide).
+        """
+        entry = self.book.causes.get(cause)
+        steps = []
+        for rule in self.book.rules:
+            status = rule.status or (entry.status if entry else None)
+            reason = rule.bye_reason or (entry.bye_reason if entry else None)
+            if status and reason and rule.admits(cause, answered):
+                steps.append(_Step(rule.residual(), status, reason, rule.id))
+        return tuple(steps)
 
     def classify(self, event: HangupEvent) -> Outcome:
         """The outcome of one event (pure, deterministic, total)."""
@@ -81,14 +102,16 @@ class Classifier:
 
     def _decide(self, subject: Subject) -> tuple[str, str, str]:
         """(status, bye reason, rule id) from the first rule that matches."""
-        entry = self.book.causes.get(subject.cause)
         key = (subject.cause, subject.facts.answered)
-        rules = self._candidates.get(key) or self._select(*key)
-        for rule in rules:
-            status = rule.status or (entry.status if entry else None)
-            reason = rule.bye_reason or (entry.bye_reason if entry else None)
-            if status and reason and rule.matches(subject):
-                return status, reason, rule.id
+        plan = self._plans.get(key)
+        if plan is None:  # a cause the cause table does not know
+            plan = self._plan(*key)
+        for conditions, status, reason, rule_id in plan:
+            for condition in conditions:  # a plain loop: no generator per rule
+                if not condition.holds(subject):
+                    break
+            else:
+                return status, reason, rule_id
         return self._fallback()
 
     def _fallback(self) -> tuple[str, str, str]:

@@ -153,10 +153,13 @@ def _int(value: str | None, default: int) -> int:
 def _opt_int(value: str | None) -> int | None:
     """An integer header value; None when absent, not a number, or beyond 64 bits (no such count or
     time exists, and JSON encoders for the document refuse it)."""
-    if value is None or not value.strip():
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
         return None
     try:
-        number = int(value.strip())
+        number = int(value)
     except ValueError:
         return None
     return number if -(2**63) <= number < 2**63 else None
@@ -235,7 +238,7 @@ class HangupEvent:
         """The same on both legs of a bridged call (``Channel-Call-UUID``, else ``call_uuid``)."""
         return (
             self.headers.get("Channel-Call-UUID")
-            or self.variable("call_uuid")
+            or self.headers.get("variable_call_uuid")
             or self.unique_id
         )
 
@@ -276,60 +279,60 @@ class HangupEvent:
     # -- how it ended ---------------------------------------------------------------------------
     @property
     def hangup_cause(self) -> str:
-        return self.headers.get("Hangup-Cause") or self.variable("hangup_cause") or ""
+        return self.headers.get("Hangup-Cause") or self.headers.get("variable_hangup_cause") or ""
 
     @property
     def hangup_cause_q850(self) -> int | None:
         """Informational only: 16 for every FreeSWITCH-only cause, so never classify on it."""
-        return _opt_int(self.variable("hangup_cause_q850"))
+        return _opt_int(self.headers.get("variable_hangup_cause_q850"))
 
     @property
     def sip_term_status(self) -> int | None:
-        return _sip_code(self.variable("sip_term_status"))
+        return _sip_code(self.headers.get("variable_sip_term_status"))
 
     @property
     def proto_specific_hangup_cause(self) -> int | None:
-        return _sip_code(self.variable("proto_specific_hangup_cause"))
+        return _sip_code(self.headers.get("variable_proto_specific_hangup_cause"))
 
     @property
     def last_bridge_proto_specific_hangup_cause(self) -> int | None:
-        return _sip_code(self.variable("last_bridge_proto_specific_hangup_cause"))
+        return _sip_code(self.headers.get("variable_last_bridge_proto_specific_hangup_cause"))
 
     @property
     def sip_invite_failure_status(self) -> int | None:
-        return _sip_code(self.variable("sip_invite_failure_status"))
+        return _sip_code(self.headers.get("variable_sip_invite_failure_status"))
 
     @property
     def sip_hangup_disposition(self) -> str | None:
-        return self.variable("sip_hangup_disposition")
+        return self.headers.get("variable_sip_hangup_disposition")
 
     @property
     def endpoint_disposition(self) -> str | None:
-        return self.variable("endpoint_disposition")
+        return self.headers.get("variable_endpoint_disposition")
 
     @property
     def originate_disposition(self) -> str | None:
-        return self.variable("originate_disposition")
+        return self.headers.get("variable_originate_disposition")
 
     @property
     def last_bridge_hangup_cause(self) -> str | None:
-        return self.variable("last_bridge_hangup_cause")
+        return self.headers.get("variable_last_bridge_hangup_cause")
 
     @property
     def current_application(self) -> str | None:
-        return self.variable("current_application")
+        return self.headers.get("variable_current_application")
 
     @property
     def last_application(self) -> str | None:
-        return self.variable("last_app")
+        return self.headers.get("variable_last_app")
 
     @property
     def transfer_history(self) -> str | None:
-        return self.variable("transfer_history")
+        return self.headers.get("variable_transfer_history")
 
     @property
     def transfer_source(self) -> str | None:
-        return self.variable("transfer_source")
+        return self.headers.get("variable_transfer_source")
 
     # -- timing -----------------------------------------------------------------------------------
     @property
@@ -352,16 +355,16 @@ class HangupEvent:
 
     @property
     def answer_epoch(self) -> int | None:
-        value = _opt_int(self.variable("answer_epoch"))
+        value = _opt_int(self.headers.get("variable_answer_epoch"))
         return value if value else None
 
     @property
     def billsec(self) -> int | None:
-        return _opt_int(self.variable("billsec"))
+        return _opt_int(self.headers.get("variable_billsec"))
 
     @property
     def duration_s(self) -> int | None:
-        return _opt_int(self.variable("duration"))
+        return _opt_int(self.headers.get("variable_duration"))
 
     @property
     def answered(self) -> bool:

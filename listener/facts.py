@@ -31,29 +31,18 @@ def leg_of(event: HangupEvent) -> Leg:
     return "a"
 
 
-def sip_status_of(event: HangupEvent) -> int | None:
-    """The final SIP code seen on this leg: its own term status, else its INVITE failure status."""
-    return (
-        event.sip_term_status
-        or event.proto_specific_hangup_cause
-        or event.sip_invite_failure_status
-    )
+def hangup_by_of(cause: str, disposition: str | None, leg: Leg, partner_seen: bool) -> HangupBy:
+    """Who ended this leg, from ``sip_hangup_disposition``: ``recv_*`` is the far end of this leg.
 
-
-def hangup_by_of(event: HangupEvent, leg: Leg) -> HangupBy:
-    """Who ended this leg, from ``sip_hangup_disposition``: ``recv_*`` is the far end of this leg."""
-    disposition = event.sip_hangup_disposition or ""
-    if event.hangup_cause in system_causes():
+    ``partner_seen``: the event shows a partner leg (its SIP code, an INVITE failure, its uuid).
+    """
+    if cause in system_causes():
         return "system"
+    disposition = disposition or ""
     if disposition.startswith("recv_"):
         return "caller" if leg == "a" else "callee"
     if disposition.startswith("send_"):
         # We sent the BYE/CANCEL/refusal because of what happened on the partner leg, if there was one.
-        partner_seen = bool(
-            event.last_bridge_proto_specific_hangup_cause
-            or event.sip_invite_failure_status
-            or event.other_leg_unique_id
-        )
         if not partner_seen:
             return "system"
         return "callee" if leg == "a" else "caller"
@@ -74,14 +63,20 @@ class Facts:
 
     @classmethod
     def of(cls, event: HangupEvent) -> Facts:
-        """Derive the facts of one event."""
+        """Derive the facts of one event (each header read once: this runs for every event)."""
         leg = leg_of(event)
+        cause = event.hangup_cause
+        disposition = event.sip_hangup_disposition
+        partner = event.last_bridge_proto_specific_hangup_cause
+        invite_failure = event.sip_invite_failure_status
+        partner_seen = bool(partner or invite_failure or event.other_leg_unique_id)
         return cls(
             leg=leg,
-            hangup_by=hangup_by_of(event, leg),
-            hangup_cause=event.hangup_cause,
-            sip_status=sip_status_of(event),
-            partner_sip_status=event.last_bridge_proto_specific_hangup_cause,
-            hangup_disposition=event.sip_hangup_disposition,
+            hangup_by=hangup_by_of(cause, disposition, leg, partner_seen),
+            hangup_cause=cause,
+            # the final SIP code seen on this leg: its own term status, else its INVITE failure status
+            sip_status=event.sip_term_status or event.proto_specific_hangup_cause or invite_failure,
+            partner_sip_status=partner,
+            hangup_disposition=disposition,
             answered=event.answered,
         )

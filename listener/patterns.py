@@ -30,15 +30,15 @@ class Pattern:
     negate: bool = False
 
     def matches(self, value: str | None) -> bool:
-        """Whether ``value`` (None when absent) matches."""
-        return self._hit(value) != self.negate
-
-    def _hit(self, value: str | None) -> bool:
+        """Whether ``value`` (None when absent) matches (one call: it runs for every condition tested)."""
         if not value:
-            return self.if_absent
+            return self.if_absent != self.negate
         if self.if_present or value in self.exact:
-            return True
-        return any(regex.fullmatch(value) for regex in self.regexes)
+            return not self.negate
+        for regex in self.regexes:  # a plain loop: no generator per value
+            if regex.fullmatch(value):
+                return not self.negate
+        return self.negate
 
 
 def _merge(parts: Sequence[Pattern]) -> Pattern:

@@ -82,11 +82,22 @@ class Rule:
                 return False
         return True
 
+    def residual(self) -> tuple[Condition, ...]:
+        """The conditions ``admits`` does not decide: what is left to test once it said yes."""
+        return tuple(condition for condition in self.when if not _decided_by_admits(condition))
+
     def matches(self, subject: Subject) -> bool:
         for condition in self.when:  # noqa: SIM110 - a plain loop: no generator per event
             if not condition.holds(subject):
                 return False
         return True
+
+
+def _decided_by_admits(condition: Condition) -> bool:
+    """The cause and answered conditions: ``Rule.admits`` tests them exactly as ``holds`` would."""
+    if isinstance(condition, FlagCondition):
+        return condition.fact == "answered"
+    return condition.fact == "cause"
 
 
 @dataclass(frozen=True, slots=True)

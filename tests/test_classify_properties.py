@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 
 from listener.classify import default_classifier
 from listener.event import HangupEvent
+from listener.facts import Facts
 from listener.spec import load_spec
+from listener.subject import Subject
 
 SPEC = load_spec()
 BOOK = default_classifier().book
@@ -106,3 +108,33 @@ def test_unanswered_normal_clearing_takes_the_failed_bridge_cause() -> None:
     assert default_classifier().classify(by_disposition).bye_reason == "NO_USER_RESPONSE"
     by_sip_code = synthetic(leg="b", disposition="recv_refuse", sip_term_status="486")
     assert default_classifier().classify(by_sip_code).status == "busy"
+
+
+def _first_matching_rule(event: HangupEvent) -> str:
+    """The rule the whole ordered table picks, every condition tested (the plan's reference)."""
+    facts = Facts.of(event)
+    subject = Subject(event, facts, BOOK.cause_model.effective(event, facts))
+    entry = BOOK.causes.get(subject.cause)
+    for rule in BOOK.rules:
+        status = rule.status or (entry.status if entry else None)
+        reason = rule.bye_reason or (entry.bye_reason if entry else None)
+        if status and reason and rule.matches(subject):
+            return rule.id
+    return "no-rule"
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    cause=st.sampled_from(CAUSES),
+    answered=st.booleans(),
+    leg=st.sampled_from(["a", "b"]),
+    disposition=st.sampled_from(DISPOSITIONS),
+    app=st.sampled_from(APPS),
+    variables=VARIABLES,
+)
+def test_the_precomputed_plan_picks_the_rule_the_whole_table_picks(
+    cause: str, answered: bool, leg: str, disposition: str, app: str, variables: dict[str, str]
+) -> None:
+    event = synthetic(cause, answered=answered, leg=leg, disposition=disposition or None, app=app or None,
+                      **variables)
+    assert default_classifier().classify(event).rule == _first_matching_rule(event)
