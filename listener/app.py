@@ -60,7 +60,6 @@ class Pipeline:
         on_sink_failure: Callable[[OutboxError], None] | None = None,
         metrics: Metrics | None = None,
         redact: Redact | None = None,
-        overlap: bool = False,
     ) -> None:
         self.classify = classify
         self.node = node
@@ -69,9 +68,6 @@ class Pipeline:
         self.on_sink_failure = on_sink_failure
         self.metrics = metrics
         self.redact = redact
-        self.overlap = overlap
-        self._committing: gevent.Greenlet | None = None
-        self._in_flight = 0
 
     def process(self, event: HangupEvent) -> Document:
         """The classified document for one event (pure)."""
@@ -83,42 +79,7 @@ class Pipeline:
         self.commit([self.process(event)])
 
     def commit(self, documents: list[Document]) -> None:
-        """Store the documents in one outbox commit, then write one line per call (never before).
-
-        With ``overlap`` (the commit is made in the delivery process), the commit and the lines run
-        in a greenlet of their own and this returns at once, so the next run of events is read and
-        classified while this one is made durable. One commit at a time: this first waits for the
-        previous one, so the lines keep their order.
-        """
-        if not self.overlap:
-            self._commit_now(documents)
-            return
-        self.drain()
-        self._in_flight = len(documents)
-        self._committing = gevent.spawn(self._commit_now, documents)
-
-    def drain(self, timeout: float | None = None) -> int:
-        """Wait for the commit in flight (``overlap``); returns how many documents it still holds."""
-        committing = self._committing
-        if committing is None:
-            return 0
-        committing.join(timeout)
-        if not committing.dead:
-            return self._in_flight
-        self._committing, self._in_flight = None, 0
-        return 0
-
-    def _commit_now(self, documents: list[Document]) -> None:
-        try:
-            self._store_and_log(documents)
-        except Exception:
-            if not self.overlap:
-                raise
-            for document in documents:
-                self.log.exception("call.handler_failed", channel_uuid=document.get("channel_uuid"),
-                                   event_name=HANGUP_COMPLETE)
-
-    def _store_and_log(self, documents: list[Document]) -> None:
+        """Store the documents in one outbox commit, then write one line per call (never before)."""
         if self.sink is not None and not self._store(documents):
             return
         with logs.held():  # the run's lines in one write, flushed when it ends
@@ -186,14 +147,12 @@ class App:
         self._wakeup = gevent.event.Event()
         self._reload_requested = False
         redact = Redactor(config.privacy)
-        store: Sink | None = delivery if delivery is not None else sink  # the delivery process commits
         for node in config.nodes:
             node_log = self.log.bind(node=node.name)
             self.health[node.name] = NodeHealth(node_log)
             pipeline = Pipeline(
-                classify, node, node_log, store,
+                classify, node, node_log, sink,
                 on_sink_failure=self._sink_failed, metrics=self.metrics, redact=redact,
-                overlap=isinstance(delivery, DeliveryWorker),
             )
             self.pipelines.append(pipeline)
             handlers: dict[str, EventHandler] = {HANGUP_COMPLETE: pipeline, HEARTBEAT: self.health[node.name]}
@@ -261,17 +220,12 @@ class App:
         self.service.stopping()
         for source in self.sources:
             source.stop()
-        until = time.monotonic() + timeout
         if not self.group.join(timeout=timeout):
             for source in self.sources:  # what the deadline leaves unhandled is lost: say so
                 if left := source.abandon():
                     self.log.error("listener.events_abandoned", node=source.node.name, queued=left,
                                    reason=f"not handled within the {timeout:g}s stop deadline")
         self.group.kill(timeout=1)
-        for pipeline in self.pipelines:  # the last commit in flight (``overlap``)
-            if left := pipeline.drain(max(0.0, until - time.monotonic())):
-                self.log.error("listener.events_abandoned", node=pipeline.node.name, queued=left,
-                               reason=f"not committed within the {timeout:g}s stop deadline")
         if self.delivery is not None:
             self.delivery.stop(deadline_s=timeout)
         if isinstance(self.sink, OutboxWriter):

@@ -1,11 +1,9 @@
 """The delivery process: ``hangup-listener deliver``, started and watched by the daemon (``listener.worker``).
 
-It opens the outbox on its own connection (WAL: the daemon can commit on its own meanwhile), runs
-one ``WebhookSink`` loop per endpoint, and takes orders from its stdin (``listener.workerwire``):
-settings, the daemon's documents to commit (each put frame acknowledged on the report pipe once
-durable), a wake after a commit the daemon made itself, stop. SIGTERM and SIGINT (systemd and a
-terminal signal the whole group) and the end of stdin (the daemon is gone) stop it the same way:
-it says ``closing`` first (the daemon commits on its own from then on), requests in flight finish
+It opens the outbox on its own connection (WAL: the daemon keeps committing meanwhile), runs one
+``WebhookSink`` loop per endpoint, and takes orders from its stdin (``listener.workerwire``):
+settings, a wake after each commit, stop. SIGTERM and SIGINT (systemd and a terminal signal the whole
+group) and the end of stdin (the daemon is gone) stop it the same way: requests in flight finish
 within the deadline, the rest stays in the outbox. Its log lines go to the stdout it shares with
 the daemon; what it did goes back to the daemon on the report pipe, for metrics and health.
 """
@@ -20,14 +18,12 @@ import gevent
 import gevent.event
 import gevent.lock
 import gevent.os
-import gevent.pool
 import structlog
 
 from listener import logs
 from listener.errors import OutboxError
 from listener.sink import Attempted, OutboxWriter, WebhookSink
 from listener.workerwire import (
-    PUT,
     REPORT_S,
     SETTINGS,
     STOP,
@@ -35,7 +31,6 @@ from listener.workerwire import (
     FrameReader,
     Report,
     Settings,
-    read_put,
     read_settings,
     report_line,
 )
@@ -57,12 +52,7 @@ class Deliverer:
         self._deadline_s = DEFAULT_DEADLINE_S
         self._applied = 0
         self._reporting = gevent.lock.Semaphore()  # one report line at a time, never torn
-        self._committed: list[int] = []
-        self._failed: list[int] = []
-        self._closing = False
-        self._commits = gevent.pool.Group()
         self.sink: WebhookSink | None = None
-        self.writer: OutboxWriter | None = None
 
     def serve(self) -> int:
         """Run until told to stop; the exit code says how it ended."""
@@ -72,21 +62,19 @@ class Deliverer:
         logs.configure(settings.log_level)
         self._applied = settings.generation
         try:
-            writer = self.writer = OutboxWriter.open(settings.outbox, settings.webhooks)
+            writer = OutboxWriter.open(settings.outbox, settings.webhooks)
         except OutboxError as exc:
             log.critical("webhook.worker_failed", reason=str(exc))
             return EX_IOERR
         sink = self.sink = WebhookSink(writer, settings.webhooks)
         sink.observers.append(self._attempted)
         for signum in (signal.SIGTERM, signal.SIGINT):
-            gevent.signal_handler(signum, self._signalled)
+            gevent.signal_handler(signum, self._stop.set)
         sink.start()
         readers = [gevent.spawn(self._read_control), gevent.spawn(self._report_loop)]
         self._stop.wait()
-        self._closing = True
         sink.stop(deadline_s=self._deadline_s)
-        writer.close()  # commits the puts offered already
-        self._commits.join(timeout=1.0)
+        writer.close()
         with self._reporting:  # not in the middle of a line
             gevent.killall(readers)
         self._send_report()
@@ -119,30 +107,9 @@ class Deliverer:
             self.sink.reconfigure(settings.webhooks)
             self._applied = settings.generation
             self._send_report()  # the parent may be waiting for it
-        elif kind == PUT:
-            if not self._closing:  # once closing, the daemon commits what it sent itself
-                self._commits.spawn(self._commit, payload)
         elif kind == STOP:
             self._deadline_s = float(payload.decode())
             self._stop.set()
-
-    def _commit(self, payload: bytes) -> None:
-        """Commit one put frame (puts that arrive together share a commit); acknowledge it at once."""
-        assert self.writer is not None
-        seq, entries = read_put(payload)
-        try:
-            self.writer.put_entries(entries)
-        except OutboxError:  # logged by the writer; the daemon commits these on its own connection
-            self._failed.append(seq)
-        else:
-            self._committed.append(seq)
-        self._send_report()
-
-    def _signalled(self) -> None:
-        """SIGTERM or SIGINT: take no more puts (the daemon is told at once), then stop."""
-        self._closing = True
-        self._send_report()
-        self._stop.set()
 
     def _attempted(self, attempt: Attempted) -> None:
         self._attempts.append((attempt.endpoint, attempt.kind, attempt.latency_s))
@@ -155,10 +122,7 @@ class Deliverer:
     def _send_report(self) -> None:
         assert self.sink is not None
         attempts, self._attempts = tuple(self._attempts), []
-        committed, self._committed = tuple(self._committed), []
-        failed, self._failed = tuple(self._failed), []
-        line = report_line(Report(attempts, self.sink.healthy, self.sink.crashed, self._applied,
-                                  committed, failed, self._closing))
+        line = report_line(Report(attempts, self.sink.healthy, self.sink.crashed, self._applied))
         try:
             with self._reporting:
                 _write_all(self._report, line)

@@ -56,7 +56,7 @@ class OutboxWriter:
         self._webhooks = tuple(webhooks)
         self._clock = clock
         self._pool = gevent.threadpool.ThreadPool(1)
-        self._queue: list[tuple[Sequence[Entry], gevent.event.AsyncResult]] = []
+        self._queue: list[tuple[list[Entry], gevent.event.AsyncResult]] = []
         self._wake = gevent.event.Event()
         self._closing = False
         self.failure: OutboxError | None = None
@@ -93,18 +93,11 @@ class OutboxWriter:
         Raises ``OutboxError`` if the outbox failed (ingestion must stop) and ``OutboxClosedError``
         after ``close``. Many greenlets may call this at once: their documents share one commit.
         """
-        return self.put_entries(self.entries(documents))
-
-    def entries(self, documents: Sequence[Mapping[str, Any]]) -> list[Entry]:
-        """The outbox entries of ``documents`` that some endpoint's filter accepts."""
-        return [e for e in (entry_for(d, self._webhooks) for d in documents) if e.endpoints]
-
-    def put_entries(self, entries: Sequence[Entry]) -> int:
-        """``put`` for entries made already (by ``entries``, here or in the daemon)."""
         if self.failure is not None:
             raise self.failure
         if self._closing:
             raise OutboxClosedError("the outbox writer is closed")
+        entries = [e for e in (entry_for(d, self._webhooks) for d in documents) if e.endpoints]
         if not entries:
             return 0
         waiter = gevent.event.AsyncResult()
@@ -137,7 +130,7 @@ class OutboxWriter:
             elif self._closing:
                 return
 
-    def _commit(self, batch: list[tuple[Sequence[Entry], gevent.event.AsyncResult]]) -> None:
+    def _commit(self, batch: list[tuple[list[Entry], gevent.event.AsyncResult]]) -> None:
         entries = [entry for entries, _ in batch for entry in entries]
         try:
             if self.failure is not None:

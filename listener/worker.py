@@ -5,14 +5,8 @@ second and POST them: under a burst the main thread sat at 100% of a core while 
 a third idle. ``DeliveryWorker`` starts ``hangup-listener deliver`` (``listener.deliverer``) and
 watches it:
 
-- the daemon's documents are committed there: ``put`` sends them as a put frame and returns once
-  the child reports them durable, so the Python side of SQLite runs beside the daemon's thread,
-  not on its GIL. Whenever the child cannot (not started yet, restarting, stopping, its commit
-  failed, no answer within ``COMMIT_TIMEOUT_S``), ``put`` commits on the daemon's own connection
-  instead: a document waiting for an answer is never lost, at worst committed twice (the second
-  commit adds nothing while its rows are pending);
-- it sends the settings first (again on every reload) and a wake after each commit the daemon made
-  itself that created rows, so the child claims them at once;
+- it sends the settings first (again on every reload) and a wake after each outbox commit that
+  created rows, so the child claims them at once;
 - it reads the child's reports (attempts, health) into the daemon's metrics and health checks;
 - if the child exits, it says so and starts a new one after a backoff (1 s doubling to 30 s);
   nothing is lost, rows stay in the outbox until acknowledged;
@@ -29,12 +23,11 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gevent
 import gevent.event
-import gevent.lock
 import gevent.os
 import gevent.subprocess
 import structlog
@@ -42,25 +35,13 @@ import structlog
 from listener.backoff import reconnect_delay
 from listener.sink import Attempted, OutboxWriter, WebhookSink
 from listener.webhook_config import OutboxConfig, WebhookConfig
-from listener.workerwire import (
-    Report,
-    Settings,
-    put_frame,
-    read_report,
-    settings_frame,
-    stop_frame,
-    wake_frame,
-)
+from listener.workerwire import Report, Settings, read_report, settings_frame, stop_frame, wake_frame
 
 AttemptObserver = Callable[[str, str, float], None]
 """Called with (endpoint, outcome: delivered | failed | gave_up, latency_s) for each attempt."""
 log = structlog.get_logger("listener.worker")
 SEND_TIMEOUT_S = 5.0
-"""Longest wait for the child to take a frame."""
-COMMIT_TIMEOUT_S = 10.0
-"""Longest wait for the child to report a put committed; then it is killed as hung."""
-_LOCAL = object()
-"""A put's answer when the child will not commit it: the daemon commits it on its own connection."""
+"""Longest wait for the child to take a settings or stop frame."""
 HEALTHY_RUN_S = 60.0
 """A child that ran this long before it exited restarts after the shortest backoff again."""
 
@@ -84,10 +65,6 @@ class DeliveryWorker:
         self._supervisor: gevent.Greenlet | None = None
         self._stopping = False
         self._writing = False
-        self._sending = gevent.lock.Semaphore()  # frames are written whole, one at a time
-        self._seq = 0
-        self._pending: dict[int, gevent.event.AsyncResult] = {}
-        self._accepting = False  # the running child takes put frames
         self.started_count = 0
         self.running = gevent.event.Event()
         self._applied = gevent.event.Event()
@@ -119,48 +96,6 @@ class DeliveryWorker:
         self._applied.clear()
         self._send(settings_frame(self._settings))
 
-    def put(self, documents: Sequence[Mapping[str, Any]]) -> int:
-        """Store ``documents`` durably, by the child when it can; returns how many were stored.
-
-        Raises ``OutboxError`` as ``OutboxWriter.put`` does (only the daemon's own connection can
-        fail it: a failure in the child is retried there).
-        """
-        writer = self._writer
-        if writer.failure is not None:
-            raise writer.failure
-        entries = writer.entries(documents)
-        if not entries:
-            return 0
-        proc = self._proc
-        if not self._accepting or proc is None:
-            return writer.put_entries(entries)
-        self._seq += 1
-        seq, waiter = self._seq, gevent.event.AsyncResult()
-        self._pending[seq] = waiter
-        self._send(put_frame(seq, entries))
-        try:
-            answer = waiter.get(timeout=COMMIT_TIMEOUT_S)
-        except gevent.Timeout:
-            answer = _LOCAL
-            if self._pending.pop(seq, None) is not None and proc is self._proc and proc.poll() is None:
-                log.error("webhook.worker_killed", pid=proc.pid,
-                          reason=f"no commit reported within {COMMIT_TIMEOUT_S:g}s")
-                proc.kill()
-        if answer is _LOCAL:
-            return writer.put_entries(entries)
-        return len(entries)
-
-    def _answer(self, seqs: Sequence[int], answer: object) -> None:
-        for seq in seqs:
-            waiter = self._pending.pop(seq, None)
-            if waiter is not None:
-                waiter.set(answer)
-
-    def _refuse_puts(self) -> None:
-        """The child will not commit any more: what waits for it is committed by the daemon."""
-        self._accepting = False
-        self._answer(list(self._pending), _LOCAL)
-
     def wait_applied(self, timeout: float) -> bool:
         """Wait until the running child reports the latest settings in force; False on timeout."""
         return bool(self._applied.wait(timeout))
@@ -168,7 +103,6 @@ class DeliveryWorker:
     def stop(self, deadline_s: float) -> bool:
         """Let the child finish requests in flight within ``deadline_s``; True if it exited in time."""
         self._stopping = True
-        self._refuse_puts()
         proc = self._proc
         clean = True
         if proc is not None and proc.poll() is None:
@@ -216,12 +150,10 @@ class DeliveryWorker:
         self.started_count += 1
         log.info("webhook.worker_started", pid=proc.pid)
         self._send(settings_frame(self._settings))
-        self._accepting = not self._stopping
         self.running.set()
         try:
             self._read_reports(read_fd)
         finally:
-            self._refuse_puts()
             os.close(read_fd)
             self.running.clear()
         code: int | None = proc.wait()
@@ -243,10 +175,6 @@ class DeliveryWorker:
 
     def _apply(self, report: Report) -> None:
         self._report = report
-        self._answer(report.committed, None)
-        self._answer(report.failed, _LOCAL)
-        if report.closing:
-            self._refuse_puts()
         if report.applied >= self._settings.generation:
             self._applied.set()
         for endpoint, outcome, latency_s in report.attempts:
@@ -274,20 +202,19 @@ class DeliveryWorker:
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return
-        with self._sending:
-            self._writing = True
-            try:
-                with gevent.Timeout(SEND_TIMEOUT_S):
-                    proc.stdin.write(data)
-                    proc.stdin.flush()
-            except gevent.Timeout:
-                reason = f"stopped reading for {SEND_TIMEOUT_S:g}s"
-                log.error("webhook.worker_killed", pid=proc.pid, reason=reason)
-                proc.kill()
-            except OSError:
-                pass
-            finally:
-                self._writing = False
+        self._writing = True
+        try:
+            with gevent.Timeout(SEND_TIMEOUT_S):
+                proc.stdin.write(data)
+                proc.stdin.flush()
+        except gevent.Timeout:
+            reason = f"stopped reading for {SEND_TIMEOUT_S:g}s"
+            log.error("webhook.worker_killed", pid=proc.pid, reason=reason)
+            proc.kill()
+        except OSError:
+            pass
+        finally:
+            self._writing = False
 
 
 class InlineDelivery:
@@ -297,7 +224,6 @@ class InlineDelivery:
     mode = "inline"
 
     def __init__(self, writer: OutboxWriter, webhooks: Sequence[WebhookConfig]) -> None:
-        self._writer = writer
         self._sink = WebhookSink(writer, webhooks)
         self._sink.observers.append(self._attempted)
         self.observers: list[AttemptObserver] = []
@@ -315,10 +241,6 @@ class InlineDelivery:
     @property
     def healthy(self) -> bool:
         return self._sink.healthy
-
-    def put(self, documents: Sequence[Mapping[str, Any]]) -> int:
-        """Store ``documents`` on the daemon's own connection (``OutboxWriter.put``)."""
-        return self._writer.put(documents)
 
     def start(self) -> None:
         self._sink.start()

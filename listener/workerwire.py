@@ -7,31 +7,26 @@ the payload.
 - ``W`` wake: a commit just created rows; the endpoints' loops claim them from the outbox now
   (rather than at their next poll). The rows themselves are not sent: a row arriving by the pipe
   after the child had already claimed, sent and acknowledged it would be sent twice.
-- ``P`` put: documents to commit to the outbox (a sequence number and the outbox entries, pickled):
-  the daemon's commits are made here, so that their Python side does not share the daemon's GIL;
 - ``S`` stop: finish what is in flight within the deadline (ASCII seconds), then exit.
 
 End of file on stdin (the parent is gone) means stop. Child to parent, on the report pipe: one
-JSON object per line, at least every ``REPORT_S`` and at once after each commit: the attempts made
-since the last report (endpoint, outcome, latency), whether delivery is healthy, the put frames
-committed (and those whose commit failed) since the last report, and ``closing`` once the child
-stops taking put frames (it was signalled): the daemon then commits on its own connection.
+JSON object per line, at least every ``REPORT_S``: the attempts made since the last report
+(endpoint, outcome, latency) and whether delivery is healthy.
 """
 
 from __future__ import annotations
 
 import pickle
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from listener.outbox import Entry
 from listener.webhook_config import OutboxConfig, WebhookConfig
 
-SETTINGS, WAKE, PUT, STOP = b"C", b"W", b"P", b"S"
+SETTINGS, WAKE, STOP = b"C", b"W", b"S"
 REPORT_S = 0.25
 _HEAD = struct.Struct(">cI")
 
@@ -56,12 +51,6 @@ class Report:
     crashed: tuple[str, ...] = ()
     applied: int = 0
     """The generation of the settings in force."""
-    committed: tuple[int, ...] = ()
-    """Put frames (by sequence number) durably committed since the last report."""
-    failed: tuple[int, ...] = ()
-    """Put frames whose commit failed since the last report (the daemon commits them itself)."""
-    closing: bool = False
-    """The child takes no more put frames: it is stopping."""
 
 
 def frame(kind: bytes, payload: bytes = b"") -> bytes:
@@ -74,17 +63,6 @@ def settings_frame(settings: Settings) -> bytes:
 
 def wake_frame() -> bytes:
     return frame(WAKE)
-
-
-def put_frame(seq: int, entries: Sequence[Entry]) -> bytes:
-    """Entries as plain tuples: pickle writes and reads them several times faster than dataclasses."""
-    rows = [(entry.event_id, entry.body, entry.endpoints) for entry in entries]
-    return frame(PUT, pickle.dumps((seq, rows), protocol=pickle.HIGHEST_PROTOCOL))
-
-
-def read_put(payload: bytes) -> tuple[int, list[Entry]]:
-    seq, rows = pickle.loads(payload)  # noqa: S301 - written by our own parent process, on a private pipe
-    return int(seq), [Entry(str(event_id), str(body), tuple(endpoints)) for event_id, body, endpoints in rows]
 
 
 def stop_frame(deadline_s: float) -> bytes:
@@ -117,14 +95,11 @@ def read_settings(payload: bytes) -> Settings:
 
 def report_line(report: Report) -> bytes:
     return orjson.dumps({"attempts": report.attempts, "healthy": report.healthy,
-                         "crashed": report.crashed, "applied": report.applied,
-                         "committed": report.committed, "failed": report.failed,
-                         "closing": report.closing}) + b"\n"
+                         "crashed": report.crashed, "applied": report.applied}) + b"\n"
 
 
 def read_report(line: bytes) -> Report:
     data: dict[str, Any] = orjson.loads(line)
     attempts = tuple((str(e), str(o), float(s)) for e, o, s in data["attempts"])
     return Report(attempts, bool(data["healthy"]), tuple(map(str, data.get("crashed", ()))),
-                  int(data.get("applied", 0)), tuple(map(int, data.get("committed", ()))),
-                  tuple(map(int, data.get("failed", ()))), bool(data.get("closing", False)))
+                  int(data.get("applied", 0)))

@@ -1,17 +1,12 @@
 """A stand-in for ``hangup-listener deliver`` (tests/test_worker.py): it reports every frame it is sent.
 
-usage: python tests/echo_deliverer.py [--unhealthy] [--garbage] [--deaf] [--puts ack|fail|ignore]
-                                     [--closing] --report-fd N
+usage: python tests/echo_deliverer.py [--unhealthy] [--garbage] [--deaf] --report-fd N
 
 Each frame read from stdin becomes one report line with one attempt ``(kind, what, 0.0)``: for
 settings ``what`` is the webhooks' URLs joined by spaces, for stop the deadline, else the payload.
 With ``--unhealthy`` every report says healthy=false and the first endpoint crashed. Exits 0 on
 the stop frame or at the end of stdin. ``--garbage`` first writes a line that is not a report;
-``--deaf`` never reads its stdin (it waits to be killed), as a hung child would. A put frame is
-reported as ``("P", "<seq> <event ids>", 0.0)`` and, by ``--puts``, acknowledged as committed
-(``ack``), as failed (``fail``) or never (``ignore``, the default: it commits nothing). With
-``--closing`` its report on the first put says ``closing`` (as a signalled child does), and commits
-nothing.
+``--deaf`` never reads its stdin (it waits to be killed), as a hung child would.
 """
 
 from __future__ import annotations
@@ -21,7 +16,7 @@ import os
 import signal
 import sys
 
-from listener.workerwire import PUT, SETTINGS, STOP, FrameReader, Report, read_put, read_settings, report_line
+from listener.workerwire import SETTINGS, STOP, FrameReader, Report, read_settings, report_line
 
 
 def main() -> int:
@@ -29,8 +24,6 @@ def main() -> int:
     parser.add_argument("--unhealthy", action="store_true")
     parser.add_argument("--garbage", action="store_true")
     parser.add_argument("--deaf", action="store_true")
-    parser.add_argument("--puts", choices=("ack", "fail", "ignore"), default="ignore")
-    parser.add_argument("--closing", action="store_true")
     parser.add_argument("--report-fd", type=int, required=True)
     args = parser.parse_args()
     if args.garbage:
@@ -43,18 +36,8 @@ def main() -> int:
             what = payload.decode(errors="replace")
             if kind == SETTINGS:
                 what = " ".join(w.url for w in read_settings(payload).webhooks)
-            committed: tuple[int, ...] = ()
-            failed: tuple[int, ...] = ()
-            if kind == PUT:
-                seq, entries = read_put(payload)
-                what = " ".join([str(seq), *(entry.event_id for entry in entries)])
-                if args.puts == "ack" and not args.closing:
-                    committed = (seq,)
-                elif args.puts == "fail" and not args.closing:
-                    failed = (seq,)
             crashed = ("crm",) if args.unhealthy else ()
-            report = Report(((kind.decode(), what, 0.0),), not args.unhealthy, crashed, 0, committed, failed,
-                            args.closing and kind == PUT)
+            report = Report(((kind.decode(), what, 0.0),), not args.unhealthy, crashed)
             os.write(args.report_fd, report_line(report))
             if kind == STOP:
                 return 0

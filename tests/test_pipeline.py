@@ -9,11 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-import gevent.event
 import gevent.queue
 import jsonschema
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 from listener import payload
@@ -184,71 +182,3 @@ def test_json_and_plain_captures_of_a_call_give_identical_documents(scenario: st
     bodies = capture_bodies(scenario, "hangup_complete.json.txt")
     json_docs = [pipeline.process(HangupEvent.from_json(b)) for b in bodies]
     assert {d["channel_uuid"]: d for d in json_docs} == plain
-
-
-class HeldSink:
-    """A sink whose puts wait until released, recording what each stored."""
-
-    def __init__(self, fail: Exception | None = None) -> None:
-        self.release = gevent.event.Event()
-        self.stored: list[list[str]] = []
-        self.fail = fail
-
-    def put(self, documents: list[dict[str, Any]]) -> int:
-        self.release.wait()
-        if self.fail is not None:
-            raise self.fail
-        self.stored.append([d["id"] for d in documents])
-        return len(documents)
-
-
-def overlapping(sink: HeldSink) -> Pipeline:
-    return Pipeline(default_classifier().classify, Node(name="lab"), structlog.get_logger(), sink,
-                    overlap=True)
-
-
-def classified(logs: list[dict[str, Any]]) -> list[str]:
-    return [e["call"]["id"] for e in logs if e["event"] == "call.classified"]
-
-
-def test_with_overlap_commit_returns_at_once_and_lines_follow_each_commit_in_order() -> None:
-    sink = HeldSink()
-    pipeline = overlapping(sink)
-    with capture_logs() as logs:
-        pipeline.commit([{"id": "a"}, {"id": "b"}])  # returns while the put waits
-        assert (classified(logs), pipeline.drain(timeout=0.05)) == ([], 2)
-        second = gevent.spawn(pipeline.commit, [{"id": "c"}])  # waits for the first commit
-        gevent.idle()
-        assert not second.ready()
-        sink.release.set()
-        second.get(timeout=5)
-        assert pipeline.drain(timeout=5) == 0
-    assert sink.stored == [["a", "b"], ["c"]]
-    assert classified(logs) == ["a", "b", "c"]
-
-
-def test_with_overlap_a_failed_commit_is_logged_once_per_call_and_never_raised() -> None:
-    sink = HeldSink(fail=RuntimeError("a bug"))
-    sink.release.set()
-    pipeline = overlapping(sink)
-    with capture_logs() as logs:
-        pipeline.commit([{"id": "a", "channel_uuid": "u-a"}, {"id": "b", "channel_uuid": "u-b"}])
-        assert pipeline.drain(timeout=5) == 0
-    failed = [e for e in logs if e["event"] == "call.handler_failed"]
-    assert [e["channel_uuid"] for e in failed] == ["u-a", "u-b"]
-    assert all(e["log_level"] == "error" and e["exc_info"] for e in failed)
-    assert classified(logs) == []
-
-
-def test_with_overlap_an_outbox_failure_still_stops_ingestion_with_every_document_logged() -> None:
-    sink = HeldSink(fail=OutboxError("disk full"))
-    sink.release.set()
-    failures: list[OutboxError] = []
-    pipeline = Pipeline(default_classifier().classify, Node(name="lab"), structlog.get_logger(), sink,
-                        on_sink_failure=failures.append, overlap=True)
-    with capture_logs() as logs:
-        pipeline.commit([{"id": "a"}, {"id": "b"}])
-        assert pipeline.drain(timeout=5) == 0
-    assert [e["call"]["id"] for e in logs if e["event"] == "outbox.write_failed"] == ["a", "b"]
-    assert [str(f) for f in failures] == ["disk full"]
-    assert classified(logs) == []
