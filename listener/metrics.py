@@ -132,6 +132,7 @@ class Metrics:
             f"{PREFIX}_calls_classified", "Call legs classified, by node, status and bye reason",
             ["node", "status", "bye_reason"], registry=self.registry,
         )
+        self._call_counters: dict[tuple[str, Any, Any], Any] = {}
         self.deliveries = Counter(
             f"{PREFIX}_webhook_deliveries", "Webhook delivery attempts, by endpoint and outcome",
             ["endpoint", "outcome"], registry=self.registry,
@@ -154,8 +155,12 @@ class Metrics:
         self.providers.outbox = stats
 
     def call_classified(self, node: str, document: Mapping[str, Any]) -> None:
-        status, reason = str(document.get("status")), str(document.get("bye_reason"))
-        self.calls.labels(node=node, status=status, bye_reason=reason).inc()
+        key = (node, document.get("status"), document.get("bye_reason"))
+        child = self._call_counters.get(key)
+        if child is None:  # labels() costs ~2 us a call: its children are kept, one per combination
+            child = self._call_counters[key] = self.calls.labels(
+                node=node, status=str(key[1]), bye_reason=str(key[2]))
+        child.inc()
 
     def delivery_attempted(self, endpoint: str, outcome: str, latency_s: float | None) -> None:
         """One webhook attempt: ``outcome`` is a small fixed set (delivered, failed, gave_up)."""

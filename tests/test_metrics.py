@@ -81,6 +81,23 @@ def test_a_classified_call_counts_by_status_and_bye_reason_never_by_number_or_id
         assert private not in text
 
 
+def test_each_node_status_and_bye_reason_counts_on_its_own() -> None:
+    metrics = Metrics()
+    calls = [("pbx1", "busy", "USER_BUSY"), ("pbx2", "busy", "USER_BUSY"), ("pbx1", "busy", "USER_BUSY"),
+             ("pbx1", "answered", "USER_BUSY"), ("pbx1", "busy", "CALL_REJECTED"), ("pbx1", None, None)]
+    for node, status, reason in calls:
+        metrics.call_classified(node, {"status": status, "bye_reason": reason})
+    got = {labels: value for (name, labels), value in samples(metrics).items()
+           if name == "hangup_listener_calls_classified_total"}
+    assert got == {
+        (("bye_reason", "USER_BUSY"), ("node", "pbx1"), ("status", "busy")): 2,
+        (("bye_reason", "USER_BUSY"), ("node", "pbx2"), ("status", "busy")): 1,
+        (("bye_reason", "USER_BUSY"), ("node", "pbx1"), ("status", "answered")): 1,
+        (("bye_reason", "CALL_REJECTED"), ("node", "pbx1"), ("status", "busy")): 1,
+        (("bye_reason", "None"), ("node", "pbx1"), ("status", "None")): 1,
+    }
+
+
 def test_webhook_deliveries_latency_and_outbox_figures() -> None:
     metrics = Metrics()
     metrics.delivery_attempted("crm", "delivered", 0.2)
