@@ -204,3 +204,11 @@ def test_put_of_more_rows_than_one_insert_takes_stores_them_all(outbox: Outbox) 
     rows = outbox.due("crm", 1.0, 1000) + outbox.due("billing", 1.0, 1000)
     assert len({d.id for d in rows}) == 900
     assert [d.event_id for d in outbox.due("crm", 1.0, 1000)] == [f"e{i}" for i in range(450)]
+
+
+def test_the_same_event_twice_in_one_put_is_stored_once_with_its_first_body(outbox: Outbox) -> None:
+    twice = [Entry("e1", '{"first":1}', ("crm",)), Entry("e1", '{"second":2}', ("crm", "billing"))]
+    created = outbox.put(twice, now=1.0)
+    assert created == {"crm": 1, "billing": 1}
+    assert [(d.endpoint, d.body) for d in outbox.due("crm", 1.0, 10) + outbox.due("billing", 1.0, 10)] == [
+        ("crm", '{"first":1}'), ("billing", '{"first":1}')]
