@@ -128,9 +128,12 @@ def parse_json(body: bytes | str) -> tuple[dict[str, str], str | None]:
     if not isinstance(obj, dict):
         raise EventError("event-json body is not a JSON object")
     inner = obj.pop("_body", None)
-    for key, value in obj.items():
-        if not isinstance(value, str):  # FreeSWITCH writes strings only; anything else as its JSON text
-            obj[key] = orjson.dumps(value).decode()
+    try:
+        "".join(obj.values())  # in C: TypeError at the first value that is not a string (~1 us, not ~6)
+    except TypeError:
+        for key, value in obj.items():
+            if not isinstance(value, str):  # FreeSWITCH writes strings only; anything else as its JSON text
+                obj[key] = orjson.dumps(value).decode()
     return obj, inner if isinstance(inner, str) else None
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from listener.errors import EventError
 from listener.event import HangupEvent, parse_plain
@@ -76,3 +79,16 @@ def test_an_integer_beyond_64_bits_is_no_number() -> None:
     event = HangupEvent.from_headers({"variable_billsec": "20000000000000000000", "variable_duration": "-5"})
     assert event.billsec is None
     assert event.duration_s == -5
+
+
+json_leaves = (st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+               | st.floats(allow_nan=False, allow_infinity=False) | st.text())
+json_values = st.recursive(json_leaves, lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(), inner, max_size=3), max_leaves=8)
+
+
+@given(st.dictionaries(st.text().filter(lambda k: k != "_body"), json_values, max_size=12))
+def test_a_json_value_that_is_not_a_string_reads_as_its_json_text(obj: dict[str, object]) -> None:
+    event = HangupEvent.from_json(orjson.dumps(obj))
+    expected = {k: v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in obj.items()}
+    assert dict(event.headers) == expected
