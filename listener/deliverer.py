@@ -18,6 +18,7 @@ import gevent
 import gevent.event
 import gevent.lock
 import gevent.os
+import gevent.queue
 import structlog
 
 from listener import logs
@@ -52,6 +53,7 @@ class Deliverer:
         self._deadline_s = DEFAULT_DEADLINE_S
         self._applied = 0
         self._reporting = gevent.lock.Semaphore()  # one report line at a time, never torn
+        self._settings: gevent.queue.Queue[Settings] = gevent.queue.Queue()
         self.sink: WebhookSink | None = None
 
     def serve(self) -> int:
@@ -71,9 +73,10 @@ class Deliverer:
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, self._stop.set)
         sink.start()
-        readers = [gevent.spawn(self._read_control), gevent.spawn(self._report_loop)]
+        readers = [gevent.spawn(self._read_control), gevent.spawn(self._report_loop),
+                   gevent.spawn(self._apply_settings)]
         self._stop.wait()
-        sink.stop(deadline_s=self._deadline_s)
+        sink.stop(deadline_s=self._deadline_s)  # a reload still retiring an endpoint is cut short below
         writer.close()
         with self._reporting:  # not in the middle of a line
             gevent.killall(readers)
@@ -101,15 +104,22 @@ class Deliverer:
         assert self.sink is not None
         if kind == WAKE:
             self.sink.wake()
-        elif kind == SETTINGS:
-            settings = read_settings(payload)
+        elif kind == SETTINGS:  # applied in order by _apply_settings: frames are still read meanwhile
+            self._settings.put(read_settings(payload))
+        elif kind == STOP:
+            self._deadline_s = float(payload.decode())
+            self._stop.set()
+
+    def _apply_settings(self) -> None:
+        """Apply reloads one after the other. Retiring an endpoint waits for its requests in flight
+        (up to 10 s): here, so that a stop or a wake sent meanwhile is read at once."""
+        assert self.sink is not None
+        while True:
+            settings = self._settings.get()
             logs.configure(settings.log_level)
             self.sink.reconfigure(settings.webhooks)
             self._applied = settings.generation
             self._send_report()  # the parent may be waiting for it
-        elif kind == STOP:
-            self._deadline_s = float(payload.decode())
-            self._stop.set()
 
     def _attempted(self, attempt: Attempted) -> None:
         self._attempts.append((attempt.endpoint, attempt.kind, attempt.latency_s))

@@ -197,6 +197,19 @@ def test_reconfigure_sends_documents_put_afterwards_to_the_new_url(rig: Rig, rec
     assert rig.rows() == ()
 
 
+def test_a_stop_sent_while_a_reload_waits_for_a_retired_endpoint_is_obeyed_at_once(
+        rig: Rig, receiver: Receiver) -> None:
+    receiver.script("/hook", Hold())  # the retired endpoint's request is never answered
+    worker = rig.start(endpoint("crm", receiver.url()))
+    rig.put([doc(1)])
+    receiver.get(timeout=10)
+    worker.reconfigure([endpoint("billing", refused_url())])  # crm retires: it may wait 10 s for that request
+    started = time.monotonic()
+    assert worker.stop(1.0) is True  # read and obeyed at once, not after the reload
+    assert time.monotonic() - started < 8
+    assert [row.event_id for row in rig.rows()] == ["call-1"]  # unanswered: still pending
+
+
 def test_reconfigure_routes_documents_by_the_new_filters_at_once(rig: Rig, receiver: Receiver) -> None:
     worker = rig.start(endpoint("crm", receiver.url()))
     worker.reconfigure([endpoint("crm", receiver.url(), statuses=frozenset({"busy"}))])
