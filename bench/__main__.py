@@ -94,20 +94,26 @@ def save(results: dict[str, Any], out: Path) -> None:
     out.write_text(json.dumps(results, indent=1) + "\n")
 
 
+def _bare(figures: dict[str, Any]) -> str:
+    """The reference: the mean of the bare loop right before and right after the daemon."""
+    return (f"{figures['bare_greenswitch_per_s']:,}/s: {figures['bare_greenswitch_before_per_s']:,} before, "
+            f"{figures['bare_greenswitch_after_per_s']:,} after")
+
+
 def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(measure, result, target, met) for the table."""
     out = []
     if "ingest_backlog" in results:
         i, b = results["ingest_backlog"]["ingest"], results["ingest_backlog"]["backlog"]
         out.append(("ingest (commit + log)", f"{i['events_per_s']:,}/s = {i['ratio']}x bare greenswitch "
-                    f"({i['bare_greenswitch_per_s']:,}/s)", ">= 2.0x", _met(i["ratio"] >= 2.0)))
+                    f"({_bare(i)})", ">= 2.0x", _met(i["ratio"] >= 2.0)))
         out.append(("backlog drain", f"{b['drain_per_s']:,}/s ({b['events']:,} events, first after "
                     f"{b['first_delivery_after_s']} s, {b['new_events_per_s']:g}/s new)", ">= 2,000/s",
                     _met(b["drain_per_s"] >= 2000)))
     if "e2e" in results:
         e = results["e2e"]["end_to_end"]
         out.append(("end to end (webhook received)", f"{e['events_per_s']:,}/s = {e['ratio']}x bare "
-                    f"greenswitch ({e['bare_greenswitch_per_s']:,}/s)", ">= 1.0x", _met(e["ratio"] >= 1.0)))
+                    f"greenswitch ({_bare(e)})", ">= 1.0x", _met(e["ratio"] >= 1.0)))
     if "latency" in results:
         la = results["latency"]["latency"]
         out.append(("latency at {:,}/s".format(la["events_per_s"]),
