@@ -263,13 +263,25 @@ class App:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # before READY=1 is sent
             gevent.signal_handler(signum, self._on_signal, signum)
         self.start()
+        reloading: gevent.Greenlet | None = None
         while not self.stopping.is_set():
             self._wakeup.wait()
             self._wakeup.clear()
-            if self._reload_requested and not self.stopping.is_set():
+            idle = reloading is None or reloading.dead
+            if self._reload_requested and idle and not self.stopping.is_set():
                 self._reload_requested = False
-                self.reload()
+                reloading = gevent.spawn(self._reload_in_turn)
+        if reloading is not None and not reloading.dead:  # e.g. waiting for a retired endpoint's requests
+            reloading.kill(block=True, timeout=1.0)
+            self.log.warning("config.reload_interrupted", reason="stopping")
         self.stop()
+
+    def _reload_in_turn(self) -> None:
+        """One reload, beside the loop (a SIGTERM meanwhile is acted on at once); then the next, if asked."""
+        try:
+            self.reload()
+        finally:
+            self._wakeup.set()
 
     def _on_signal(self, signum: int) -> None:
         """Record the signal; ``run_forever`` acts on it."""

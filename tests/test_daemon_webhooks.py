@@ -40,11 +40,12 @@ def process(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
 
 
-def write_config(tmp_path: Path, fake: FakeFreeSWITCH, *urls: str, process: bool = True) -> Path:
+def write_config(tmp_path: Path, fake: FakeFreeSWITCH, *urls: str, process: bool = True,
+                 timeout: float = 2) -> Path:
     config = tmp_path / "listener.toml"
     hooks = "".join(
         f'[[webhooks]]\nname = "hook{n}"\nurl = "{url}"\nsecret = "{SECRET}"\n'
-        f"timeout = 2\nretry_schedule = [0.2, 0.2, 0.2, 0.2, 0.2]\nretry_jitter = 0\n"
+        f"timeout = {timeout:g}\nretry_schedule = [0.2, 0.2, 0.2, 0.2, 0.2]\nretry_jitter = 0\n"
         for n, url in enumerate(urls)
     )
     config.write_text(
@@ -294,6 +295,32 @@ def test_sighup_reloads_webhook_endpoints_keeps_freeswitch(
             daemon.kill()
         assert fake.accepted == 1  # the FreeSWITCH connection was never dropped
     assert not set(verified_ids(receiver, "/first")) & expected_ids(second)
+
+
+def test_sigterm_during_a_reload_that_waits_for_a_changed_endpoint_stops_at_once(
+    tmp_path: Path, receiver: Receiver, process: bool
+) -> None:
+    receiver.script("/first", Hold())  # the changed endpoint's request is never answered
+    events = bodies(1)
+    with FakeFreeSWITCH() as fake:
+        config = write_config(tmp_path, fake, receiver.url("/first"), process=process, timeout=30)
+        daemon = start_daemon(config, read_log=True)
+        try:
+            send(fake.next_session(timeout=15), events)
+            wait_classified(daemon, 1)
+            receiver.get(timeout=15)
+            config.write_text(config.read_text().replace("/first", "/second"))
+            daemon.send_signal(signal.SIGHUP)  # hook0 changes: the reload waits up to 10 s for its request
+            assert wait_log(daemon, "listener.signal_received")["signal"] == "SIGHUP"
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=6) == 0  # not after the reload's 10 s
+        finally:
+            daemon.kill()
+    stats = subprocess.run(
+        [sys.executable, "-m", "listener", "outbox", "--config", str(config), "list", "--json"],
+        capture_output=True, check=True, timeout=30,
+    )
+    assert {json.loads(line)["id"] for line in stats.stdout.decode().splitlines()} == expected_ids(events)
 
 
 def _children(pid: int) -> list[int]:
