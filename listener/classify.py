@@ -15,7 +15,7 @@ from listener.confread import TableReader
 from listener.event import HangupEvent
 from listener.facts import Facts
 from listener.rulebook import RULES_FILE, Overlay, RuleBook, build_rulebook
-from listener.rules import Condition, Rule, rule_path
+from listener.rules import Condition, Rule, holds_all, rule_path
 from listener.spec import ByeReason, load_spec, read_data
 from listener.subject import Subject
 
@@ -107,10 +107,7 @@ class Classifier:
         if plan is None:  # a cause the cause table does not know
             plan = self._plan(*key)
         for conditions, status, reason, rule_id in plan:
-            for condition in conditions:  # a plain loop: no generator per rule
-                if not condition.holds(subject):
-                    break
-            else:
+            if holds_all(conditions, subject):
                 return status, reason, rule_id
         return self._fallback()
 

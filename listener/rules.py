@@ -87,10 +87,15 @@ class Rule:
         return tuple(condition for condition in self.when if not _decided_by_admits(condition))
 
     def matches(self, subject: Subject) -> bool:
-        for condition in self.when:  # noqa: SIM110 - a plain loop: no generator per event
-            if not condition.holds(subject):
-                return False
-        return True
+        return holds_all(self.when, subject)
+
+
+def holds_all(conditions: tuple[Condition, ...], subject: Subject) -> bool:
+    """Whether every condition holds for ``subject`` (a rule's, or what is left of them once admitted)."""
+    for condition in conditions:  # noqa: SIM110 - a plain loop: no generator per event
+        if not condition.holds(subject):
+            return False
+    return True
 
 
 def _decided_by_admits(condition: Condition) -> bool:
