@@ -85,14 +85,17 @@ def bare_greenswitch(settings: Settings, count: int) -> float:
     return count / (last - first)
 
 
-def reference(before: float, after: float) -> dict[str, int | float]:
-    """The bare loop measured right before and right after the daemon: their mean is the reference.
+def against_bare(rate: float, before: float, after: float) -> dict[str, int | float]:
+    """``rate`` and its ratio to the bare loop measured right before and right after the daemon.
 
-    On this shared machine speed drifts from minute to minute; bracketing the daemon's measure
-    cancels a drift that is steady over the three (a single run before did not).
+    The reference is their mean: on this shared machine speed drifts from minute to minute, and
+    bracketing the daemon's measure cancels a drift that is steady over the three (a single run
+    before did not).
     """
-    return {"bare_greenswitch_per_s": round((before + after) / 2),
-            "bare_greenswitch_before_per_s": round(before), "bare_greenswitch_after_per_s": round(after)}
+    reference = (before + after) / 2
+    return {"events_per_s": round(rate), "bare_greenswitch_per_s": round(reference),
+            "bare_greenswitch_before_per_s": round(before), "bare_greenswitch_after_per_s": round(after),
+            "ratio": round(rate / reference, 2)}
 
 
 def _verified(s: Setup, expected: Expected, start: int, stop: int) -> tuple[Result, Check]:
@@ -112,7 +115,7 @@ def ingest_and_backlog(settings: Settings, count: int, new_rate: float, expected
         first = s.fake.ask(f"burst {count}", settings.timeout)["first"]
         s.daemon.wait_count(count, settings.timeout)
         ingest = count / (s.daemon.reached[count] - first)
-        bare = reference(before, bare_greenswitch(settings, count))  # the daemon idle meanwhile
+        after = bare_greenswitch(settings, count)  # the daemon idle meanwhile
         listened = s.listen()
         s.fake.tell(f"rate {new_rate} {settings.timeout}")
         s.receiver.ask(f"target {count}", settings.timeout)
@@ -126,8 +129,7 @@ def ingest_and_backlog(settings: Settings, count: int, new_rate: float, expected
     drained = max(backlog) - listened
     during = sum(1 for i, t in hooks.arrivals.items() if i >= count and t <= max(backlog))
     return {
-        "ingest": {"events": count, "events_per_s": round(ingest), **bare,
-                   "ratio": round(ingest / bare["bare_greenswitch_per_s"], 2), "target_ratio": 2.0},
+        "ingest": {"events": count, **against_bare(ingest, before, after), "target_ratio": 2.0},
         "backlog": {"events": count, "drain_per_s": round(count / drained),
                     "first_delivery_after_s": round(min(backlog) - listened, 3),
                     "new_events_per_s": new_rate, "new_events_delivered_during_drain": during,
@@ -146,10 +148,8 @@ def end_to_end(settings: Settings, count: int, expected: Expected) -> Result:
         logged = s.daemon.reached[count]
         checks, _ = _verified(s, expected, 0, count)
     rate = count / (last - first)
-    bare = reference(before, bare_greenswitch(settings, count))
     return {
-        "end_to_end": {"events": count, "events_per_s": round(rate), **bare,
-                       "ratio": round(rate / bare["bare_greenswitch_per_s"], 2),
+        "end_to_end": {"events": count, **against_bare(rate, before, bare_greenswitch(settings, count)),
                        "target_ratio": 1.0,
                        "ingest_while_delivering_per_s": round(count / (logged - first))},
         "checks": checks,
