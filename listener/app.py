@@ -25,9 +25,10 @@ from listener import logs, payload
 from listener.config import Config
 from listener.errors import ConfigError, OutboxError
 from listener.esl import ESLSource, EventHandler, Node
-from listener.event import HANGUP_COMPLETE, HEARTBEAT, HangupEvent
+from listener.event import HANGUP_COMPLETE, HEARTBEAT, HangupEvent, RawEvent
 from listener.health import Check
 from listener.metrics import Metrics
+from listener.offload import ClassifyProcess
 from listener.outbox import EndpointStats, with_endpoints
 from listener.privacy import Redactor
 from listener.service import Service
@@ -60,8 +61,10 @@ class Pipeline:
         on_sink_failure: Callable[[OutboxError], None] | None = None,
         metrics: Metrics | None = None,
         redact: Redact | None = None,
+        offload: ClassifyProcess | None = None,
     ) -> None:
         self.classify = classify
+        self.offload = offload
         self.node = node
         self.log = log
         self.sink = sink
@@ -74,6 +77,27 @@ class Pipeline:
         return payload.build(event, self.classify(event), self.node.name)
 
     prepare = process
+
+    def presolve(self, events: list[HangupEvent | RawEvent]) -> Callable[[], list[Document | None]]:
+        """Send the run's unparsed events to the classify process; the call returns their documents.
+
+        Per event, its document, or None where ``prepare`` must make it (not unparsed, or the
+        process could not).
+        """
+        raws = [i for i, event in enumerate(events) if isinstance(event, RawEvent)]
+        none: list[Document | None] = [None] * len(events)
+        if self.offload is None or not raws:
+            return lambda: none
+        bodies = [event.body for event in events if isinstance(event, RawEvent)]
+        collect = self.offload.submit(self.node.name, bodies)
+
+        def documents() -> list[Document | None]:
+            ready = none.copy()
+            for i, document in zip(raws, collect() or (), strict=False):
+                ready[i] = document
+            return ready
+
+        return documents
 
     def __call__(self, event: HangupEvent) -> None:
         self.commit([self.process(event)])
@@ -131,10 +155,12 @@ class App:
         classify: Classify,
         sink: Sink | None = None,
         delivery: DeliveryWorker | InlineDelivery | None = None,
+        offload: ClassifyProcess | None = None,
     ) -> None:
         self.config = config
         self.sink = sink
         self.delivery = delivery
+        self.offload = offload
         self.ingesting = True
         self.log = structlog.get_logger("listener")
         self.group = gevent.pool.Group()
@@ -152,33 +178,42 @@ class App:
             self.health[node.name] = NodeHealth(node_log)
             pipeline = Pipeline(
                 classify, node, node_log, sink,
-                on_sink_failure=self._sink_failed, metrics=self.metrics, redact=redact,
+                on_sink_failure=self._sink_failed, metrics=self.metrics, redact=redact, offload=offload,
             )
             self.pipelines.append(pipeline)
             handlers: dict[str, EventHandler] = {HANGUP_COMPLETE: pipeline, HEARTBEAT: self.health[node.name]}
-            self.sources.append(ESLSource(node, config.esl, handlers, self.log))
+            deferred = frozenset({HANGUP_COMPLETE}) if offload is not None else frozenset()
+            self.sources.append(ESLSource(node, config.esl, handlers, self.log, deferred=deferred))
         self.metrics.watch_sources(self.sources)
         self.service = Service(self.sources, self.health, config.health, self.metrics, self.log)
         if delivery is not None and isinstance(sink, OutboxWriter):
             self._watch_delivery(sink, delivery)
+        if offload is not None:
+            self.service.readiness.add("classify_process", lambda: Check(
+                ok=offload.running, details={"running": offload.running, "started": offload.started_count,
+                                             "batches": offload.batches, "fallbacks": offload.fallbacks}),
+                required=False)
 
     @classmethod
     def from_config(cls, config: Config) -> App:
         """The daemon for ``config``: with webhooks, the outbox is opened (and resumed) first."""
+        offload = ClassifyProcess(config.classifier) if config.esl.classify_process else None
         if not config.webhooks:
-            return cls(config, config.classifier.classify)
+            return cls(config, config.classifier.classify, offload=offload)
         writer = OutboxWriter.open(config.outbox, config.webhooks)
         delivery: DeliveryWorker | InlineDelivery
         if config.outbox.delivery_process:
             delivery = DeliveryWorker(writer, config.webhooks, config.outbox, config.log.level)
         else:
             delivery = InlineDelivery(writer, config.webhooks)
-        return cls(config, config.classifier.classify, writer, delivery)
+        return cls(config, config.classifier.classify, writer, delivery, offload)
 
     def start(self) -> None:
         """Start delivery (pending messages resume), one greenlet per node, the health listener, READY=1."""
         if self.delivery is not None:
             self.delivery.start()
+        if self.offload is not None:
+            self.offload.start()
         self.log.info("listener.started", nodes=[node.name for node in self.config.nodes])
         loops = {source.node.name: self.group.spawn(source.run) for source in self.sources}
         self.service.start(loops)
@@ -226,6 +261,8 @@ class App:
                     self.log.error("listener.events_abandoned", node=source.node.name, queued=left,
                                    reason=f"not handled within the {timeout:g}s stop deadline")
         self.group.kill(timeout=1)
+        if self.offload is not None:
+            self.offload.stop()
         if self.delivery is not None:
             self.delivery.stop(deadline_s=timeout)
         if isinstance(self.sink, OutboxWriter):
@@ -245,6 +282,8 @@ class App:
         redact = Redactor(new.privacy)
         for pipeline in self.pipelines:
             pipeline.classify, pipeline.redact = new.classifier.classify, redact
+        if self.offload is not None:
+            self.offload.set_classifier(new.classifier)
         if self.delivery is not None and new.webhooks:
             self.delivery.reconfigure(new.webhooks, new.log.level)
         elif new.webhooks != self.config.webhooks:  # opening or closing the outbox needs a restart

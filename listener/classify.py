@@ -61,8 +61,10 @@ class Outcome:
 class Classifier:
     """Applies a validated ``RuleBook`` to events."""
 
-    def __init__(self, book: RuleBook) -> None:
+    def __init__(self, book: RuleBook, overlay: Overlay | None = None) -> None:
         self.book = book
+        self.overlay = overlay
+        """What the book was built from (``classifier_for``); a pickle carries it, not the book."""
         self._plans: dict[tuple[str, bool], tuple[_Step, ...]] = {
             (cause, answered): self._plan(cause, answered)
             for cause in (*book.causes, "")
@@ -84,6 +86,12 @@ class Classifier:
             if status and reason and rule.admits(cause, answered):
                 steps.append(_Step(rule.residual(), status, reason, rule.id))
         return tuple(steps)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its overlay: the other process builds the same book (``listener.offload``)."""
+        if self.overlay is None:
+            raise TypeError("only a classifier made by classifier_for can be pickled")
+        return classifier_for, (self.overlay,)
 
     def classify(self, event: HangupEvent) -> Outcome:
         """The outcome of one event (pure, deterministic, total)."""
@@ -149,7 +157,7 @@ def built_in_data() -> dict[str, Any]:
 
 def classifier_for(overlay: Overlay, report: Any = _raise_on_problem) -> Classifier:
     """A classifier of the built-in rules plus ``overlay``; problems go to ``report(path, message)``."""
-    return Classifier(build_rulebook(built_in_data(), load_spec(), overlay, report))
+    return Classifier(build_rulebook(built_in_data(), load_spec(), overlay, report), overlay)
 
 
 @cache

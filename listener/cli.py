@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     deliver.add_argument("--report-fd", type=int, required=True)
     deliver.set_defaults(func=_deliver)
 
+    work = commands.add_parser("classify-process", help=argparse.SUPPRESS)  # started by `run` too
+    work.set_defaults(func=_classify_process)
+
     outbox = add_outbox_parser(commands)
     outbox.add_argument("--config", type=Path, help="TOML configuration (for its [outbox] path)")
     outbox.set_defaults(func=_outbox)
@@ -102,6 +105,13 @@ def _run(args: argparse.Namespace) -> int:
         return EX_IOERR
     daemon.run_forever()
     return EX_OK
+
+
+def _classify_process(args: argparse.Namespace) -> int:
+    """The daemon's classify process (``[esl] classify_process``): no gevent, no logging."""
+    from listener import classifyproc  # noqa: PLC0415
+
+    return classifyproc.main()
 
 
 def _deliver(args: argparse.Namespace) -> int:

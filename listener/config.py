@@ -101,6 +101,7 @@ def _esl(reader: TableReader) -> ESLSettings:
     def positive(key: str, default: float) -> float:
         return reader.number(key, float, default, minimum=0, exclusive_min=True)
 
+    event_format = reader.string("format", d.event_format, choices=EVENT_FORMATS)
     settings = ESLSettings(
         connect_timeout=positive("connect_timeout", d.connect_timeout),
         command_timeout=positive("command_timeout", d.command_timeout),
@@ -113,10 +114,13 @@ def _esl(reader: TableReader) -> ESLSettings:
         backoff_initial=positive("backoff_initial", d.backoff_initial),
         backoff_max=positive("backoff_max", d.backoff_max),
         queue_size=reader.number("queue_size", int, d.queue_size, minimum=1),
-        event_format=reader.string("format", d.event_format, choices=EVENT_FORMATS),
+        event_format=event_format,
+        classify_process=reader.boolean("classify_process", d.classify_process and event_format == "json"),
     )
     if settings.backoff_max < settings.backoff_initial:
         reader.problem("backoff_max", "must be >= backoff_initial")
+    if settings.classify_process and settings.event_format != "json":
+        reader.problem("classify_process", 'needs format = "json" (the process parses JSON events only)')
     reader.reject_unknown()
     return settings
 

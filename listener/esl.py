@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import gevent
 import gevent.event
@@ -36,7 +36,7 @@ from greenswitch.esl import InboundESL
 
 from listener.backoff import reconnect_delay
 from listener.errors import AuthError, CommandTimeoutError, ESLError, EventError, FrameError
-from listener.event import HangupEvent
+from listener.event import HangupEvent, RawEvent
 from listener.frame import DEFAULT_MAX_FRAME_BYTES, Frame, FrameDecoder
 
 DEFAULT_EVENTS = ("CHANNEL_HANGUP_COMPLETE", "HEARTBEAT")
@@ -64,6 +64,9 @@ class ESLSettings:
     event_format: str = "json"
     """``event json`` (default): orjson parses a whole hangup in C, values arrive decoded, so there is
     no URL-decoding layer at all; the pipeline runs ~2x faster than on ``plain``. Both are read."""
+    classify_process: bool = True
+    """Parse and classify the hangups of ``event json`` in a second process (``listener.offload``);
+    the daemon's loop keeps the framing, the outbox commits and the log lines (a second core)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,16 @@ class BatchHandler(Protocol):
     def prepare(self, event: HangupEvent) -> Any: ...
 
     def commit(self, prepared: list[Any]) -> None: ...
+
+
+@runtime_checkable
+class Presolving(Protocol):
+    """A ``BatchHandler`` that may have some of a run prepared elsewhere (``listener.offload``)."""
+
+    def presolve(self, events: list[HangupEvent | RawEvent]) -> Callable[[], list[Any]]:
+        """Start on the run now; the call returns, per event, what ``prepare`` would, or None where
+        ``prepare`` must do it. Called before the previous run is committed."""
+        ...
 
 
 EventHandler = Callable[[HangupEvent], None] | BatchHandler
@@ -122,6 +135,9 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
         self._decoder = FrameDecoder(settings.max_frame_bytes)
         self._esl_event_queue = gevent.queue.Queue(maxsize=settings.queue_size)
         self.on_core_uuid: Callable[[str], None] | None = None
+        self.deferred: frozenset[str] = frozenset()
+        """Events whose ``event json`` bodies are queued unparsed (``RawEvent``), for a ``Presolving``
+        handler to have them parsed elsewhere; any it leaves are parsed here as they are handled."""
         self._in_hand = 0
 
     # -- connecting ---------------------------------------------------------------------------
@@ -239,6 +255,12 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
             self._queue_event(frame)
 
     def _queue_event(self, frame: Frame) -> None:
+        if self.deferred and frame.content_type == "text/event-json":
+            raw = RawEvent.of(frame.body, self.deferred)
+            if raw is not None:
+                self.stats.events_received[raw.event_name] += 1
+                self._esl_event_queue.put(raw)
+                return
         try:
             if frame.content_type == "text/event-plain":
                 event = HangupEvent.from_plain(frame.body)
@@ -263,24 +285,55 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
 
     # -- processing ---------------------------------------------------------------------------
     def process_events(self) -> None:
-        """Run handlers for every queued event, including those queued just before the close."""
-        running = _Slice()
-        ended = False
-        while not ended:
-            batch, ended = self._next_batch()
-            self._in_hand = len(batch)
-            for event in batch:
-                if self.on_core_uuid is not None and event.core_uuid:
-                    self.on_core_uuid(event.core_uuid)
-            for name, run in itertools.groupby(batch, key=lambda e: e.event_name):
-                self._dispatch(name, list(run), running)
-            self._in_hand = 0
-            running.check()
+        """Run handlers for every queued event, including those queued just before the close.
 
-    def _next_batch(self) -> tuple[list[HangupEvent], bool]:
+        While one batch is handled the next (what is queued by then) is already presolved: a
+        classify process works on it while this batch is committed.
+        """
+        running = _Slice()
+        batch, ended = self._next_batch()
+        work = self._presolve(batch)
+        while True:
+            self._in_hand = len(batch)
+            following = None
+            if not ended and not self._esl_event_queue.empty():
+                after, ended = self._next_batch()
+                following = (after, self._presolve(after))
+                self._in_hand += len(after)
+            for name, events, collects in work:
+                self._dispatch(name, events, running, collects)
+            self._in_hand -= len(batch)
+            running.check()
+            if following is not None:
+                batch, work = following
+            elif ended:
+                return
+            else:
+                batch, ended = self._next_batch()
+                work = self._presolve(batch)
+
+    def _presolve(self, batch: list[HangupEvent | RawEvent]) -> list[_Run]:
+        """The batch's runs of one event name, each sent to the handlers that presolve."""
+        for event in batch:
+            if self.on_core_uuid is not None and event.core_uuid:
+                self.on_core_uuid(event.core_uuid)
+        work = []
+        for name, run in itertools.groupby(batch, key=lambda e: e.event_name):
+            events = list(run)
+            collects: dict[int, Callable[[], list[Any]]] = {}
+            for handler in self.event_handlers.get(name, ()):
+                if isinstance(handler, BatchHandler) and isinstance(handler, Presolving):
+                    try:
+                        collects[id(handler)] = handler.presolve(events)
+                    except Exception:  # then prepare does each event; logged with traceback
+                        self.log.exception("call.presolve_failed", events=len(events))
+            work.append(_Run(name, events, collects))
+        return work
+
+    def _next_batch(self) -> tuple[list[HangupEvent | RawEvent], bool]:
         """What is queued (waiting for the first), up to ``MAX_BATCH``; True once the end marker came."""
         queue = self._esl_event_queue
-        batch: list[HangupEvent] = []
+        batch: list[HangupEvent | RawEvent] = []
         item = queue.get()
         while item is not _END:
             batch.append(item)
@@ -289,22 +342,51 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
             item = queue.get_nowait()
         return batch, True
 
-    def _dispatch(self, name: str, events: list[HangupEvent], running: _Slice) -> None:
+    def _dispatch(self, name: str, events: list[HangupEvent | RawEvent], running: _Slice,
+                  collects: dict[int, Callable[[], list[Any]]]) -> None:
         self.stats.handling_since = time.monotonic()
         try:
             for handler in self.event_handlers.get(name, ()):
                 if isinstance(handler, BatchHandler):
-                    self._exec_batch(handler, events, running)
+                    self._exec_batch(handler, events, running, collects.get(id(handler)))
                 else:
                     for event in events:
-                        self._safe_exec_handler(handler, event)
+                        if (parsed := self._parsed(event)) is not None:
+                            self._safe_exec_handler(handler, parsed)
                         running.check()
         finally:
             self.stats.handling_since = None
 
-    def _exec_batch(self, handler: BatchHandler, events: list[HangupEvent], running: _Slice) -> None:
-        prepared, handled = [], []
-        for event in events:
+    def _parsed(self, event: HangupEvent | RawEvent) -> HangupEvent | None:
+        """The event itself, or a ``RawEvent`` parsed now (None, rejected and logged, if it cannot be)."""
+        if not isinstance(event, RawEvent):
+            return event
+        try:
+            return event.parse()
+        except EventError as exc:  # as _queue_event would have, had it parsed the body
+            self.stats.events_received[event.event_name] -= 1
+            self.stats.events_rejected += 1
+            self.log.error("esl.event_rejected", reason=str(exc), content_type="text/event-json")
+            return None
+
+    def _exec_batch(self, handler: BatchHandler, events: list[HangupEvent | RawEvent], running: _Slice,
+                    collect: Callable[[], list[Any]] | None = None) -> None:
+        prepared: list[Any] = []
+        handled: list[HangupEvent | RawEvent] = []
+        ready: list[Any] = [None] * len(events)
+        if collect is not None:
+            try:
+                ready = collect()
+            except Exception:  # then prepare does each event; logged with traceback
+                self.log.exception("call.presolve_failed", events=len(events))
+        for raw, done in zip(events, ready, strict=True):
+            if done is not None:
+                prepared.append(done)
+                handled.append(raw)
+                continue
+            event = self._parsed(raw)
+            if event is None:
+                continue
             try:
                 prepared.append(handler.prepare(event))
             except Exception:  # noqa: BLE001 - one bad event must never stop the stream; logged with traceback
@@ -316,8 +398,8 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
             if prepared:
                 handler.commit(prepared)
         except Exception:  # noqa: BLE001 - logged with its traceback, once per event of the run
-            for event in handled:
-                self._handler_failed(event)
+            for done_event in handled:
+                self._handler_failed(done_event)
 
     def _safe_exec_handler(self, handler: Callable[[HangupEvent], None], event: HangupEvent) -> None:
         try:
@@ -325,7 +407,7 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
         except Exception:  # noqa: BLE001 - one bad event must never stop the stream; logged with traceback
             self._handler_failed(event)
 
-    def _handler_failed(self, event: HangupEvent) -> None:
+    def _handler_failed(self, event: HangupEvent | RawEvent) -> None:
         self.stats.handler_failures += 1
         self.log.exception("call.handler_failed", channel_uuid=event.unique_id, event_name=event.event_name)
 
@@ -357,6 +439,14 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
         return bool(greenlet.dead)
 
 
+class _Run(NamedTuple):
+    """Consecutive events of one name in a batch, and their presolving handlers' collect calls."""
+
+    name: str
+    events: list[HangupEvent | RawEvent]
+    collects: dict[int, Callable[[], list[Any]]]
+
+
 class _Slice:
     """Yields to the loop once the calling greenlet has run ``SLICE_S`` since its last yield.
 
@@ -384,8 +474,11 @@ class ESLSource:
         log: Any,
         *,
         rand: Callable[[], float] = random.random,
+        deferred: frozenset[str] = frozenset(),
     ) -> None:
         self.node = node
+        self.deferred = deferred
+        """Events queued unparsed on every connection (``HardenedInboundESL.deferred``)."""
         self.settings = settings
         self.handlers = handlers
         self.log = log.bind(node=node.name, host=node.host, port=node.port)
@@ -423,6 +516,7 @@ class ESLSource:
         """One connection's life; the delay before the next attempt (None: stopping)."""
         conn = HardenedInboundESL(self.node, self.settings, self.log, self.stats)
         conn.on_core_uuid = self.saw_core_uuid
+        conn.deferred = self.deferred
         for name, handler in self.handlers.items():
             conn.register_handle(name, handler)
         self._conn = conn

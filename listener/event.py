@@ -373,3 +373,58 @@ class HangupEvent:
     def answered(self) -> bool:
         """Whether this leg was ever answered (``answer_epoch`` or the answered time is set)."""
         return bool(self.answer_epoch or self.answered_us)
+
+
+_JSON_HEAD = b'{"Event-Name":"'
+
+
+def _json_string_at(body: bytes, key: bytes) -> str | None:
+    """The value of the top-level ``"key":"..."`` in a FreeSWITCH JSON body, found without parsing.
+
+    Only a plain value is returned (no backslash: no escape to decode); None otherwise. The key is
+    found with its quotes, and a quote inside any JSON string is escaped, so only a real key
+    matches. FreeSWITCH writes each of these headers once.
+    """
+    start = body.find(b'"' + key + b'":"')
+    if start < 0:
+        return None
+    start += len(key) + 4
+    end = body.find(b'"', start)
+    if end < 0:
+        return None
+    value = body[start:end]
+    if b"\\" in value:
+        return None
+    try:
+        return value.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """A ``text/event-json`` body not parsed yet: its name and ids, read without parsing it.
+
+    The pipeline can hand the body to another process (``listener.offload``) that parses and
+    classifies it there; ``parse`` does it here instead (and raises ``EventError`` as ``from_json``).
+    """
+
+    event_name: str
+    core_uuid: str
+    unique_id: str
+    body: bytes
+
+    @classmethod
+    def of(cls, body: bytes, names: frozenset[str]) -> RawEvent | None:
+        """The body unparsed if FreeSWITCH wrote its ``Event-Name`` first and it is in ``names``."""
+        if not body.startswith(_JSON_HEAD):
+            return None
+        end = body.find(b'"', len(_JSON_HEAD))
+        name = body[len(_JSON_HEAD):end].decode("ascii", "replace") if end > 0 else ""
+        if name not in names:
+            return None
+        return cls(name, _json_string_at(body, b"Core-UUID") or "",
+                   _json_string_at(body, b"Unique-ID") or "", body)
+
+    def parse(self) -> HangupEvent:
+        return HangupEvent.from_json(self.body)

@@ -337,17 +337,19 @@ def _wait_exit(pid: int, timeout: float) -> bool:
         os.close(fd)
 
 
-def test_the_delivery_process_does_not_outlive_a_daemon_killed_with_sigkill(
+def test_the_child_processes_do_not_outlive_a_daemon_killed_with_sigkill(
     tmp_path: Path, receiver: Receiver
 ) -> None:
     with FakeFreeSWITCH() as fake:
         daemon = start_daemon(write_config(tmp_path, fake, receiver.url()), read_log=True)
         try:
-            started = wait_log(daemon, "webhook.worker_started")
-            assert _children(daemon.pid) == [started["pid"]]
+            started = wait_logs(daemon, "webhook.worker_started", "classify.process_started")
+            pids = sorted(int(str(line["pid"])) for line in started.values())
+            assert sorted(_children(daemon.pid)) == pids  # the delivery and the classify process
             daemon.send_signal(signal.SIGKILL)
             assert daemon.wait(timeout=10) == -signal.SIGKILL
-            # its stdin and its report pipe closed with the daemon: it stops as on SIGTERM
-            assert _wait_exit(int(str(started["pid"])), timeout=15)
+            # their stdin (and the delivery process's report pipe) closed with the daemon: they stop
+            for pid in pids:
+                assert _wait_exit(pid, timeout=15)
         finally:
             daemon.kill()
