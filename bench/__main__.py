@@ -42,6 +42,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=16, help="the endpoint's max_concurrency")
     parser.add_argument("--inline-delivery", action="store_true",
                         help="[outbox] delivery_process = false: deliver on the daemon's own loop")
+    parser.add_argument("--inline-classify", action="store_true",
+                        help="[esl] classify_process = false: parse and classify on the daemon's own loop")
     parser.add_argument("--only", nargs="+", choices=ALL, default=list(ALL))
     parser.add_argument("--out", type=Path, help="results JSON (default: bench/results/<mode>.json)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, outbox)")
@@ -65,12 +67,14 @@ def machine() -> dict[str, Any]:
 
 def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     settings = scenarios.Settings(random.getrandbits(32), folder, args.synchronous, args.concurrency,
-                                  delivery_process=not args.inline_delivery)
+                                  delivery_process=not args.inline_delivery,
+                                  classify_process=not args.inline_classify)
     corpus = Corpus(settings.run)
     expected = Expected(corpus)
     results: dict[str, Any] = {"machine": machine(), "synchronous": args.synchronous,
                                "concurrency": args.concurrency,
                                "delivery_process": not args.inline_delivery,
+                               "classify_process": not args.inline_classify,
                                "mean_event_bytes": round(corpus.mean_size),
                                "captured_events": len(corpus.templates)}
     steps = {

@@ -106,11 +106,12 @@ def tree_rss_kb(pid: int) -> dict[str, int]:
 
 
 def write_config(folder: Path, esl_port: int, receiver_port: int, *, synchronous: str,
-                 concurrency: int, delivery_process: bool = True) -> Path:
+                 concurrency: int, delivery_process: bool = True, classify_process: bool = True) -> Path:
     config = folder / "listener.toml"
     config.write_text(
         f'[[freeswitch]]\nname = "bench"\nport = {esl_port}\n'
         "[esl]\nbackoff_initial = 0.1\nbackoff_max = 1.0\n"
+        f"classify_process = {str(classify_process).lower()}\n"
         "[health]\nenabled = false\n"
         f'[outbox]\npath = "{folder / "outbox.sqlite3"}"\nsynchronous = "{synchronous}"\n'
         f"delivery_process = {str(delivery_process).lower()}\n"

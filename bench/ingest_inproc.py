@@ -33,7 +33,8 @@ from listener import logs  # noqa: E402
 from listener.app import App  # noqa: E402
 from listener.classify import default_classifier  # noqa: E402
 from listener.config import Config, HealthConfig, OutboxConfig  # noqa: E402
-from listener.esl import Node  # noqa: E402
+from listener.esl import ESLSettings, Node  # noqa: E402
+from listener.offload import ClassifyProcess  # noqa: E402
 from listener.outbox import Outbox  # noqa: E402
 from listener.sink import OutboxWriter  # noqa: E402
 from listener.webhook_config import WebhookConfig  # noqa: E402
@@ -87,21 +88,24 @@ class Feeder:
         self.proc.wait()
 
 
-def measure(events: int, folder: Path, synchronous: str, process: bool = False) -> dict[str, Any]:
+def measure(events: int, folder: Path, synchronous: str, process: bool = False,
+            classify_process: bool = False) -> dict[str, Any]:
     """One burst of ``events`` into a fresh daemon and a fresh outbox; the figures of the docstring."""
     lines = Lines(events)
     logs.configure("info", stream=lines)  # type: ignore[arg-type]
     feeder = Feeder()
     config = Config(
         nodes=(Node("bench", port=feeder.port),), health=HealthConfig(enabled=False),
+        esl=ESLSettings(classify_process=classify_process),
         outbox=OutboxConfig(folder / "outbox.sqlite3", synchronous=synchronous),
         webhooks=(WebhookConfig(name="down", url="http://127.0.0.1:9/", key=b"k" * 32),))
     writer = OutboxWriter.open(config.outbox, config.webhooks)
     delivery = DeliveryWorker(writer, config.webhooks, config.outbox, "info") if process else None
-    app = App(config, default_classifier().classify, writer, delivery)
+    offload = ClassifyProcess(default_classifier()) if classify_process else None
+    app = App(config, default_classifier().classify, writer, delivery, offload)
     app.start()
     gevent.sleep(0.5)  # connected, subscribed, the core-UUID query answered
-    cpu, process = time.thread_time(), time.process_time()
+    cpu, process = time.thread_time(), time.process_time()  # this process only (not its children)
     feeder.tell(f"burst {events}")
     lines.done.wait(timeout=600)
     end, cpu, process = time.monotonic(), time.thread_time() - cpu, time.process_time() - process
@@ -132,6 +136,8 @@ def main() -> None:
     parser.add_argument("--synchronous", default="full", choices=("full", "normal"))
     parser.add_argument("--delivery-process", action="store_true",
                         help="the daemon's default: commits and delivery in a child process")
+    parser.add_argument("--classify-process", action="store_true",
+                        help="[esl] classify_process: hangups parsed and classified in a child process")
     parser.add_argument("--disk-delay-ms", type=float, default=0.0,
                         help="added to every outbox commit, on its thread: a slower disk, simulated")
     args = parser.parse_args()
@@ -140,7 +146,8 @@ def main() -> None:
     results = []
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory() as folder:
-            results.append(measure(args.events, Path(folder), args.synchronous, args.delivery_process))
+            results.append(measure(args.events, Path(folder), args.synchronous, args.delivery_process,
+                                   args.classify_process))
         print(json.dumps(results[-1]), flush=True)
     rates = sorted(r["events_per_s"] for r in results)
     print(json.dumps({"median_events_per_s": rates[len(rates) // 2]}))

@@ -29,6 +29,7 @@ class Settings:
     synchronous: str = "full"
     concurrency: int = 16
     delivery_process: bool = True
+    classify_process: bool = True
     timeout: float = 900.0
 
 
@@ -46,7 +47,8 @@ class Setup:
         if listening:
             self.listen()
         config = write_config(self.folder, fake_port, receiver_port, synchronous=settings.synchronous,
-                              concurrency=settings.concurrency, delivery_process=settings.delivery_process)
+                              concurrency=settings.concurrency, delivery_process=settings.delivery_process,
+                              classify_process=settings.classify_process)
         self.log = self.folder / "stdout.jsonl" if keep_log else None
         self.daemon = Daemon(config, self.log, milestones)
 
