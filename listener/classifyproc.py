@@ -14,7 +14,7 @@ The pipe protocol (both ways: one type byte, a 4-byte big-endian length, the pay
   or null where this process could not make one (the daemon then does that body itself, so a
   malformed event is rejected and logged exactly as without this process).
 
-End of file on stdin means stop.
+End of file on stdin means stop; SIGTERM does not (``main``).
 """
 
 from __future__ import annotations
@@ -169,6 +169,12 @@ def _read_ahead(stdin: BinaryIO, frames: queue.Queue[tuple[bytes, bytes] | WireE
 
 
 def main() -> int:
-    """``hangup-listener classify-process``: serve the daemon on stdin/stdout."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the daemon, which stops us
+    """``hangup-listener classify-process``: serve the daemon on stdin/stdout until end of file.
+
+    SIGTERM and SIGINT are ignored: systemd (and a terminal's Ctrl-C) signal the whole group, and
+    the daemon, stopping, still hands us the batches it drains; it closes our stdin when done, and
+    its death closes it too.
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
     return serve(sys.stdin.buffer, sys.stdout.buffer)

@@ -182,6 +182,21 @@ def test_the_process_answers_batches_and_takes_a_new_classifier() -> None:
     assert not worker.running
 
 
+def test_the_process_outlives_a_sigterm_to_the_group_until_the_daemon_is_done() -> None:
+    """systemd signals every process of the unit; the daemon, stopping, still sends batches."""
+    body = json_bodies("uas_486")[0]
+    worker = ClassifyProcess(default_classifier())
+    try:
+        worker.start()
+        assert worker.submit("lab", [body])() == local_documents([body])  # serving
+        os.kill(worker._proc.pid, signal.SIGTERM)
+        assert worker.submit("lab", [body])() == local_documents([body])
+        assert (worker.batches, worker.fallbacks) == (2, 0)
+    finally:
+        worker.stop()
+    assert not worker.running
+
+
 def test_a_process_that_never_answers_is_replaced_and_its_batch_done_here() -> None:
     mute = [sys.executable, "-c", "import sys; sys.stdin.buffer.read()"]
     worker = ClassifyProcess(default_classifier(), command=mute, timeout_s=0.5, backoff_initial_s=60)
