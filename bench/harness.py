@@ -79,7 +79,7 @@ def rss_kb(pid: int) -> dict[str, int]:
 
 
 def children(pid: int) -> list[int]:
-    """The direct children of ``pid`` (the daemon's delivery process)."""
+    """The direct children of ``pid`` (the daemon's delivery and classify processes)."""
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     except OSError:
@@ -87,11 +87,21 @@ def children(pid: int) -> list[int]:
     return [int(child) for child in text.split()]
 
 
+def role(pid: int) -> str:
+    """The ``hangup-listener`` command a process runs (run, deliver, classify-process), from its cmdline."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    after = args[args.index(b"listener") + 1:] if b"listener" in args else args[-2:]
+    return after[0].decode(errors="replace") if after else "?"
+
+
 def tree_rss_kb(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM summed over ``pid`` and its children: the whole daemon, both processes.
+    """VmRSS and VmHWM summed over ``pid`` and its children: the whole daemon, all its processes.
 
     The sum of each process's peak is at least the peak of the sum (conservative). Also each
-    process's own figures, as ``<pid>:VmRSS`` and ``<pid>:VmHWM``.
+    process's own figures, as ``<pid> <command>:VmRSS`` and ``<pid> <command>:VmHWM``.
     """
     total = {"VmRSS": 0, "VmHWM": 0}
     for one in (pid, *children(pid)):
@@ -99,9 +109,10 @@ def tree_rss_kb(pid: int) -> dict[str, int]:
             values = rss_kb(one)
         except OSError:
             continue
+        label = f"{one} {role(one)}"
         for name, kb in values.items():
             total[name] += kb
-            total[f"{one}:{name}"] = kb
+            total[f"{label}:{name}"] = kb
     return total
 
 
