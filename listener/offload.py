@@ -101,7 +101,8 @@ class ClassifyProcess:
             answer: list[Document | None] | None = result.get(timeout=self._timeout)
         except gevent.Timeout:
             with self._lock:
-                self._failed(f"no answer within {self._timeout:g}s")
+                if not result.ready():  # (a failed write may have given up on it meanwhile)
+                    self._failed(f"no answer within {self._timeout:g}s")
             answer = result.get()
         if answer is None:
             self.fallbacks += 1
@@ -163,6 +164,9 @@ class ClassifyProcess:
         except (OSError, ValueError) as exc:
             self._failed(f"pipe failed: {exc}")
             return False
+        except gevent.GreenletExit:  # killed mid-frame (a stop): the pipe is out of step, never reuse it
+            self._failed("interrupted", restart=False)
+            raise
         return True
 
     def _read_replies(self, proc: Any) -> None:
@@ -184,7 +188,10 @@ class ClassifyProcess:
                 self._failed(reason, restart=not self._stopped)  # stop closed its stdin: not a failure
 
     def _failed(self, reason: str, *, restart: bool = True) -> None:
-        """The process is gone (killed if need be): every batch waiting is done here."""
+        """The process is gone (killed if need be): every batch waiting is done here.
+
+        Without ``restart`` nothing is logged and the next batch may start a new one at once.
+        """
         proc, self._proc = self._proc, None
         while self._waiting:
             self._waiting.popleft()[1].set(None)

@@ -211,6 +211,23 @@ def test_a_process_that_never_answers_is_replaced_and_its_batch_done_here() -> N
     assert failed["log_level"] == "error"
 
 
+def test_a_batch_cut_off_mid_write_retires_the_process_quietly() -> None:
+    """A greenlet killed while writing (a stop) leaves half a frame: that pipe is never used again."""
+    deaf = [sys.executable, "-c", "import time; time.sleep(60)"]  # never reads: the pipe fills up
+    worker = ClassifyProcess(default_classifier(), command=deaf)
+    with capture_logs() as logs:
+        worker.start()
+        proc = worker._proc
+        writer = gevent.spawn(worker.submit, "lab", [json_bodies("uas_486")[0]] * 100)
+        gevent.idle()  # the writer ran until the full pipe blocked it, holding the lock
+        assert worker._lock.locked()
+        writer.kill(block=True, timeout=5)
+        assert proc.poll() is not None  # killed with its half frame
+        assert not worker.running
+        worker.stop()
+    assert not [e for e in logs if e["event"] == "classify.process_failed"]
+
+
 def test_a_process_that_answers_nonsense_is_replaced() -> None:
     liar = [sys.executable, "-c",
             "import sys; sys.stdin.buffer.read(9); sys.stdout.buffer.write(b'R\\x00\\x00\\x00\\x02{}');"
