@@ -12,6 +12,10 @@ but every method with a verified defect is replaced here:
   the socket closed are all processed (greenswitch drops them). It takes whatever is queued (up to
   ``MAX_BATCH``) at once: a ``BatchHandler`` prepares each event of a run on its own (one failure
   skips one event) and then commits the run together (one outbox transaction for many calls).
+* with ``deferred`` event names (``[esl] classify_process``), a JSON body is queued unparsed
+  (``RawEvent``) and a ``Presolving`` handler gets each batch before the previous one is committed,
+  to have it parsed and classified in another process; whatever comes back without a result is
+  parsed here, and rejected here if it cannot be, as it would have been on arrival.
 * ``send`` has a timeout and fails fast on a dead connection (greenswitch can block forever).
 * one ``HardenedInboundESL`` per connection attempt: ``ESLSource`` makes a fresh one each time.
 """
@@ -376,7 +380,7 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
         ready: list[Any] = [None] * len(events)
         if collect is not None:
             try:
-                ready = collect()
+                ready = _collected(collect, len(events))
             except Exception:  # then prepare does each event; logged with traceback
                 self.log.exception("call.presolve_failed", events=len(events))
         for raw, done in zip(events, ready, strict=True):
@@ -437,6 +441,14 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
             return True
         greenlet.join(timeout=timeout)
         return bool(greenlet.dead)
+
+
+def _collected(collect: Callable[[], list[Any]], count: int) -> list[Any]:
+    """What a presolving handler made of a run: one entry per event, or ``ValueError``."""
+    ready = collect()
+    if len(ready) != count:
+        raise ValueError(f"presolved {len(ready)} results for {count} events")
+    return ready
 
 
 class _Run(NamedTuple):

@@ -388,3 +388,43 @@ def test_a_plain_handler_of_a_deferred_event_gets_it_parsed() -> None:
     assert event == HangupEvent.from_json(good)
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["esl.event_rejected"]
     assert (source.stats.events_rejected, source.stats.events_received[HANGUP_COMPLETE]) == (1, 1)
+
+
+class Presolver:
+    """A batch handler whose presolve is broken in a chosen way; prepare and commit work."""
+
+    def __init__(self, broken: str) -> None:
+        self.broken = broken
+        self.committed: gevent.queue.Queue[str] = gevent.queue.Queue()
+
+    def presolve(self, events: list[HangupEvent | RawEvent]) -> Any:
+        if self.broken == "raises":
+            raise RuntimeError("presolve bug")
+        if self.broken == "collect raises":
+            def fail() -> list[Any]:
+                raise RuntimeError("collect bug")
+            return fail
+        return lambda: [{"wrong": "length"}] * (len(events) + 1)
+
+    def prepare(self, event: HangupEvent) -> str:
+        return event.unique_id
+
+    def commit(self, prepared: list[str]) -> None:
+        for unique_id in prepared:
+            self.committed.put(unique_id)
+
+
+@pytest.mark.parametrize("broken", ["raises", "collect raises", "wrong length"])
+def test_a_broken_presolve_leaves_every_event_to_prepare(broken: str) -> None:
+    bodies = json_bodies("uas_486")
+    handler = Presolver(broken)
+    with FakeFreeSWITCH() as fake, capture_logs() as logs:
+        source = ESLSource(Node("lab", port=fake.port), FAST, {HANGUP_COMPLETE: handler},
+                           structlog.get_logger(), deferred=HANGUPS)
+        greenlet = gevent.spawn(source.run)
+        fake.next_session().send(b"".join(frame("text/event-json", body) for body in bodies))
+        got = [handler.committed.get(timeout=5) for _ in bodies]
+        source.stop()
+        greenlet.join(timeout=5)
+    assert got == [HangupEvent.from_json(body).unique_id for body in bodies]
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["call.presolve_failed"]
