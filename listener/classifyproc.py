@@ -32,16 +32,13 @@ import orjson
 
 from listener import payload
 from listener.classify import Classifier, default_classifier
+from listener.errors import WireError
 from listener.event import HangupEvent
 
 CLASSIFIER, BATCH, REPLY = b"K", b"B", b"R"
 HEAD = struct.Struct(">cI")
 _NAME = struct.Struct(">H")
 _COUNT = struct.Struct(">I")
-
-
-class WireError(Exception):
-    """The pipe carried something that is not this protocol."""
 
 
 def frame(kind: bytes, *parts: bytes) -> bytes:

@@ -54,3 +54,7 @@ class OutboxError(ListenerError):
 
 class OutboxClosedError(OutboxError):
     """A document was offered after the outbox writer was closed (shutdown) or failed."""
+
+
+class WireError(ListenerError):
+    """The pipe to the classify process carried something that is not its protocol."""

@@ -7,7 +7,9 @@ answer is None and the pipeline does the batch itself, as it does without this p
 process is then restarted after a backoff (1 s doubling to 30 s). A body the process could not
 make a document of comes back as None too and is done (and rejected, or logged) by the daemon.
 
-One request at a time (several nodes share the process); the pipe is the only hand-off.
+Requests are written one at a time (several nodes share the process) and answered in order, so
+several may be in flight: one greenlet per process reads the answers and hands each to the oldest
+request waiting. The pipe is the only hand-off.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import structlog
 
 from listener.backoff import reconnect_delay
 from listener.classify import Classifier
-from listener.classifyproc import CLASSIFIER, REPLY, WireError, encode_batch, frame, read_frame
+from listener.classifyproc import CLASSIFIER, REPLY, encode_batch, frame, read_frame
+from listener.errors import WireError
 
 log = structlog.get_logger("listener.offload")
 Document = dict[str, Any]
@@ -89,9 +92,9 @@ class ClassifyProcess:
         with self._lock:
             if self._proc is not None and not self.running:  # died between batches
                 self._failed("exited")
-            if (self.running or self._start()) and self._send_classifier() and self._write(
-                    encode_batch(node, bodies)):
-                self._waiting.append((len(bodies), result))
+            if (self.running or self._start()) and self._send_classifier():
+                self._waiting.append((len(bodies), result))  # before the write: the answer may be quick
+                self._write(encode_batch(node, bodies))  # on failure, _failed answers None
             else:
                 result.set(None)
         return lambda: self._collect(result)

@@ -22,7 +22,7 @@ from listener.app import App, Pipeline
 from listener.classify import Classifier, default_classifier, parse_classification
 from listener.config import Config, HealthConfig
 from listener.confread import Problems, TableReader
-from listener.errors import ConfigError
+from listener.errors import ConfigError, WireError
 from listener.esl import ESLSettings, ESLSource, Node
 from listener.event import HANGUP_COMPLETE, HangupEvent, RawEvent
 from listener.offload import ClassifyProcess
@@ -82,12 +82,12 @@ def test_a_batch_crosses_the_wire_byte_for_byte() -> None:
 @pytest.mark.parametrize("data", [b"", b"\x00\x05ab", b"\x00\x01n\x00\x00\x00\x02\x00\x00\x00\x01",
                                   classifyproc.encode_batch("n", [b"abc"])[5:] + b"extra"])
 def test_a_batch_that_does_not_add_up_is_a_wire_error(data: bytes) -> None:
-    with pytest.raises(classifyproc.WireError):
+    with pytest.raises(WireError):
         classifyproc.decode_batch(data)
 
 
 def test_a_frame_cut_short_is_a_wire_error() -> None:
-    with pytest.raises(classifyproc.WireError, match="short"):
+    with pytest.raises(WireError, match="short"):
         classifyproc.read_frame(io.BytesIO(classifyproc.frame(classifyproc.BATCH, b"abcdef")[:-2]))
 
 
