@@ -189,6 +189,7 @@ class App:
         if delivery is not None and isinstance(sink, OutboxWriter):
             self._watch_delivery(sink, delivery)
         if offload is not None:
+            self.metrics.watch_classify(offload)
             self.service.readiness.add("classify_process", lambda: Check(
                 ok=offload.running, details={"running": offload.running, "started": offload.started_count,
                                              "batches": offload.batches, "fallbacks": offload.fallbacks}),

@@ -42,6 +42,19 @@ class EndpointStats(Protocol):
 OutboxStats = Callable[[], Iterable[EndpointStats]]
 
 
+class ClassifyStats(Protocol):
+    """What the classify process has done (``listener.offload.ClassifyProcess`` has this shape)."""
+
+    @property
+    def running(self) -> bool: ...
+    @property
+    def started_count(self) -> int: ...
+    @property
+    def batches(self) -> int: ...
+    @property
+    def fallbacks(self) -> int: ...
+
+
 def _gauge(what: str, doc: str, labels: Sequence[str]) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"{PREFIX}_{what}", doc, labels=list(labels))
 
@@ -94,6 +107,7 @@ class ProviderCollector(Collector):
     def __init__(self) -> None:
         self.ready: Callable[[], bool] | None = None
         self.outbox: OutboxStats | None = None
+        self.classify: ClassifyStats | None = None
         self.log = logging.getLogger("listener.metrics")
 
     def collect(self) -> Iterator[Metric]:
@@ -103,6 +117,19 @@ class ProviderCollector(Collector):
             yield ready
         if self.outbox is not None:
             yield from self._outbox(self.outbox)
+        if self.classify is not None:
+            yield from self._classify(self.classify)
+
+    @staticmethod
+    def _classify(stats: ClassifyStats) -> Iterator[Metric]:
+        up = _gauge("classify_process_up", "1 while the classify process runs", [])
+        up.add_metric([], 1.0 if stats.running else 0.0)
+        starts = _counter("classify_process_starts", "Times the classify process was started", [])
+        starts.add_metric([], stats.started_count)
+        batches = _counter("classify_batches", "Batches of hangups classified, by where", ["by"])
+        batches.add_metric(["process"], stats.batches)
+        batches.add_metric(["daemon"], stats.fallbacks)
+        yield from (up, starts, batches)
 
     def _outbox(self, provider: OutboxStats) -> Iterator[Metric]:
         try:
@@ -153,6 +180,10 @@ class Metrics:
     def watch_outbox(self, stats: OutboxStats) -> None:
         """Expose pending/dead counts and the oldest pending age per endpoint (called at each scrape)."""
         self.providers.outbox = stats
+
+    def watch_classify(self, stats: ClassifyStats) -> None:
+        """Expose whether the classify process runs, its starts, and who classified the batches."""
+        self.providers.classify = stats
 
     def call_classified(self, node: str, document: Mapping[str, Any]) -> None:
         key = (node, document.get("status"), document.get("bye_reason"))

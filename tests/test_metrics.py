@@ -114,6 +114,25 @@ def test_webhook_deliveries_latency_and_outbox_figures() -> None:
     assert got[("hangup_listener_outbox_oldest_pending_age_seconds", (("endpoint", "bi"),))] == 0
 
 
+def test_the_classify_process_figures_are_read_at_scrape_time() -> None:
+    class Process:
+        running, started_count, batches, fallbacks = True, 1, 7, 0
+
+    process = Process()
+    metrics = Metrics()
+    metrics.watch_classify(process)
+    got = samples(metrics)
+    assert got[("hangup_listener_classify_process_up", ())] == 1
+    assert got[("hangup_listener_classify_process_starts_total", ())] == 1
+    assert got[("hangup_listener_classify_batches_total", (("by", "process"),))] == 7
+    assert got[("hangup_listener_classify_batches_total", (("by", "daemon"),))] == 0
+    process.running, process.started_count, process.fallbacks = False, 2, 3
+    got = samples(metrics)
+    assert got[("hangup_listener_classify_process_up", ())] == 0
+    assert got[("hangup_listener_classify_process_starts_total", ())] == 2
+    assert got[("hangup_listener_classify_batches_total", (("by", "daemon"),))] == 3
+
+
 def test_a_failing_outbox_provider_does_not_break_the_scrape() -> None:
     metrics = Metrics()
 

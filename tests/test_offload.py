@@ -285,9 +285,12 @@ def test_a_process_killed_between_batches_is_said_and_replaced() -> None:
             os.kill(worker._proc.pid, signal.SIGKILL)
             worker._proc.wait()
 
-    documents, logs, _ = run_app([bodies, bodies, bodies], worker, between=kill_once)
+    documents, logs, app = run_app([bodies, bodies, bodies], worker, between=kill_once)
     assert documents == local_documents(bodies) * 3
     assert (worker.batches, worker.fallbacks, worker.started_count) == (3, 0, 2)
+    metrics = app.metrics.render().decode()
+    assert "hangup_listener_classify_process_starts_total 2.0" in metrics
+    assert 'hangup_listener_classify_batches_total{by="process"} 3.0' in metrics
     failed = [e for e in logs if e["event"] == "classify.process_failed"]
     assert [(e["reason"], e["code"]) for e in failed] == [("exited", -signal.SIGKILL)], failed
 
