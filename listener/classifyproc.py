@@ -6,7 +6,8 @@ CHANNEL_HANGUP_COMPLETE bodies to this process (``hangup-listener classify-proce
 watched by ``listener.offload``) and gets the documents back; it keeps the framing, the outbox
 commit and the log line. This process is plain blocking code: no gevent, no logging, no files.
 
-The pipe protocol (both ways: one type byte, a 4-byte big-endian length, the payload):
+The pipe protocol (both ways: ``listener.workerwire``'s frames, one type byte, a 4-byte big-endian
+length, the payload):
 
 - daemon to process: ``K`` the pickled ``Classifier`` (first, and again on every reload);
   ``B`` a batch: the node name and the bodies (``encode_batch``);
@@ -34,16 +35,11 @@ from listener import payload
 from listener.classify import Classifier, default_classifier
 from listener.errors import WireError
 from listener.event import HangupEvent
+from listener.workerwire import HEAD, frame
 
 CLASSIFIER, BATCH, REPLY = b"K", b"B", b"R"
-HEAD = struct.Struct(">cI")
 _NAME = struct.Struct(">H")
 _COUNT = struct.Struct(">I")
-
-
-def frame(kind: bytes, *parts: bytes) -> bytes:
-    """One frame of ``parts`` joined (copied once)."""
-    return b"".join((HEAD.pack(kind, sum(map(len, parts))), *parts))
 
 
 def encode_batch(node: str, bodies: Sequence[bytes]) -> bytes:

@@ -32,8 +32,9 @@ import structlog
 
 from listener.backoff import reconnect_delay
 from listener.classify import Classifier
-from listener.classifyproc import CLASSIFIER, REPLY, encode_batch, frame, read_frame
+from listener.classifyproc import CLASSIFIER, REPLY, encode_batch, read_frame
 from listener.errors import WireError
+from listener.workerwire import frame
 
 log = structlog.get_logger("listener.offload")
 Document = dict[str, Any]

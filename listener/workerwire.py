@@ -28,7 +28,8 @@ from listener.webhook_config import OutboxConfig, WebhookConfig
 
 SETTINGS, WAKE, STOP = b"C", b"W", b"S"
 REPORT_S = 0.25
-_HEAD = struct.Struct(">cI")
+HEAD = struct.Struct(">cI")
+"""Every frame's head, on both pipes to child processes (this one and ``listener.classifyproc``'s)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +54,9 @@ class Report:
     """The generation of the settings in force."""
 
 
-def frame(kind: bytes, payload: bytes = b"") -> bytes:
-    return _HEAD.pack(kind, len(payload)) + payload
+def frame(kind: bytes, *parts: bytes) -> bytes:
+    """One frame whose payload is ``parts`` joined (copied once, however large)."""
+    return b"".join((HEAD.pack(kind, sum(map(len, parts))), *parts))
 
 
 def settings_frame(settings: Settings) -> bytes:
@@ -77,12 +79,12 @@ class FrameReader:
 
     def feed(self, data: bytes) -> Iterator[tuple[bytes, bytes]]:
         self._buffer += data
-        while len(self._buffer) >= _HEAD.size:
-            kind, size = _HEAD.unpack_from(self._buffer)
-            end = _HEAD.size + size
+        while len(self._buffer) >= HEAD.size:
+            kind, size = HEAD.unpack_from(self._buffer)
+            end = HEAD.size + size
             if len(self._buffer) < end:
                 return
-            payload, self._buffer = self._buffer[_HEAD.size:end], self._buffer[end:]
+            payload, self._buffer = self._buffer[HEAD.size:end], self._buffer[end:]
             yield kind, payload
 
 

@@ -17,7 +17,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from listener import classifyproc
+from listener import classifyproc, workerwire
 from listener.app import App, Pipeline
 from listener.classify import Classifier, default_classifier, parse_classification
 from listener.config import Config, HealthConfig
@@ -88,7 +88,7 @@ def test_a_batch_that_does_not_add_up_is_a_wire_error(data: bytes) -> None:
 
 def test_a_frame_cut_short_is_a_wire_error() -> None:
     with pytest.raises(WireError, match="short"):
-        classifyproc.read_frame(io.BytesIO(classifyproc.frame(classifyproc.BATCH, b"abcdef")[:-2]))
+        classifyproc.read_frame(io.BytesIO(workerwire.frame(classifyproc.BATCH, b"abcdef")[:-2]))
 
 
 def test_its_documents_are_the_pipelines_even_after_the_json_round_trip() -> None:
@@ -111,7 +111,7 @@ def test_serve_uses_the_classifier_it_was_sent_and_stops_at_end_of_file() -> Non
     body = json_bodies("uas_486")[0]
     custom = user_classifier(BUSY_AS_DECLINED)
     stdin = io.BytesIO(classifyproc.encode_batch("lab", [body])
-                       + classifyproc.frame(classifyproc.CLASSIFIER, pickle.dumps(custom))
+                       + workerwire.frame(classifyproc.CLASSIFIER, pickle.dumps(custom))
                        + classifyproc.encode_batch("lab", [body]))
     stdout = io.BytesIO()
     assert classifyproc.serve(stdin, stdout) == 0
@@ -123,7 +123,7 @@ def test_serve_uses_the_classifier_it_was_sent_and_stops_at_end_of_file() -> Non
 
 
 def test_serve_refuses_a_frame_it_does_not_know(capsys: pytest.CaptureFixture[str]) -> None:
-    assert classifyproc.serve(io.BytesIO(classifyproc.frame(b"Z", b"?")), io.BytesIO()) == 2
+    assert classifyproc.serve(io.BytesIO(workerwire.frame(b"Z", b"?")), io.BytesIO()) == 2
     assert "unknown frame type" in capsys.readouterr().err
 
 
