@@ -84,16 +84,15 @@ class Pipeline:
         Per event, its document, or None where ``prepare`` must make it (not unparsed, or the
         process could not).
         """
-        raws = [i for i, event in enumerate(events) if isinstance(event, RawEvent)]
+        raws = [(i, event.body) for i, event in enumerate(events) if isinstance(event, RawEvent)]
         none: list[Document | None] = [None] * len(events)
         if self.offload is None or not raws:
             return lambda: none
-        bodies = [event.body for event in events if isinstance(event, RawEvent)]
-        collect = self.offload.submit(self.node.name, bodies)
+        collect = self.offload.submit(self.node.name, [body for _, body in raws])
 
         def documents() -> list[Document | None]:
             ready = none.copy()
-            for i, document in zip(raws, collect() or (), strict=False):
+            for (i, _), document in zip(raws, collect() or (), strict=False):
                 ready[i] = document
             return ready
 

@@ -271,11 +271,14 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
             else:
                 event = HangupEvent.from_json(frame.body)
         except EventError as exc:  # framing intact: skip this event, keep the connection
-            self.stats.events_rejected += 1
-            self.log.error("esl.event_rejected", reason=str(exc), content_type=frame.content_type)
+            self._rejected(exc, frame.content_type)
             return
         self.stats.events_received[event.event_name] += 1
         self._esl_event_queue.put(event)
+
+    def _rejected(self, exc: EventError, content_type: str) -> None:
+        self.stats.events_rejected += 1
+        self.log.error("esl.event_rejected", reason=str(exc), content_type=content_type)
 
     def _finish(self) -> None:
         self.connected = False
@@ -369,8 +372,7 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
             return event.parse()
         except EventError as exc:  # as _queue_event would have, had it parsed the body
             self.stats.events_received[event.event_name] -= 1
-            self.stats.events_rejected += 1
-            self.log.error("esl.event_rejected", reason=str(exc), content_type="text/event-json")
+            self._rejected(exc, "text/event-json")
             return None
 
     def _exec_batch(self, handler: BatchHandler, events: list[HangupEvent | RawEvent], running: _Slice,

@@ -403,7 +403,7 @@ def _json_string_at(body: bytes, key: bytes) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class RawEvent:
-    """A ``text/event-json`` body not parsed yet: its name and ids, read without parsing it.
+    """A ``text/event-json`` body not parsed yet: its name and Core-UUID, read without parsing it.
 
     The pipeline can hand the body to another process (``listener.offload``) that parses and
     classifies it there; ``parse`` does it here instead (and raises ``EventError`` as ``from_json``).
@@ -411,8 +411,12 @@ class RawEvent:
 
     event_name: str
     core_uuid: str
-    unique_id: str
     body: bytes
+
+    @property
+    def unique_id(self) -> str:
+        """Only for a log line about this event: found when asked, not for every event read."""
+        return _json_string_at(self.body, b"Unique-ID") or ""
 
     @classmethod
     def of(cls, body: bytes, names: frozenset[str]) -> RawEvent | None:
@@ -423,8 +427,7 @@ class RawEvent:
         name = body[len(_JSON_HEAD):end].decode("ascii", "replace") if end > 0 else ""
         if name not in names:
             return None
-        return cls(name, _json_string_at(body, b"Core-UUID") or "",
-                   _json_string_at(body, b"Unique-ID") or "", body)
+        return cls(name, _json_string_at(body, b"Core-UUID") or "", body)
 
     def parse(self) -> HangupEvent:
         return HangupEvent.from_json(self.body)
