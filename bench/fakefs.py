@@ -156,6 +156,8 @@ class FakeFreeSWITCH:
             self.burst(int(words[1]))
         elif words[0] == "rate":
             self.rate(float(words[1]), float(words[2]), words[3] if len(words) > 3 else None)
+        elif words[0] == "connected":
+            say(connected=self.connected().format)
         elif words[0] == "quit":
             return False
         return True

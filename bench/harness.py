@@ -78,6 +78,14 @@ def rss_kb(pid: int) -> dict[str, int]:
     return values
 
 
+def pss_kb(pid: int) -> int:
+    """PSS of a process in kB: its resident pages, each shared page divided among its sharers."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise OSError(f"no Pss in /proc/{pid}/smaps_rollup")
+
+
 def children(pid: int) -> list[int]:
     """The direct children of ``pid`` (the daemon's delivery and classify processes)."""
     try:
@@ -193,6 +201,28 @@ class Daemon:
 
     def rss(self) -> dict[str, int]:
         return tree_rss_kb(self.proc.pid)
+
+    def settled(self, processes: int, timeout: float = 30.0) -> dict[str, int]:
+        """The tree's RSS once it has ``processes`` processes and stopped growing (children imported).
+
+        Also ``Pss``: the PSS of the tree added up, the memory the machine pays for it once.
+        """
+        deadline = time.monotonic() + timeout
+        last = None
+        while True:
+            pids = [self.proc.pid, *children(self.proc.pid)]
+            now = tree_rss_kb(self.proc.pid)
+            if len(pids) == processes and last is not None and abs(now["VmRSS"] - last["VmRSS"]) < 256:
+                now["Pss"] = sum(pss_kb(pid) for pid in pids)
+                return now
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the daemon had {len(pids)} processes, not {processes}, or kept growing")
+            last = now
+            time.sleep(0.5)
+
+    def pss(self) -> int:
+        """The PSS of the daemon's processes added up, in kB."""
+        return sum(pss_kb(pid) for pid in (self.proc.pid, *children(self.proc.pid)))
 
     def stop(self) -> int:
         if self.proc.poll() is None:

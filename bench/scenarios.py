@@ -188,14 +188,19 @@ def latency(settings: Settings, per_s: float, seconds: float, expected: Expected
 def memory(settings: Settings, count: int) -> Result:
     """Peak RSS over ``count`` events ingested at full speed, RSS at the end against after the first tenth.
 
-    RSS is the whole daemon's: the main process and its delivery process added up. The peak is read
-    after everything was delivered.
+    RSS is the whole daemon's: the main process and its delivery and classify processes added up.
+    The peak is read after everything was delivered. Also recorded: each process's RSS idle, once
+    connected and before the first event (the floor no working set goes under), and the processes'
+    PSS added up idle and at the end (shared pages counted once: what the machine pays).
 
     The receiver is down during the burst (the circuit keeps delivery idle; at full ingest speed
     delivery would otherwise lag far behind); it is started afterwards and everything delivered.
     """
     early = max(count // 10, 1)
+    processes = 1 + settings.delivery_process + settings.classify_process
     with setup(settings, "memory", listening=False, keep_log=False, milestones=(early, count)) as s:
+        s.fake.ask("connected", settings.timeout)
+        idle = s.daemon.settled(processes)
         first = s.fake.ask(f"burst {count}", settings.timeout * 4)["first"]
         s.daemon.wait_count(count, settings.timeout * 4)
         ingested = s.daemon.reached[count]
@@ -205,6 +210,7 @@ def memory(settings: Settings, count: int) -> Result:
         s.listen()
         done = s.receiver.ask(f"target {count}", settings.timeout * 4)
         delivered = s.daemon.rss()  # the peaks now include the delivery of everything
+        pss_end = s.daemon.pss()
     return {
         "memory": {"events": count, "peak_rss_mb": round(delivered["VmHWM"] / 1024, 1),
                    "peak_rss_by_process_mb": {k.split(":")[0]: round(v / 1024, 1)
@@ -212,6 +218,12 @@ def memory(settings: Settings, count: int) -> Result:
                    "rss_after_first_tenth_mb": round(at_early / 1024, 1), "first_tenth": early,
                    "rss_end_mb": round(end["VmRSS"] / 1024, 1),
                    "growth_pct": round((end["VmRSS"] - at_early) / at_early * 100, 1),
+                   "processes": processes,
+                   "idle_rss_mb": round(idle["VmRSS"] / 1024, 1),
+                   "idle_rss_by_process_mb": {k.split(":")[0]: round(v / 1024, 1)
+                                              for k, v in idle.items() if k.endswith(":VmRSS")},
+                   "idle_pss_mb": round(idle["Pss"] / 1024, 1),
+                   "pss_end_mb": round(pss_end / 1024, 1),
                    "ingest_per_s": round(count / (ingested - first)),
                    "target_peak_mb": 80, "target_growth_pct": 10},
         "checks": {"webhooks": {"expected": count, "unique": done["unique"], "requests": done["requests"],

@@ -28,3 +28,7 @@ def test_a_small_benchmark_run_completes_and_delivers_every_event_as_classified(
     assert results["e2e"]["checks"]["webhooks"]["missing"] == 0
     assert results["latency"]["checks"]["webhooks"]["bad_signatures"] == 0
     assert results["memory"]["checks"]["webhooks"]["ok"] is True
+    memory = results["memory"]["memory"]
+    assert memory["processes"] == 3  # daemon, classify process, delivery process (the defaults)
+    assert len(memory["idle_rss_by_process_mb"]) == 3
+    assert 0 < memory["idle_pss_mb"] <= memory["idle_rss_mb"] <= memory["peak_rss_mb"]
