@@ -140,7 +140,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     f"{m['rss_after_first_tenth_mb']} MB -> {m['rss_end_mb']} MB ({m['growth_pct']:+}%)",
                     "< 80 MB, < 10%", _met(m["peak_rss_mb"] < 80 and abs(m["growth_pct"]) < 10)))
         if "idle_rss_mb" in m:
-            out.append((f"memory idle ({m['processes']} processes, before the first event)",
+            processes = f"{m['processes']} process" + ("es" if m["processes"] > 1 else "")
+            out.append((f"memory idle ({processes}, before the first event)",
                         f"RSS {m['idle_rss_mb']} MB, PSS {m['idle_pss_mb']} MB; PSS at the end "
                         f"{m['pss_end_mb']} MB", "(the floor)", ""))
     return out
