@@ -283,6 +283,22 @@ def test_the_child_exits_by_itself_at_the_end_of_its_stdin(rig: Rig, receiver: R
         assert next_line(lines, "webhook.worker_exited")["code"] == 0
 
 
+def test_sigterm_does_not_stop_the_child_its_daemon_does(rig: Rig, receiver: Receiver) -> None:
+    """systemd signals every process of the unit; the daemon, still draining, stops the child after."""
+    worker = rig.start(endpoint("crm", receiver.url()))
+    rig.put([doc(1)])
+    rig.delivered(1)  # the child is up
+    child = worker._proc
+    child.send_signal(signal.SIGTERM)
+    rig.put([doc(2)])
+    rig.delivered(1)
+    assert worker._proc is child
+    assert child.poll() is None
+    assert worker.started_count == 1
+    assert worker.stop(2.0)  # the stop frame: exit 0
+    assert child.returncode == 0
+
+
 def test_a_child_that_cannot_open_the_outbox_exits_74_and_is_restarted_with_backoff(
         rig: Rig, tmp_path: Path) -> None:
     with log_lines() as lines:
