@@ -26,9 +26,9 @@ MARK = b'"call.classified"'
 class Child:
     """A helper process (``python -m bench.X``) spoken to in JSON lines."""
 
-    def __init__(self, module: str, *args: object) -> None:
+    def __init__(self, module: str, *args: object, stderr: int | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, *map(str, args)], cwd=ROOT,
+            [sys.executable, "-m", module, *map(str, args)], cwd=ROOT, stderr=stderr,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
         self._lines: queue.Queue[bytes] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
