@@ -64,7 +64,7 @@ def check_log(path: Path, expected: Expected, start: int, stop: int) -> Check:
     return _finish(check, counts, start, stop)
 
 
-def _signed(webhook_id: bytes, timestamp: bytes, signature: bytes, body: bytes) -> bool:
+def signed(webhook_id: bytes, timestamp: bytes, signature: bytes, body: bytes) -> bool:
     mac = hmac.new(KEY, webhook_id + b"." + timestamp + b"." + body, hashlib.sha256).digest()
     return hmac.compare_digest(b"v1," + base64.b64encode(mac), signature)
 
@@ -79,7 +79,7 @@ def check_webhooks(path: Path, expected: Expected, start: int, stop: int) -> Che
             i = index_of(document["channel_uuid"])
             counts[i] += 1
             check.arrivals.setdefault(i, float(arrival))
-            check.bad_signatures += not _signed(webhook_id, timestamp, signature, body)
+            check.bad_signatures += not signed(webhook_id, timestamp, signature, body)
             check.wrong += (not (start <= i < stop) or document != expected.document(i)
                             or webhook_id.decode() != document["id"])
     return _finish(check, counts, start, stop)

@@ -8,15 +8,17 @@ change to ``config/hangup-listener.service`` or to how the daemon and its childr
 
 systemd runs as PID 1 of its own PID, mount and cgroup namespaces, with its own ``/run``, ``/tmp``
 and ``/var/tmp`` (tmpfs) and the early-boot units masked: the host's files and services are not
-touched. It runs ``config/hangup-listener.service`` as shipped (hardening and all) with a drop-in
-that only points it at this checkout (a virtual environment made from ``/usr/bin/python3``, as
-``docs/operations.md`` says), at a trial configuration with the password and secret inline (under
-systemd in a namespace ``LoadCredential=`` left the credentials directory empty, so it is
-replaced), and at a state directory of its own. A fake FreeSWITCH (``bench.fakefs``) and a
-receiver (``bench.receiver``) run on the host, on 127.0.0.1.
+touched (its mounts are made shared inside the namespace, as on a booted host: without that,
+``LoadCredential=`` leaves an empty directory). It runs ``config/hangup-listener.service`` as
+shipped (hardening and all) with a drop-in that only points it at this checkout (a virtual
+environment made from ``/usr/bin/python3``, as ``docs/operations.md`` says), at a trial
+configuration that names its password and secret as credentials (``LoadCredential=`` from files
+in the trial's folder), and at a state directory of its own. A fake FreeSWITCH
+(``bench.fakefs``) and a receiver (``bench.receiver``) run on the host, on 127.0.0.1.
 
 Checks: ``systemctl start`` returns once ready, with the status line; 2,000 hangups are classified
-and delivered; ``systemctl reload`` applies the configuration; the watchdog is pinged (with
+and delivered, every webhook signed with the secret the service read from its credentials
+directory; ``systemctl reload`` applies the configuration; the watchdog is pinged (with
 ``--watchdog``: a daemon frozen by SIGSTOP is killed and restarted with new children); ``systemctl
 stop`` mid-burst ends with ``Result=success``, exit 0, ``listener.stopped`` last and no error line.
 """
@@ -39,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import SECRET, Child  # noqa: E402
+from bench.verify import signed  # noqa: E402
 
 UNIT = "hangup-listener.service"
 STATE = "hangup-listener-trial"
@@ -57,6 +60,7 @@ set -eu
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /var/tmp
+mount --make-rshared /
 mkdir -p /run/systemd/system
 cp -r {units}/. /run/systemd/system/
 for unit in {masked}; do ln -sf /dev/null "/run/systemd/system/$unit"; done
@@ -68,6 +72,8 @@ DROP_IN = """[Unit]
 DefaultDependencies=no
 [Service]
 LoadCredential=
+LoadCredential=esl-password:{credentials}/esl-password
+LoadCredential=webhook-crm:{credentials}/webhook-crm
 ExecStart=
 ExecStart={venv}/bin/hangup-listener run --config {config}
 StateDirectory=
@@ -108,14 +114,20 @@ class Trial:
     def write(self, esl_port: int, receiver_port: int) -> None:
         config = self.folder / "listener.toml"
         config.write_text(
-            f'[[freeswitch]]\nname = "pbx1"\nport = {esl_port}\npassword = "ClueCon"\n'
+            f'[[freeswitch]]\nname = "pbx1"\nport = {esl_port}\npassword_file = "esl-password"\n'
             f'[[webhooks]]\nname = "crm"\nurl = "http://127.0.0.1:{receiver_port}/hook"\n'
-            f'secret = "{SECRET}"\n[health]\nport = 0\n')
+            f'secret_file = "webhook-crm"\n[health]\nport = 0\n')
+        credentials = self.folder / "credentials"
+        credentials.mkdir(mode=0o700)
+        (credentials / "esl-password").write_text("ClueCon\n")
+        (credentials / "webhook-crm").write_text(SECRET + "\n")
+        for secret in credentials.iterdir():
+            secret.chmod(0o600)
         units = self.folder / "units"
         (units / f"{UNIT}.d").mkdir(parents=True)
         shutil.copy(ROOT / "config" / UNIT, units / UNIT)
         (units / f"{UNIT}.d" / "trial.conf").write_text(
-            DROP_IN.format(venv=self.venv, config=config, state=STATE, log=self.log))
+            DROP_IN.format(venv=self.venv, config=config, state=STATE, log=self.log, credentials=credentials))
         (units / "trial.target").write_text("[Unit]\nDefaultDependencies=no\n")
         boot = self.folder / "boot.sh"
         boot.write_text(BOOT.format(units=units, masked=" ".join(MASKED)))
@@ -175,12 +187,20 @@ class Trial:
                    f"{shown} after {time.monotonic() - start:.1f}s")
         wait_for("connected", lambda: "connected" in self.show("StatusText")["StatusText"], 30)
         self.check("status line", True, self.show("StatusText")["StatusText"])
+        children = ("classify.process_started", "webhook.worker_started")
+        wait_for("both children", lambda: all(self.events(name) for name in children), 30)
+        self.check("both children started", all(self.events(name) == 1 for name in children),
+                   ", ".join(f"{name} x{self.events(name)}" for name in children))
 
         fake.ask("burst 2000", 120)
         done = receiver.ask("target 2000", 120)
         wait_for("2,000 classified", lambda: self.events("call.classified") >= 2000, 60)
         self.check("2,000 hangups classified and delivered", done["unique"] == 2000,
                    f"{self.events('call.classified')} classified, {done['unique']} webhooks")
+        webhooks = (self.folder / "webhooks.txt").read_bytes().splitlines()
+        valid = sum(signed(*line.split(b" ", 4)[1:]) for line in webhooks)
+        self.check("signed with the secret from LoadCredential=", valid == len(webhooks) >= 2000,
+                   f"{valid} of {len(webhooks)} signatures valid")
 
         self.ctl("reload", UNIT)
         wait_for("config.reloaded", lambda: self.events("config.reloaded") >= 1, 30)
