@@ -237,9 +237,11 @@ class Trial:
                    f"NRestarts {before} -> {self.show('NRestarts')['NRestarts']}")
 
     def close(self) -> None:
-        if self.systemd is not None and self.pid1:
-            os.kill(self.pid1, signal.SIGKILL)  # PID 1 of the namespace: everything in it goes with it
         if self.systemd is not None:
+            if self.pid1:
+                os.kill(self.pid1, signal.SIGKILL)  # PID 1 of the namespace: everything in it goes with it
+            else:
+                self.systemd.kill()  # systemd never came up: unshare (and its child) go
             self.systemd.wait(timeout=30)
         for path in (Path("/var/lib") / STATE, Path("/var/lib/private") / STATE):
             if path.is_symlink():
