@@ -136,7 +136,7 @@ class Trial:
 
     def boot(self) -> None:
         self.systemd = subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--mount", "--cgroup", "--propagation", "private",
+            ["unshare", "--pid", "--fork", "--kill-child", "--mount", "--cgroup", "--propagation", "private",
              "--mount-proc", str(self.folder / "boot.sh")], stdin=subprocess.DEVNULL)
         wait_for("systemd up", self._found_pid1, 30)
         wait_for("systemd answers", lambda: self.ctl("show", "-pVersion", check=False).returncode == 0, 30)
