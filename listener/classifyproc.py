@@ -15,14 +15,13 @@ length, the payload):
   or null where this process could not make one (the daemon then does that body itself, so a
   malformed event is rejected and logged exactly as without this process).
 
-End of file on stdin means stop; SIGTERM does not (``main``).
+End of file on stdin means stop; SIGTERM does not (``listener.cli``).
 """
 
 from __future__ import annotations
 
 import pickle
 import queue
-import signal
 import struct
 import sys
 import threading
@@ -164,10 +163,7 @@ def _read_ahead(stdin: BinaryIO, frames: queue.Queue[tuple[bytes, bytes] | WireE
 def main() -> int:
     """``hangup-listener classify-process``: serve the daemon on stdin/stdout until end of file.
 
-    SIGTERM and SIGINT are ignored: systemd (and a terminal's Ctrl-C) signal the whole group, and
-    the daemon, stopping, still hands us the batches it drains; it closes our stdin when done, and
-    its death closes it too.
+    The CLI has made SIGTERM and SIGINT ignored first: the daemon, stopping, still hands us the
+    batches it drains; it closes our stdin when done, and its death closes it too.
     """
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, signal.SIG_IGN)
     return serve(sys.stdin.buffer, sys.stdout.buffer)

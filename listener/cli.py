@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,14 +108,28 @@ def _run(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _as_child_of_the_daemon() -> None:
+    """A child of the daemon (classify or delivery process) ignores SIGTERM and SIGINT.
+
+    systemd (and a terminal's Ctrl-C) signal every process of the group; the daemon, draining what
+    it has read, still needs its children, and stops them itself (a stop frame, or the end of their
+    stdin, which its death also brings). A child that stopped on its own signal was an exit the
+    daemon had not asked for: it logged ``webhook.worker_exited`` and began restarting it.
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def _classify_process(args: argparse.Namespace) -> int:
     """The daemon's classify process (``[esl] classify_process``): no gevent, no logging."""
+    _as_child_of_the_daemon()
     from listener import classifyproc  # noqa: PLC0415
 
     return classifyproc.main()
 
 
 def _deliver(args: argparse.Namespace) -> int:
+    _as_child_of_the_daemon()
     import structlog  # noqa: PLC0415 - imported after monkey-patching
 
     from listener import deliverer, logs, monitor  # noqa: PLC0415

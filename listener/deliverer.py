@@ -4,17 +4,14 @@ It opens the outbox on its own connection (WAL: the daemon keeps committing mean
 ``WebhookSink`` loop per endpoint, and takes orders from its stdin (``listener.workerwire``):
 settings, a wake after each commit, stop. The stop frame and the end of stdin (the daemon is gone)
 stop it the same way: requests in flight finish within the deadline, the rest stays in the outbox.
-SIGTERM and SIGINT are ignored: systemd and a terminal signal every process of the group, and the
-daemon, draining what it has read, stops this process after (as ``listener.classifyproc``). Under
-a real systemd, stopping on its own SIGTERM made the daemon see an exit it had not asked for, log
-``webhook.worker_exited`` at error and start restarting it. Its log lines go to the stdout it shares with
-the daemon; what it did goes back to the daemon on the report pipe, for metrics and health.
+SIGTERM and SIGINT do not stop it (the CLI ignores them in the daemon's children: the daemon,
+draining what it has read, stops them after). Its log lines go to the stdout it shares with the
+daemon; what it did goes back to the daemon on the report pipe, for metrics and health.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 from typing import Any
 
 import gevent
@@ -148,13 +145,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def main(report_fd: int, **_: Any) -> int:
-    """Entry point of ``hangup-listener deliver`` (monkey-patched by the CLI first).
-
-    SIGTERM and SIGINT are ignored from the start (see the module's docstring): the daemon stops
-    this process with a stop frame, or by closing its stdin.
-    """
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, signal.SIG_IGN)
+    """Entry point of ``hangup-listener deliver`` (monkey-patched by the CLI first)."""
     os.set_blocking(0, False)
     os.set_blocking(report_fd, False)
     return Deliverer(0, report_fd).serve()
