@@ -210,13 +210,13 @@ class Daemon:
         deadline = time.monotonic() + timeout
         last = None
         while True:
-            pids = [self.proc.pid, *children(self.proc.pid)]
+            count = 1 + len(children(self.proc.pid))
             now = tree_rss_kb(self.proc.pid)
-            if len(pids) == processes and last is not None and abs(now["VmRSS"] - last["VmRSS"]) < 256:
-                now["Pss"] = sum(pss_kb(pid) for pid in pids)
+            if count == processes and last is not None and abs(now["VmRSS"] - last["VmRSS"]) < 256:
+                now["Pss"] = self.pss()
                 return now
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the daemon had {len(pids)} processes, not {processes}, or kept growing")
+                raise TimeoutError(f"the daemon had {count} processes, not {processes}, or kept growing")
             last = now
             time.sleep(0.5)
 

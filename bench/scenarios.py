@@ -185,6 +185,11 @@ def latency(settings: Settings, per_s: float, seconds: float, expected: Expected
     }
 
 
+def _by_process_mb(tree: dict[str, int], field: str) -> dict[str, float]:
+    """``field`` of each process of a ``tree_rss_kb`` reading, in MB, by ``<pid> <command>``."""
+    return {k.split(":")[0]: round(v / 1024, 1) for k, v in tree.items() if k.endswith(f":{field}")}
+
+
 def memory(settings: Settings, count: int) -> Result:
     """Peak RSS over ``count`` events ingested at full speed, RSS at the end against after the first tenth.
 
@@ -213,15 +218,13 @@ def memory(settings: Settings, count: int) -> Result:
         pss_end = s.daemon.pss()
     return {
         "memory": {"events": count, "peak_rss_mb": round(delivered["VmHWM"] / 1024, 1),
-                   "peak_rss_by_process_mb": {k.split(":")[0]: round(v / 1024, 1)
-                                              for k, v in delivered.items() if k.endswith(":VmHWM")},
+                   "peak_rss_by_process_mb": _by_process_mb(delivered, "VmHWM"),
                    "rss_after_first_tenth_mb": round(at_early / 1024, 1), "first_tenth": early,
                    "rss_end_mb": round(end["VmRSS"] / 1024, 1),
                    "growth_pct": round((end["VmRSS"] - at_early) / at_early * 100, 1),
                    "processes": processes,
                    "idle_rss_mb": round(idle["VmRSS"] / 1024, 1),
-                   "idle_rss_by_process_mb": {k.split(":")[0]: round(v / 1024, 1)
-                                              for k, v in idle.items() if k.endswith(":VmRSS")},
+                   "idle_rss_by_process_mb": _by_process_mb(idle, "VmRSS"),
                    "idle_pss_mb": round(idle["Pss"] / 1024, 1),
                    "pss_end_mb": round(pss_end / 1024, 1),
                    "ingest_per_s": round(count / (ingested - first)),
