@@ -1,10 +1,12 @@
-"""Wiring: one ESL source per FreeSWITCH node feeding the pipeline; signals; reload; orderly shutdown.
+"""The composition root: build everything from the configuration, own every greenlet, act on signals.
 
-The per-event work (``Pipeline``) is plain synchronous code: classify, build the document, hand it
-to the sink (the durable outbox, when configured), then write the one ``call.classified`` line.
-Signal handlers only record the signal; ``run_forever`` acts on it: SIGTERM/SIGINT stop, SIGHUP
-reloads the rules (and whatever registered in ``reload_hooks``) without touching the connections.
-Health, metrics and systemd notifications are ``listener.service``'s.
+One process. Per FreeSWITCH node, an ESL source (``listener.esl``) hands batches of event frames to
+that node's pipeline (``listener.pipeline``), which commits the documents to the outbox
+(``listener.outbox``); the webhook sink (``listener.webhooks``) delivers from the outbox, the only
+hand-off between ingestion and delivery. Health, metrics and systemd notifications are
+``listener.service``'s. Signal handlers only record the signal; ``run_forever`` acts on it:
+SIGTERM/SIGINT stop, SIGHUP reloads the rules, privacy, log level and webhook endpoints without
+touching the connections.
 """
 
 from __future__ import annotations
@@ -12,132 +14,29 @@ from __future__ import annotations
 import dataclasses
 import signal
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import gevent
 import gevent.event
 import gevent.pool
 import structlog
 
-from listener import config as configuration
-from listener import logs, payload
-from listener.config import Config
-from listener.errors import ConfigError, OutboxError
-from listener.esl import ESLSource, EventHandler, Node
-from listener.event import HANGUP_COMPLETE, HEARTBEAT, HangupEvent, RawEvent
-from listener.health import Check
-from listener.metrics import Metrics
-from listener.offload import ClassifyProcess
-from listener.outbox import EndpointStats, with_endpoints
-from listener.privacy import Redactor
-from listener.service import Service
-from listener.sink import OutboxWriter
-from listener.worker import DeliveryWorker, InlineDelivery
+from listener.config import loader
+from listener.config.settings import Config
+from listener.core.errors import ConfigError, OutboxError
+from listener.core.privacy import Redactor
+from listener.esl.source import ESLSource
+from listener.outbox.store import EndpointStats, with_endpoints
+from listener.outbox.writer import OutboxWriter
+from listener.pipeline import Pipeline, Store
+from listener.service import logs
+from listener.service.health import Check
+from listener.service.metrics import Metrics
+from listener.service.runtime import Service
+from listener.webhooks.sink import WebhookSink
 
-Classify = Callable[[HangupEvent], payload.Outcome]
-Document = dict[str, Any]
-Redact = Callable[[Document], Any]
 RELOADED = ("classifier", "privacy", "log", "webhooks")
 """What SIGHUP changes in place; every other section needs a restart."""
-
-
-class Sink(Protocol):
-    """Where documents go before they count as handled (the durable outbox)."""
-
-    def put(self, documents: list[Document]) -> object: ...
-
-
-class Pipeline:
-    """The per-event work for one node: classify, build, store durably, log one line."""
-
-    def __init__(
-        self,
-        classify: Classify,
-        node: Node,
-        log: Any,
-        sink: Sink | None = None,
-        *,
-        on_sink_failure: Callable[[OutboxError], None] | None = None,
-        metrics: Metrics | None = None,
-        redact: Redact | None = None,
-        offload: ClassifyProcess | None = None,
-    ) -> None:
-        self.classify = classify
-        self.offload = offload
-        self.node = node
-        self.log = log
-        self.sink = sink
-        self.on_sink_failure = on_sink_failure
-        self.metrics = metrics
-        self.redact = redact
-
-    def process(self, event: HangupEvent) -> Document:
-        """The classified document for one event (pure)."""
-        return payload.build(event, self.classify(event), self.node.name)
-
-    prepare = process
-
-    def presolve(self, events: list[HangupEvent | RawEvent]) -> Callable[[], list[Document | None]]:
-        """Send the run's unparsed events to the classify process; the call returns their documents.
-
-        Per event, its document, or None where ``prepare`` must make it (not unparsed, or the
-        process could not).
-        """
-        raws = [(i, event.body) for i, event in enumerate(events) if isinstance(event, RawEvent)]
-        none: list[Document | None] = [None] * len(events)
-        if self.offload is None or not raws:
-            return lambda: none
-        collect = self.offload.submit(self.node.name, [body for _, body in raws])
-
-        def documents() -> list[Document | None]:
-            ready = none.copy()
-            for (i, _), document in zip(raws, collect() or (), strict=False):
-                ready[i] = document
-            return ready
-
-        return documents
-
-    def __call__(self, event: HangupEvent) -> None:
-        self.commit([self.process(event)])
-
-    def commit(self, documents: list[Document]) -> None:
-        """Store the documents in one outbox commit, then write one line per call (never before)."""
-        if self.sink is not None and not self._store(documents):
-            return
-        with logs.held():  # the run's lines in one write, flushed when it ends
-            for document in documents:
-                if self.metrics is not None:
-                    self.metrics.call_classified(self.node.name, document)
-                self.log.info("call.classified", call=self.redact(document) if self.redact else document)
-
-    def _store(self, documents: list[Document]) -> bool:
-        """Commit the documents to the outbox; on failure log each whole (never lost silently)."""
-        assert self.sink is not None
-        try:
-            self.sink.put(documents)
-        except OutboxError as exc:
-            for document in documents:
-                self.log.error("outbox.write_failed", reason=str(exc), call=document)
-            if self.on_sink_failure is not None:
-                self.on_sink_failure(exc)
-            return False
-        return True
-
-
-class NodeHealth:
-    """What the last HEARTBEAT of a node said (its FreeSWITCH Core-UUID and host name)."""
-
-    def __init__(self, log: Any) -> None:
-        self.log = log
-        self.core_uuid: str | None = None
-        self.hostname: str | None = None
-        self.heartbeats = 0
-
-    def __call__(self, event: HangupEvent) -> None:
-        self.heartbeats += 1
-        self.core_uuid, self.hostname = event.core_uuid, event.hostname
-        self.log.debug("esl.heartbeat_received", core_uuid=event.core_uuid)
 
 
 class App:
@@ -148,101 +47,68 @@ class App:
     outbox. Everything not yet delivered stays in the outbox for the next start.
     """
 
-    def __init__(
-        self,
-        config: Config,
-        classify: Classify,
-        sink: Sink | None = None,
-        delivery: DeliveryWorker | InlineDelivery | None = None,
-        offload: ClassifyProcess | None = None,
-    ) -> None:
+    def __init__(self, config: Config, store: Store | None = None) -> None:
         self.config = config
-        self.sink = sink
-        self.delivery = delivery
-        self.offload = offload
+        self.store = store
         self.ingesting = True
         self.log = structlog.get_logger("listener")
         self.group = gevent.pool.Group()
         self.stopping = gevent.event.Event()
         self.metrics = Metrics()
-        self.sources: list[ESLSource] = []
-        self.pipelines: list[Pipeline] = []
-        self.health: dict[str, NodeHealth] = {}
-        self.reload_hooks: list[Callable[[Config], None]] = []
         self._wakeup = gevent.event.Event()
         self._reload_requested = False
-        redact = Redactor(config.privacy)
+        self.sink: WebhookSink | None = None
+        if isinstance(store, OutboxWriter):
+            self.sink = WebhookSink(store, config.webhooks, metrics=self.metrics)
+        self.sources: list[ESLSource] = []
+        self.pipelines: list[Pipeline] = []
+        redact = _redactor(config)
         for node in config.nodes:
-            node_log = self.log.bind(node=node.name)
-            self.health[node.name] = NodeHealth(node_log)
             pipeline = Pipeline(
-                classify, node, node_log, sink,
-                on_sink_failure=self._sink_failed, metrics=self.metrics, redact=redact, offload=offload,
+                node, config.classifier, self.log.bind(node=node.name), store=store, delivery=self.sink,
+                metrics=self.metrics, redact=redact, on_outbox_failure=self._outbox_failed,
             )
             self.pipelines.append(pipeline)
-            handlers: dict[str, EventHandler] = {HANGUP_COMPLETE: pipeline, HEARTBEAT: self.health[node.name]}
-            deferred = frozenset({HANGUP_COMPLETE}) if offload is not None else frozenset()
-            self.sources.append(ESLSource(node, config.esl, handlers, self.log, deferred=deferred))
+            self.sources.append(ESLSource(node, config.esl, pipeline, self.log))
         self.metrics.watch_sources(self.sources)
-        self.service = Service(self.sources, self.health, config.health, self.metrics, self.log)
-        if delivery is not None and isinstance(sink, OutboxWriter):
-            self._watch_delivery(sink, delivery)
-        if offload is not None:
-            self.metrics.watch_classify(offload)
-            self.service.readiness.add("classify_process", lambda: Check(
-                ok=offload.running, details={"running": offload.running, "started": offload.started_count,
-                                             "batches": offload.batches, "fallbacks": offload.fallbacks}),
-                required=False)
+        self.service = Service(self.sources, config.health, self.metrics, self.log)
+        if isinstance(store, OutboxWriter) and self.sink is not None:
+            self._watch_delivery(store, self.sink)
 
     @classmethod
     def from_config(cls, config: Config) -> App:
         """The daemon for ``config``: with webhooks, the outbox is opened (and resumed) first."""
-        offload = ClassifyProcess(config.classifier) if config.esl.classify_process else None
         if not config.webhooks:
-            return cls(config, config.classifier.classify, offload=offload)
-        writer = OutboxWriter.open(config.outbox, config.webhooks)
-        delivery: DeliveryWorker | InlineDelivery
-        if config.outbox.delivery_process:
-            delivery = DeliveryWorker(writer, config.webhooks, config.outbox, config.log.level)
-        else:
-            delivery = InlineDelivery(writer, config.webhooks)
-        return cls(config, config.classifier.classify, writer, delivery, offload)
+            return cls(config)
+        return cls(config, OutboxWriter.open(config.outbox, config.webhooks))
 
     def start(self) -> None:
         """Start delivery (pending messages resume), one greenlet per node, the health listener, READY=1."""
-        if self.delivery is not None:
-            self.delivery.start()
-        if self.offload is not None:
-            self.offload.start()
+        if self.sink is not None:
+            self.sink.start()
         self.log.info("listener.started", nodes=[node.name for node in self.config.nodes])
         loops = {source.node.name: self.group.spawn(source.run) for source in self.sources}
         self.service.start(loops)
 
-    def _watch_delivery(self, writer: OutboxWriter, delivery: DeliveryWorker | InlineDelivery) -> None:
-        """Readiness, liveness and metrics of the outbox, the delivery process and its endpoints."""
+    def _watch_delivery(self, writer: OutboxWriter, sink: WebhookSink) -> None:
+        """Readiness, liveness and metrics of the outbox and the endpoints' delivery loops."""
         self.service.readiness.add("outbox", lambda: Check(
             ok=writer.ready and self.ingesting,
             details={"writable": writer.ready, "ingesting": self.ingesting,
                      "failure": type(writer.failure).__name__ if writer.failure else None}))
         self.service.readiness.add("endpoints", lambda: Check(
-            ok=delivery.healthy,
-            details={name: {"crashed": name in delivery.crashed} for name in delivery.endpoints}),
-            required=False)
-        self.service.readiness.add("delivery", lambda: Check(
-            ok=delivery.running.is_set(),
-            details={"mode": delivery.mode, "running": delivery.running.is_set(),
-                     "started": delivery.started_count}),
+            ok=sink.healthy,
+            details={name: {"crashed": name in sink.crashed} for name in sink.endpoints}),
             required=False)
         self.service.liveness.add(
-            "delivery", lambda: None if delivery.healthy else "webhook delivery loop or outbox failed")
-        delivery.observers.append(self.metrics.delivery_attempted)
+            "delivery", lambda: None if sink.healthy else "webhook delivery loop or outbox failed")
 
         def outbox_stats() -> tuple[EndpointStats, ...]:
-            return with_endpoints(writer.call(writer.outbox.stats, time.time()), delivery.endpoints)
+            return with_endpoints(writer.call(writer.outbox.stats, time.time()), sink.endpoints)
 
         self.metrics.watch_outbox(outbox_stats)
 
-    def _sink_failed(self, exc: OutboxError) -> None:
+    def _outbox_failed(self, exc: OutboxError) -> None:
         """The outbox cannot take documents: stop ingesting, loudly; delivery of what is stored goes on."""
         if self.ingesting:
             self.ingesting = False
@@ -261,37 +127,32 @@ class App:
                     self.log.error("listener.events_abandoned", node=source.node.name, queued=left,
                                    reason=f"not handled within the {timeout:g}s stop deadline")
         self.group.kill(timeout=1)
-        if self.offload is not None:
-            self.offload.stop()
-        if self.delivery is not None:
-            self.delivery.stop(deadline_s=timeout)
-        if isinstance(self.sink, OutboxWriter):
-            self.sink.close()
+        if self.sink is not None:
+            self.sink.stop(deadline_s=timeout)
+        if isinstance(self.store, OutboxWriter):
+            self.store.close()
         self.service.stop()
         self.log.info("listener.stopped")
 
     def reload(self) -> bool:
         """Re-read and validate the configuration; apply it, or keep the old one and log every problem."""
         try:
-            new = configuration.load(self.config.source)
+            new = loader.load(self.config.source)
         except ConfigError as exc:
             self.log.error("config.reload_failed", source=self.config.source, problems=list(exc.problems))
             return False
         if new.log != self.config.log:
             logs.configure(new.log.level)
-        redact = Redactor(new.privacy)
+        warn_removed(self.log, new)
+        redact = _redactor(new)
         for pipeline in self.pipelines:
-            pipeline.classify, pipeline.redact = new.classifier.classify, redact
-        if self.offload is not None:
-            self.offload.set_classifier(new.classifier)
-        if self.delivery is not None and new.webhooks:
-            self.delivery.reconfigure(new.webhooks, new.log.level)
+            pipeline.classifier, pipeline.redact = new.classifier, redact
+        if self.sink is not None and new.webhooks:
+            self.sink.reconfigure(new.webhooks)
         elif new.webhooks != self.config.webhooks:  # opening or closing the outbox needs a restart
             new = dataclasses.replace(new, webhooks=self.config.webhooks)
             self.log.warning("config.reload_partial", reason="adding the first or removing the last "
                              "webhook opens or closes the outbox: restart to apply")
-        for hook in self.reload_hooks:
-            hook(new)
         restart = _restart_required(self.config, new)
         self.config = dataclasses.replace(self.config, **{name: getattr(new, name) for name in RELOADED})
         self.log.info("config.reloaded", source=self.config.source, restart_required_for=restart)
@@ -332,7 +193,18 @@ class App:
         self._wakeup.set()
 
 
+def warn_removed(log: Any, config: Config) -> None:
+    """One ``config.key_removed`` warning line per removed key the configuration still sets."""
+    for warning in config.warnings:
+        key, _, message = warning.partition(": ")
+        log.warning("config.key_removed", key=key, reason=message)
+
+
+def _redactor(config: Config) -> Redactor:
+    return Redactor(config.privacy.mask_numbers, config.privacy.hash_key)
+
+
 def _restart_required(old: Config, new: Config) -> list[str]:
     """The sections that changed but are only read at start (nodes, esl, health, ...)."""
-    fixed = [f.name for f in dataclasses.fields(Config) if f.name not in (*RELOADED, "source")]
+    fixed = [f.name for f in dataclasses.fields(Config) if f.name not in (*RELOADED, "source", "warnings")]
     return [name for name in fixed if getattr(new, name) != getattr(old, name)]

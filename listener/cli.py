@@ -1,7 +1,6 @@
 """Command line: ``run`` (the daemon), ``classify`` (saved ESL traffic), ``check-config``, ``outbox``.
 
-gevent's monkey-patching happens here, first, and only for ``run`` and ``deliver`` (the daemon's
-delivery process, which ``run`` starts). Exit codes follow sysexits:
+gevent's monkey-patching happens here, first, and only for ``run``. Exit codes follow sysexits:
 78 (EX_CONFIG) for an invalid configuration, 65 (EX_DATAERR) for unusable ``classify`` input.
 """
 
@@ -9,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
 from listener import __version__
-from listener.outbox_cli import add_outbox_parser
+from listener.outbox.commands import add_outbox_parser
 
 EX_OK = 0
 EX_DATAERR = 65
@@ -49,13 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path, help="TOML configuration")
     check.set_defaults(func=_check_config)
 
-    deliver = commands.add_parser("deliver", help=argparse.SUPPRESS)  # started by `run`, not by hand
-    deliver.add_argument("--report-fd", type=int, required=True)
-    deliver.set_defaults(func=_deliver)
-
-    work = commands.add_parser("classify-process", help=argparse.SUPPRESS)  # started by `run` too
-    work.set_defaults(func=_classify_process)
-
     outbox = add_outbox_parser(commands)
     outbox.add_argument("--config", type=Path, help="TOML configuration (for its [outbox] path)")
     outbox.set_defaults(func=_outbox)
@@ -64,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("run", "deliver"):
+    if args.command == "run":
         from gevent import monkey  # noqa: PLC0415 - patched first, before anything else is imported
 
         monkey.patch_all()
@@ -74,8 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _load(path: Path | None, err: TextIO) -> object | None:
     """The validated configuration, or None after printing every problem."""
-    from listener import config  # noqa: PLC0415 - imported after monkey-patching
-    from listener.errors import ConfigError  # noqa: PLC0415
+    from listener.config import loader as config  # noqa: PLC0415 - imported after monkey-patching
+    from listener.core.errors import ConfigError  # noqa: PLC0415
 
     try:
         return config.load(path)
@@ -90,15 +81,18 @@ def _load(path: Path | None, err: TextIO) -> object | None:
 def _run(args: argparse.Namespace) -> int:
     import structlog  # noqa: PLC0415 - imported after monkey-patching
 
-    from listener import app, logs, monitor  # noqa: PLC0415
-    from listener.config import Config  # noqa: PLC0415
-    from listener.errors import OutboxError  # noqa: PLC0415
+    from listener import app  # noqa: PLC0415
+    from listener.config.settings import Config  # noqa: PLC0415
+    from listener.core.errors import OutboxError  # noqa: PLC0415
+    from listener.service import logs, monitor  # noqa: PLC0415
 
     cfg = _load(args.config, sys.stderr)
     if not isinstance(cfg, Config):
         return EX_CONFIG
     logs.configure(cfg.log.level)
-    monitor.watch(structlog.get_logger("listener"))
+    log = structlog.get_logger("listener")
+    app.warn_removed(log, cfg)
+    monitor.watch(log)
     try:
         daemon = app.App.from_config(cfg)
     except OutboxError as exc:
@@ -108,41 +102,10 @@ def _run(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def _as_child_of_the_daemon() -> None:
-    """A child of the daemon (classify or delivery process) ignores SIGTERM and SIGINT.
-
-    systemd (and a terminal's Ctrl-C) signal every process of the group; the daemon, draining what
-    it has read, still needs its children, and stops them itself (a stop frame, or the end of their
-    stdin, which its death also brings). A child that stopped on its own signal was an exit the
-    daemon had not asked for: it logged ``webhook.worker_exited`` and began restarting it.
-    """
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, signal.SIG_IGN)
-
-
-def _classify_process(args: argparse.Namespace) -> int:
-    """The daemon's classify process (``[esl] classify_process``): no gevent, no logging."""
-    _as_child_of_the_daemon()
-    from listener import classifyproc  # noqa: PLC0415
-
-    return classifyproc.main()
-
-
-def _deliver(args: argparse.Namespace) -> int:
-    _as_child_of_the_daemon()
-    import structlog  # noqa: PLC0415 - imported after monkey-patching
-
-    from listener import deliverer, logs, monitor  # noqa: PLC0415
-
-    logs.configure("info")  # JSON lines from the start; the daemon's level comes with the settings
-    monitor.watch(structlog.get_logger("listener.deliverer"))
-    return deliverer.main(args.report_fd)
-
-
 def _classify(args: argparse.Namespace) -> int:
-    from listener import capture, payload  # noqa: PLC0415
-    from listener.config import Config  # noqa: PLC0415
-    from listener.errors import ListenerError  # noqa: PLC0415
+    from listener.config.settings import Config  # noqa: PLC0415
+    from listener.core import capture, document  # noqa: PLC0415
+    from listener.core.errors import ListenerError  # noqa: PLC0415
 
     cfg = _load(args.config, sys.stderr)
     if not isinstance(cfg, Config):
@@ -159,8 +122,8 @@ def _classify(args: argparse.Namespace) -> int:
         try:
             for event in capture.read_events(data):
                 if event.is_hangup_complete:
-                    document = payload.build(event, cfg.classifier.classify(event), args.node)
-                    sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+                    built = document.build(event, cfg.classifier.classify(event), args.node)
+                    sys.stdout.write(json.dumps(built, ensure_ascii=False) + "\n")
         except ListenerError as exc:
             print(f"hangup-listener: {name}: {exc}", file=sys.stderr)
             code = EX_DATAERR
@@ -169,8 +132,8 @@ def _classify(args: argparse.Namespace) -> int:
 
 
 def _outbox(args: argparse.Namespace) -> int:
-    from listener.config import Config  # noqa: PLC0415
-    from listener.outbox_cli import run_outbox_command  # noqa: PLC0415
+    from listener.config.settings import Config  # noqa: PLC0415
+    from listener.outbox.commands import run_outbox_command  # noqa: PLC0415
 
     cfg = _load(args.config, sys.stderr)
     if not isinstance(cfg, Config):
@@ -179,8 +142,12 @@ def _outbox(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from listener.config.settings import Config  # noqa: PLC0415
+
     cfg = _load(args.config, sys.stderr)
-    if cfg is None:
+    if not isinstance(cfg, Config):
         return EX_CONFIG
+    for warning in cfg.warnings:
+        print(f"hangup-listener: warning: {warning}", file=sys.stderr)
     print(f"configuration {'in ' + str(args.config) if args.config else '(defaults)'} is valid")
     return EX_OK

@@ -7,7 +7,7 @@ the daemon owns. A greenlet that dies of an uncaught exception (reported to the 
 test too: the daemon must catch and log what it can survive.
 
 Daemon subprocesses inherit ``GEVENT_MONITOR_THREAD_ENABLE`` and ``GEVENT_MAX_BLOCKING_TIME``;
-the daemon then logs a ``loop.blocked`` error line (``listener.monitor``) and the helpers that
+the daemon then logs a ``loop.blocked`` error line (``listener.service.monitor``) and the helpers that
 read its output (``tests/daemon.py``, ``tests/test_daemon_webhooks.py``, ``tests/test_cli.py``,
 ``tests/test_chaos.py``) fail on one.
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,13 @@ import gevent.event
 import gevent.lock
 import gevent.queue
 import gevent.server
+import structlog
+
+from listener.config.settings import Node
+from listener.core.classifier import default_classifier
+from listener.core.event import HANGUP_COMPLETE, HEARTBEAT, HangupEvent
+from listener.esl.source import Tally
+from listener.pipeline import Pipeline
 
 DATA = Path(__file__).parent / "data"
 FIXTURES = DATA / "fixtures"
@@ -190,14 +198,40 @@ class FakeFreeSWITCH:
 
 
 class Collect:
-    """A sink that hands every document to the test."""
+    """A store that hands every document to the test."""
 
     def __init__(self) -> None:
         self.documents: gevent.queue.Queue[dict[str, Any]] = gevent.queue.Queue()
 
-    def put(self, documents: list[dict[str, Any]]) -> None:
+    def put(self, documents: Sequence[Mapping[str, Any]]) -> frozenset[str]:
         for document in documents:
-            self.documents.put(document)
+            self.documents.put(dict(document))
+        return frozenset()
 
     def take(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         return [self.documents.get(timeout=timeout) for _ in range(count)]
+
+
+class Recording(Pipeline):
+    """The real pipeline of one node, which also hands each hangup and heartbeat event to the test.
+
+    ``fail_on``: a Unique-ID whose hangup raises while handled, as a bug in a rule would.
+    """
+
+    def __init__(self, node: Node | None = None, log: Any = None, *, fail_on: str | None = None) -> None:
+        super().__init__(node or Node("fs1"), default_classifier(), log or structlog.get_logger())
+        self.events: gevent.queue.Queue[HangupEvent] = gevent.queue.Queue()
+        self.fail_on = fail_on
+
+    def take(self, event: HangupEvent, tally: Tally, ready: list[dict[str, Any]]) -> None:
+        super().take(event, tally, ready)
+        if event.event_name in (HANGUP_COMPLETE, HEARTBEAT) and event.unique_id != self.fail_on:
+            self.events.put(event)
+
+    def document(self, event: HangupEvent) -> dict[str, Any]:
+        if self.fail_on is not None and event.unique_id == self.fail_on:
+            raise RuntimeError("a bug in a rule")
+        return super().document(event)
+
+    def get(self, count: int, timeout: float = 5.0) -> list[HangupEvent]:
+        return [self.events.get(timeout=timeout) for _ in range(count)]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from listener.event import HangupEvent
+from listener.core.event import HangupEvent
 
 FIXTURES = Path(__file__).parent / "data" / "fixtures"
 

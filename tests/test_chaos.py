@@ -2,12 +2,10 @@
 itself fail at random; at the end nothing the daemon acknowledged is missing.
 
 A fake FreeSWITCH sends ~150 CHANNEL_HANGUP_COMPLETE events a second (``event json``, as the daemon
-subscribes) to the daemon (a real subprocess with an outbox, one webhook endpoint and its classify
-and delivery processes). Meanwhile, chosen at random (seeded; the seed is printed): the ESL
-connection is reset (TCP RST), ended with a disconnect-notice, or ended after a burst of 300 events;
-the endpoint answers 500, stalls past the webhook timeout, or refuses connections, for a while; the
-daemon is SIGKILLed and restarted; its classify process is SIGKILLed (the daemon classifies
-meanwhile and starts another).
+subscribes) to the daemon (a real subprocess with an outbox and one webhook endpoint). Meanwhile,
+chosen at random (seeded; the seed is printed): the ESL connection is reset (TCP RST), ended with a
+disconnect-notice, or ended after a burst of 300 events; the endpoint answers 500, stalls past the
+webhook timeout, or refuses connections, for a while; the daemon is SIGKILLed and restarted.
 
 What "read" means here, precisely. An event counts as *read* by the daemon once its
 ``call.classified`` line was written: the daemon writes it only after the document is committed to
@@ -118,15 +116,6 @@ class Incarnation:
         self.proc.send_signal(signal.SIGKILL)
         self.wait()
 
-    def kill_child(self, command: bytes) -> bool:
-        """SIGKILL the daemon's child process running ``command``; False if there is none now."""
-        with contextlib.suppress(OSError):
-            for pid in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split():
-                if command in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
-                    os.kill(int(pid), signal.SIGKILL)
-                    return True
-        return False
-
     def wait(self, timeout: float = 30) -> int:
         code = gevent.get_hub().threadpool.apply(self.proc.wait, (timeout,))
         gevent.get_hub().threadpool.apply(self._reader.join, (timeout,))
@@ -163,7 +152,6 @@ class Chaos:
         self.connections: list[Connection] = []
         self.incarnations: list[Incarnation] = []
         self.kills = 0
-        self.classify_kills = 0
         self.actions: Counter[str] = Counter()
         self.next_id = 0
         self.streaming = True
@@ -221,7 +209,7 @@ class Chaos:
     # -- actions --------------------------------------------------------------------------------
     def act(self) -> None:
         name = self.rng.choice(["esl_reset", "esl_notice", "esl_burst_close", "hook_500", "hook_stall",
-                                "hook_refuse", "kill", "kill", "classify_kill"])
+                                "hook_refuse", "kill", "kill"])
         self.actions[name] += 1
         getattr(self, name)()
 
@@ -259,11 +247,6 @@ class Chaos:
 
     def hook_refuse(self) -> None:
         self._endpoint_down_for_a_while(self.receiver.refuse, self.receiver.listen_again)
-
-    def classify_kill(self) -> None:
-        """The classify process dies: the daemon classifies meanwhile and starts a new one."""
-        if self.daemon.kill_child(b"classify-process"):
-            self.classify_kills += 1
 
     def kill(self) -> None:
         self.kills += 1
@@ -387,8 +370,7 @@ def report(chaos: Chaos, final: Final, seed: int) -> None:
           f"reconnects {reconnects} / gaps "
           f"{sum(inc.events['esl.gap'] for inc in chaos.incarnations)} "
           f"({sum(inc.gap_s for inc in chaos.incarnations):.1f} s)")
-    print("chaos actions:", dict(chaos.actions), "classify processes killed:", chaos.classify_kills,
-          "connections ended:",
+    print("chaos actions:", dict(chaos.actions), "connections ended:",
           dict(Counter(c.ended for c in chaos.connections)))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from listener.circuit import Circuit
+from listener.core.circuit import Circuit
 
 
 def test_the_first_unreachable_request_opens_it_and_schedules_a_probe() -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from listener.classify import default_classifier
-from listener.classify_doc import DOC_PATH, main, render
+from listener.core.classifier import default_classifier
+from listener.core.ruledoc import DOC_PATH, main, render
 
 
 def test_committed_doc_is_the_rendered_one() -> None:
-    assert DOC_PATH.read_text(encoding="utf-8") == render(), "run: python -m listener.classify_doc"
+    assert DOC_PATH.read_text(encoding="utf-8") == render(), "run: python -m listener.core.ruledoc"
 
 
 def test_check_mode_reports_the_doc_current() -> None:

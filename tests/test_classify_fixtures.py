@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from fixture_loader import FIXTURES, Leg, all_legs, satisfies, scenarios, split_frames
 
-from listener.classify import default_classifier
-from listener.event import HangupEvent
+from listener.core.classifier import default_classifier
+from listener.core.event import HangupEvent
 
 LEGS = all_legs()
 FACETS = ("status", "bye_reason", "last_response_code", "rule")

@@ -6,11 +6,11 @@ from fixture_loader import synthetic
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from listener.classify import default_classifier
-from listener.event import HangupEvent
-from listener.facts import Facts
-from listener.spec import load_spec
-from listener.subject import Subject
+from listener.core.classifier import default_classifier
+from listener.core.event import HangupEvent
+from listener.core.facts import Facts
+from listener.core.spec import load_spec
+from listener.core.subject import Subject
 
 SPEC = load_spec()
 BOOK = default_classifier().book
@@ -111,7 +111,7 @@ def test_unanswered_normal_clearing_takes_the_failed_bridge_cause() -> None:
 
 def _first_matching_rule(event: HangupEvent) -> str:
     """The rule the whole ordered table picks, every condition tested (the plan's reference)."""
-    facts = Facts.of(event)
+    facts = Facts.of(event, frozenset(BOOK.lists["system_causes"]))
     subject = Subject(event, facts, BOOK.cause_model.effective(event, facts))
     entry = BOOK.causes.get(subject.cause)
     for rule in BOOK.rules:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from listener import config
-from listener.errors import ConfigError
-from listener.event import HangupEvent
+from listener.config import loader as config
+from listener.core.errors import ConfigError
+from listener.core.event import HangupEvent
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "listener.example.toml"
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from listener import config
-from listener.errors import ConfigError
+from listener.config import loader as config
+from listener.core.errors import ConfigError
 
 
 def load(text: str, tmp_path: Path, environ: dict[str, str] | None = None) -> config.Config:

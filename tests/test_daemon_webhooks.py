@@ -15,12 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import gevent
-import gevent.select
 import pytest
 from standardwebhooks.webhooks import Webhook
 from webhook_receiver import Hold, Receiver, Reply, refused_url
 
-from listener.event import HangupEvent
+from listener.core.event import HangupEvent
 from tests.daemon import assert_never_blocked
 from tests.fakeesl import FakeFreeSWITCH, Session, capture_bodies, event_frame, with_header
 
@@ -34,14 +33,7 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
-@pytest.fixture(params=[True, False], ids=["delivery_process", "inline_delivery"])
-def process(request: pytest.FixtureRequest) -> bool:
-    """Each daemon test runs with delivery in its own process (the default) and on the daemon's loop."""
-    return bool(request.param)
-
-
-def write_config(tmp_path: Path, fake: FakeFreeSWITCH, *urls: str, process: bool = True,
-                 timeout: float = 2) -> Path:
+def write_config(tmp_path: Path, fake: FakeFreeSWITCH, *urls: str, timeout: float = 2) -> Path:
     config = tmp_path / "listener.toml"
     hooks = "".join(
         f'[[webhooks]]\nname = "hook{n}"\nurl = "{url}"\nsecret = "{SECRET}"\n'
@@ -52,7 +44,6 @@ def write_config(tmp_path: Path, fake: FakeFreeSWITCH, *urls: str, process: bool
         f'[[freeswitch]]\nname = "lab"\nport = {fake.port}\n'
         f"[esl]\nbackoff_initial = 0.05\nbackoff_max = 0.2\n"
         f'[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\nsynchronous = "normal"\n'
-        f"delivery_process = {str(process).lower()}\n"
         f"[health]\nport = 0\n{hooks}"  # never a fixed port
     )
     return config
@@ -112,18 +103,18 @@ def verified_ids(receiver: Receiver, path: str = "/hook") -> list[str]:
 
 
 def expected_ids(events: list[bytes]) -> set[str]:
-    from listener.payload import document_id  # noqa: PLC0415
+    from listener.core.document import document_id  # noqa: PLC0415
 
     return {document_id(e.core_uuid, e.unique_id) for e in map(HangupEvent.from_plain, events)}
 
 
 def test_sigkill_mid_delivery_then_restart_loses_nothing(
-    tmp_path: Path, receiver: Receiver, process: bool
+    tmp_path: Path, receiver: Receiver
 ) -> None:
     receiver.script("/hook", *[Reply(200)] * 5, *[Hold()] * 4)
     events = bodies(30)
     with FakeFreeSWITCH() as fake:
-        config = write_config(tmp_path, fake, receiver.url(), process=process)
+        config = write_config(tmp_path, fake, receiver.url())
         daemon = start_daemon(config, read_log=True)
         try:
             send(fake.next_session(timeout=15), events)
@@ -154,18 +145,14 @@ def test_sigkill_mid_delivery_then_restart_loses_nothing(
 
 @pytest.mark.parametrize("whole_group", [False, True], ids=["to_the_daemon", "to_every_process"])
 def test_sigterm_lets_requests_in_flight_finish_keeps_the_rest(
-    tmp_path: Path, receiver: Receiver, process: bool, whole_group: bool
+    tmp_path: Path, receiver: Receiver, whole_group: bool
 ) -> None:
-    """SIGTERM to the daemon, or to every process as ``systemctl stop`` sends it. Under a real
-    systemd the delivery process once stopped on its own SIGTERM while the daemon was still
-    draining, and the daemon logged ``webhook.worker_exited`` at error and set about restarting it;
-    the children now wait for the daemon to stop them. (Here the daemon drains fast and may win
-    that race either way; ``test_worker``'s ``test_sigterm_does_not_stop_the_child_its_daemon_does``
-    pins the cause.)"""
+    """SIGTERM to the daemon, or to every process of its group as ``systemctl stop`` sends it (one
+    process: the same thing)."""
     receiver.script("/hook", *[Hold()] * 4)
     events = bodies(10)
     with FakeFreeSWITCH() as fake:
-        config = write_config(tmp_path, fake, receiver.url(), process=process)
+        config = write_config(tmp_path, fake, receiver.url())
         daemon = start_daemon(config, group=whole_group)
         try:
             send(fake.next_session(timeout=15), events)
@@ -192,18 +179,17 @@ def test_sigterm_lets_requests_in_flight_finish_keeps_the_rest(
     assert not delivered & left
     lines = [json.loads(line) for line in (tmp_path / "daemon-0.log").read_text().splitlines()]
     names = [line["event"] for line in lines]
-    assert names.count("webhook.worker_started") == (1 if process else 0)  # none restarted
-    assert names.count("classify.process_started") == 1
+    assert names.count("listener.started") == 1
     assert [line for line in lines if line["level"] in ("error", "critical")] == []
     assert names[-1] == "listener.stopped"
 
 
 def test_a_dead_endpoint_does_not_delay_a_healthy_one(
-    tmp_path: Path, receiver: Receiver, process: bool
+    tmp_path: Path, receiver: Receiver
 ) -> None:
     events = bodies(20)
     with FakeFreeSWITCH() as fake:
-        daemon = start_daemon(write_config(tmp_path, fake, refused_url(), receiver.url(), process=process))
+        daemon = start_daemon(write_config(tmp_path, fake, refused_url(), receiver.url()))
         try:
             send(fake.next_session(timeout=15), events)
             while len(set(verified_ids(receiver))) < len(events):
@@ -250,12 +236,12 @@ def wait_logs(daemon: subprocess.Popen[bytes], *events: str) -> dict[str, dict[s
 
 
 def test_metrics_and_readiness_report_deliveries_and_the_outbox(
-    tmp_path: Path, receiver: Receiver, process: bool
+    tmp_path: Path, receiver: Receiver
 ) -> None:
     events = bodies(6)
     receiver.script("/hook", Reply(500))  # the first attempt fails, its retry succeeds
     with FakeFreeSWITCH() as fake:
-        config = write_config(tmp_path, fake, receiver.url(), process=process)
+        config = write_config(tmp_path, fake, receiver.url())
         daemon = start_daemon(config, read_log=True)
         try:
             port = int(str(wait_log(daemon, "health.listening")["port"]))
@@ -277,8 +263,8 @@ def test_metrics_and_readiness_report_deliveries_and_the_outbox(
     assert ready["ready"] is True
     assert ready["outbox"]["details"] == {"writable": True, "ingesting": True, "failure": None}
     assert ready["endpoints"]["details"] == {"hook0": {"crashed": False}}
-    mode = "process" if process else "inline"
-    assert ready["delivery"]["details"] == {"mode": mode, "running": True, "started": 1}
+    assert "delivery" not in ready  # a check of the removed delivery process
+    assert "classify_process" not in ready
     assert 'hangup_listener_outbox_pending_messages{endpoint="hook0"} 0.0' in metrics
     assert 'hangup_listener_webhook_deliveries_total{endpoint="hook0",outcome="failed"} 1.0' in metrics
     assert 'hangup_listener_outbox_pending_messages{endpoint="hook0"}' in metrics
@@ -286,10 +272,10 @@ def test_metrics_and_readiness_report_deliveries_and_the_outbox(
 
 
 def test_sighup_reloads_webhook_endpoints_keeps_freeswitch(
-    tmp_path: Path, receiver: Receiver, process: bool
+    tmp_path: Path, receiver: Receiver
 ) -> None:
     with FakeFreeSWITCH() as fake:
-        config = write_config(tmp_path, fake, receiver.url("/first"), process=process)
+        config = write_config(tmp_path, fake, receiver.url("/first"))
         daemon = start_daemon(config, read_log=True)
         try:
             session = fake.next_session(timeout=15)
@@ -317,12 +303,12 @@ def test_sighup_reloads_webhook_endpoints_keeps_freeswitch(
 
 
 def test_sigterm_during_a_reload_that_waits_for_a_changed_endpoint_stops_at_once(
-    tmp_path: Path, receiver: Receiver, process: bool
+    tmp_path: Path, receiver: Receiver
 ) -> None:
     receiver.script("/first", Hold())  # the changed endpoint's request is never answered
     events = bodies(1)
     with FakeFreeSWITCH() as fake:
-        config = write_config(tmp_path, fake, receiver.url("/first"), process=process, timeout=30)
+        config = write_config(tmp_path, fake, receiver.url("/first"), timeout=30)
         daemon = start_daemon(config, read_log=True)
         try:
             send(fake.next_session(timeout=15), events)
@@ -346,29 +332,17 @@ def _children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def _wait_exit(pid: int, timeout: float) -> bool:
-    """Whether process ``pid`` (not our child) exits within ``timeout``: its pidfd turns readable."""
-    fd = os.pidfd_open(pid)
-    try:
-        readable, _, _ = gevent.select.select([fd], [], [], timeout)
-        return bool(readable)
-    finally:
-        os.close(fd)
-
-
-def test_the_child_processes_do_not_outlive_a_daemon_killed_with_sigkill(
-    tmp_path: Path, receiver: Receiver
-) -> None:
+def test_the_daemon_is_one_process_while_it_ingests_and_delivers(tmp_path: Path, receiver: Receiver) -> None:
+    events = bodies(5)
     with FakeFreeSWITCH() as fake:
         daemon = start_daemon(write_config(tmp_path, fake, receiver.url()), read_log=True)
         try:
-            started = wait_logs(daemon, "webhook.worker_started", "classify.process_started")
-            pids = sorted(int(str(line["pid"])) for line in started.values())
-            assert sorted(_children(daemon.pid)) == pids  # the delivery and the classify process
-            daemon.send_signal(signal.SIGKILL)
-            assert daemon.wait(timeout=10) == -signal.SIGKILL
-            # their stdin (and the delivery process's report pipe) closed with the daemon: they stop
-            for pid in pids:
-                assert _wait_exit(pid, timeout=15)
+            send(fake.next_session(timeout=15), events)
+            wait_classified(daemon, len(events))
+            while set(verified_ids(receiver)) != expected_ids(events):
+                receiver.get(timeout=15)
+            assert _children(daemon.pid) == []
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=20) == 0
         finally:
             daemon.kill()

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from listener import config
-from listener.envconf import Overrides, dotted, key_path, parse_value
-from listener.errors import ConfigError
+from listener.config import loader as config
+from listener.config.environ import Overrides, dotted, key_path, parse_value
+from listener.core.errors import ConfigError
 
 
 def problems_of(environ: dict[str, str], path: Path | None = None) -> tuple[str, ...]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import gevent
 import gevent.queue
@@ -12,11 +12,15 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from listener.esl import ESLSettings, ESLSource, Node
-from listener.event import HangupEvent
+from listener.config.settings import ESLSettings, Node
+from listener.core.event import HangupEvent
+from listener.core.frame import Frame
+from listener.esl.connection import HardenedInboundESL
+from listener.esl.source import ESLSource
 from tests.fakeesl import (
     FIXTURES,
     FakeFreeSWITCH,
+    Recording,
     capture_bodies,
     event_frame,
     frame,
@@ -30,17 +34,17 @@ FAST = ESLSettings(
 
 
 class Listener:
-    """An ESLSource under test, with the events it handled in a queue."""
+    """An ESLSource under test feeding a real pipeline, with the events it handled in a queue."""
 
     def __init__(self, port: int, settings: ESLSettings = FAST, password: str = "ClueCon") -> None:
-        self.events: gevent.queue.Queue[HangupEvent] = gevent.queue.Queue()
         node = Node(name="fs1", host="127.0.0.1", port=port, password=password)
-        handlers = {"CHANNEL_HANGUP_COMPLETE": self.events.put, "HEARTBEAT": self.events.put}
-        self.source = ESLSource(node, settings, handlers, structlog.get_logger(), rand=lambda: 0.5)
+        self.pipeline = Recording(node)
+        self.events = self.pipeline.events
+        self.source = ESLSource(node, settings, self.pipeline, structlog.get_logger(), rand=lambda: 0.5)
         self.greenlet = gevent.spawn(self.source.run)
 
     def take(self, count: int, timeout: float = 5.0) -> list[HangupEvent]:
-        return [self.events.get(timeout=timeout) for _ in range(count)]
+        return self.pipeline.get(count, timeout)
 
     def stop(self) -> None:
         self.source.stop()
@@ -296,22 +300,17 @@ def test_a_command_that_gets_no_reply_times_out_and_is_retried(logs: list) -> No
 
 
 def test_an_exception_in_a_handler_does_not_stop_the_stream(fake: FakeFreeSWITCH, logs: list) -> None:
-    seen: gevent.queue.Queue[str] = gevent.queue.Queue()
-
-    def handler(event: HangupEvent) -> None:
-        if event.unique_id == "poison":
-            raise RuntimeError("boom")
-        seen.put(event.unique_id)
-
     node = Node(name="fs1", port=fake.port)
-    source = ESLSource(node, FAST, {"CHANNEL_HANGUP_COMPLETE": handler}, structlog.get_logger())
+    pipeline = Recording(node, fail_on="poison")
+    source = ESLSource(node, FAST, pipeline, structlog.get_logger())
     greenlet = gevent.spawn(source.run)
     session = fake.next_session()
     session.send_event(with_header(busy_body(), "Unique-ID", "poison"))
     session.send_event(with_header(busy_body(), "Unique-ID", "healthy"))
-    assert seen.get(timeout=5) == "healthy"
+    assert pipeline.get(1)[0].unique_id == "healthy"
     failure = wait_for_log(logs, "call.handler_failed")
     assert failure["channel_uuid"] == "poison"
+    assert source.stats.handler_failures == 1
     assert fake.accepted == 1
     source.stop()
     greenlet.join(timeout=5)
@@ -337,34 +336,34 @@ def test_stop_ends_the_source_even_while_backing_off(logs: list) -> None:
         assert listener.source.state == "stopped"
 
 
-class Batches:
-    """A batch handler recording each commit; ``prepare`` fails for the event named ``bad``."""
-
-    def __init__(self) -> None:
-        self.commits: list[list[str]] = []
-
-    def prepare(self, event: HangupEvent) -> str:
-        if event.unique_id == "bad":
-            raise ValueError("rule bug")
-        return event.unique_id
-
-    def commit(self, prepared: list[str]) -> None:
-        self.commits.append(prepared)
-
-
-def test_queued_events_reach_a_batch_handler_in_one_commit_and_a_bad_one_is_skipped(logs: list) -> None:
-    from listener.esl import HardenedInboundESL  # noqa: PLC0415
-
-    conn = HardenedInboundESL(Node("fs1"), FAST, structlog.get_logger())
-    handler = Batches()
-    conn.register_handle("CHANNEL_HANGUP_COMPLETE", handler)
-    for uid in ("a", "bad", "b", "c"):
-        conn._esl_event_queue.put(HangupEvent.from_plain(with_header(busy_body(), "Unique-ID", uid)))
-    conn._finish()  # the end marker: process_events returns once everything queued was handled
+def test_queued_events_reach_the_consumer_in_one_batch_even_after_the_close(logs: list) -> None:
+    batches: list[list[bytes]] = []
+    conn = HardenedInboundESL(Node("fs1"), FAST, lambda frames: batches.append([f.body for f in frames]),
+                              structlog.get_logger())
+    bodies = [with_header(busy_body(), "Unique-ID", uid) for uid in ("a", "b", "c")]
+    for body in bodies:
+        conn._esl_event_queue.put(Frame({"Content-Type": "text/event-plain"}, body))
+    conn._finish()  # the end marker: process_events returns once everything queued was handed on
     conn.process_events()
-    assert handler.commits == [["a", "b", "c"]]
-    assert conn.stats.handler_failures == 1
-    assert wait_for_log(logs, "call.handler_failed")["channel_uuid"] == "bad"
+    assert batches == [bodies]
+
+
+def test_a_consumer_that_raises_loses_its_batch_alone_and_the_stream_goes_on(logs: list) -> None:
+    seen: list[int] = []
+
+    def consume(frames: Sequence[Frame]) -> None:
+        seen.append(len(frames))
+        if len(seen) == 1:
+            raise RuntimeError("a bug")
+
+    conn = HardenedInboundESL(Node("fs1"), FAST, consume, structlog.get_logger())
+    conn._esl_event_queue.put(Frame({"Content-Type": "text/event-plain"}, busy_body()))
+    processing = gevent.spawn(conn.process_events)
+    wait_for_log(logs, "call.batch_failed")
+    conn._esl_event_queue.put(Frame({"Content-Type": "text/event-plain"}, busy_body()))
+    conn._finish()
+    processing.join(timeout=5)
+    assert seen == [1, 1]
 
 
 def test_plain_can_be_asked_for_instead_of_json(fake: FakeFreeSWITCH) -> None:

@@ -3,6 +3,7 @@ to drop a working connection (and every event buffered on it)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gevent
@@ -11,27 +12,24 @@ import structlog
 from structlog.testing import capture_logs
 
 from listener.app import App
-from listener.classify import default_classifier
-from listener.config import Config, HealthConfig
-from listener.esl import ESLSettings, ESLSource, Node
-from listener.event import HangupEvent
-from tests.fakeesl import FakeFreeSWITCH, capture_bodies, event_frame, with_header
+from listener.config.settings import Config, ESLSettings, HealthConfig, Node
+from listener.esl.source import ESLSource
+from tests.fakeesl import FakeFreeSWITCH, Recording, capture_bodies, event_frame, with_header
 
 
 def test_a_core_uuid_reply_that_comes_late_keeps_the_connection() -> None:
     """Found by the soak: with a full event queue the reader could not reach the reply within
     command_timeout, the query closed the connection, and everything buffered on it was lost."""
     settings = ESLSettings(command_timeout=0.2, liveness_timeout=5, backoff_initial=0.01, backoff_max=0.05)
-    events: gevent.queue.Queue[HangupEvent] = gevent.queue.Queue()
     with FakeFreeSWITCH() as fake, capture_logs() as logs:
         fake.unanswered.add("api global_getvar core_uuid")
-        source = ESLSource(Node("fs1", port=fake.port), settings,
-                           {"CHANNEL_HANGUP_COMPLETE": events.put}, structlog.get_logger())
+        events = Recording(Node("fs1", port=fake.port))
+        source = ESLSource(Node("fs1", port=fake.port), settings, events, structlog.get_logger())
         loop = gevent.spawn(source.run)
         session = fake.next_session()
         wait_for(logs, "esl.core_uuid_unknown")
         session.send_event(with_header(capture_bodies("uas_486")[0], "Unique-ID", "after-the-timeout"))
-        assert events.get(timeout=5).unique_id == "after-the-timeout"
+        assert events.get(1)[0].unique_id == "after-the-timeout"
         source.stop()
         loop.join(timeout=5)
     assert fake.accepted == 1
@@ -52,7 +50,7 @@ def test_a_burst_of_hangups_is_handled_in_slices_that_never_stall_the_loop() -> 
     burst = b"".join(event_frame(with_header(body, "Unique-ID", f"burst-{n:05d}")) for n in range(5000))
     with FakeFreeSWITCH() as fake, capture_logs() as logs:
         config = Config(nodes=(Node("n", port=fake.port),), health=HealthConfig(port=0))
-        app = App(config, default_classifier().classify)  # no outbox: the handler never yields
+        app = App(config)  # no outbox: the handler never yields
         app.start()
         fake.next_session().send(burst)
         with gevent.Timeout(60, AssertionError("the burst was not classified in time")):
@@ -68,10 +66,10 @@ class SlowSink:
     def __init__(self) -> None:
         self.stored = 0
 
-    def put(self, documents: list[dict[str, Any]]) -> int:
+    def put(self, documents: Sequence[Mapping[str, Any]]) -> frozenset[str]:
         gevent.sleep(0.005 * len(documents))  # the commit's duration, the stimulus that builds the backlog
         self.stored += len(documents)
-        return len(documents)
+        return frozenset()
 
 
 def test_events_still_queued_at_the_stop_deadline_are_counted_loudly() -> None:
@@ -82,7 +80,7 @@ def test_events_still_queued_at_the_stop_deadline_are_counted_loudly() -> None:
     sink = SlowSink()
     with FakeFreeSWITCH() as fake, capture_logs() as logs:
         config = Config(nodes=(Node("n", port=fake.port),), health=HealthConfig(port=0))
-        app = App(config, default_classifier().classify, sink)
+        app = App(config, sink)
         app.start()
         fake.next_session().send(burst)
         with gevent.Timeout(10, AssertionError("nothing stored")):

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from listener.errors import EventError
-from listener.event import HangupEvent, parse_plain
+from listener.core.errors import EventError
+from listener.core.event import HangupEvent, parse_plain
 from tests.fakeesl import capture_bodies
 
 

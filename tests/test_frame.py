@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from listener.errors import FrameError
-from listener.frame import FrameDecoder
+from listener.core.errors import FrameError
+from listener.core.frame import FrameDecoder
 from tests.fakeesl import FIXTURES, event_frame, split_frames
 
 WIRE = (FIXTURES / "uas_486" / "plain.txt").read_bytes()

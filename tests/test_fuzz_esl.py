@@ -19,9 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from listener.app import App
-from listener.classify import default_classifier
-from listener.config import Config, HealthConfig
-from listener.esl import ESLSettings, Node
+from listener.config.settings import Config, ESLSettings, HealthConfig, Node
 from tests.fakeesl import Collect, FakeFreeSWITCH, Session, capture_bodies, event_frame, with_header
 from tests.test_fuzz_frame import envelopes
 
@@ -57,7 +55,7 @@ def rig() -> Iterator[Rig]:
     with FakeFreeSWITCH() as fake:
         sink = Collect()
         config = Config(nodes=(Node("fuzz", port=fake.port),), esl=SETTINGS, health=HealthConfig(port=0))
-        app = App(config, default_classifier().classify, sink)
+        app = App(config, sink)
         app.start()
         try:
             yield Rig(fake, sink, fake.next_session())

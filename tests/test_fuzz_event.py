@@ -18,12 +18,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from listener.app import Pipeline
-from listener.classify import default_classifier
-from listener.errors import EventError
-from listener.esl import Node
-from listener.event import HangupEvent, parse_plain
-from listener.webhook import render
+from listener.config.settings import Node
+from listener.core.classifier import default_classifier
+from listener.core.errors import EventError
+from listener.core.event import HangupEvent, parse_plain
+from listener.core.signing import render
+from listener.pipeline import Pipeline
 from tests.fakeesl import capture_bodies, with_header
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "listener/data/call.schema.json").read_text())
@@ -51,7 +51,7 @@ def validator() -> jsonschema.Draft202012Validator:
 
 @cache
 def pipeline() -> Pipeline:
-    return Pipeline(default_classifier().classify, Node(name="fuzz"), log=None)
+    return Pipeline(Node(name="fuzz"), default_classifier(), log=None)
 
 
 def read_every_accessor(event: HangupEvent) -> None:
@@ -142,7 +142,7 @@ def test_any_hangup_with_odd_values_becomes_a_valid_document(
             body = with_header(body, name, value.replace("\r", ""))
     event = HangupEvent.from_plain(body)
     assert event.is_hangup_complete
-    document = pipeline().process(event)
+    document = pipeline().document(event)
     validator().validate(document)
     render(document)
 
@@ -155,7 +155,7 @@ def test_any_hangup_with_odd_values_becomes_a_valid_document(
 def test_a_timestamp_out_of_range_is_null_not_a_lost_call(name: str, value: str) -> None:
     """Found by fuzzing: datetime refused it, the handler raised, the call was neither stored nor sent."""
     event = HangupEvent.from_plain(with_header(capture_bodies("answered_caller_bye")[0], name, value))
-    document = pipeline().process(event)
+    document = pipeline().document(event)
     validator().validate(document)
 
 
@@ -166,6 +166,6 @@ def test_a_value_outside_the_schema_is_null_in_the_document(name: str, value: st
     body = capture_bodies("answered_caller_bye")[0]
     for header in ("Call-Direction", "Caller-Direction") if name.endswith("Direction") else (name,):
         body = with_header(body, header, value)
-    document = pipeline().process(HangupEvent.from_plain(body))
+    document = pipeline().document(HangupEvent.from_plain(body))
     validator().validate(document)
     assert document["direction" if "Direction" in name else "billsec"] is None

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from listener.errors import FrameError
-from listener.frame import MAX_ENVELOPE_BYTES, Frame, FrameDecoder
+from listener.core.errors import FrameError
+from listener.core.frame import MAX_ENVELOPE_BYTES, Frame, FrameDecoder
 
 CAP = 64 * 1024
 

@@ -15,12 +15,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from listener.app import App
-from listener.classify import default_classifier
-from listener.config import Config, HealthConfig
-from listener.esl import ESLSettings, ESLSource, Node
-from listener.health import Check, HealthApp, Liveness, Readiness
-from listener.metrics import Metrics
-from listener.service import source_problem, status_line
+from listener.config.settings import Config, ESLSettings, HealthConfig, Node
+from listener.esl.source import ESLSource, Tally
+from listener.service.health import Check, HealthApp, Liveness, Readiness
+from listener.service.metrics import Metrics
+from listener.service.runtime import source_problem, status_line
 from tests.daemon import fetch
 from tests.fakeesl import FakeFreeSWITCH
 
@@ -80,7 +79,8 @@ def test_the_wsgi_app_answers_livez_readyz_metrics_and_nothing_else() -> None:
 
 
 def test_a_connected_source_that_reads_nothing_or_a_stuck_handler_is_a_liveness_problem() -> None:
-    source = ESLSource(Node("pbx1"), ESLSettings(liveness_timeout=60, command_timeout=5), {}, _Log())
+    settings = ESLSettings(liveness_timeout=60, command_timeout=5)
+    source = ESLSource(Node("pbx1"), settings, lambda frames: Tally(), _Log())
     source.state = "connected"
     source.stats.last_received = 1000.0
     assert source_problem(source, now=1060.0) is None
@@ -131,7 +131,7 @@ def test_health_endpoints_and_notifications_follow_a_node_connecting_and_going_a
 ) -> None:
     with capture_logs() as logs, FakeFreeSWITCH() as fake:
         config = Config(nodes=(Node("pbx1", port=fake.port),), esl=FAST, health=HealthConfig(port=0))
-        app = App(config, default_classifier().classify)
+        app = App(config)
         states: gevent.queue.Queue[str] = gevent.queue.Queue()
         notified = app.service.state_changed
         app.service.state_changed = lambda s: (notified(s), states.put(s.state))  # type: ignore[method-assign]
@@ -166,8 +166,7 @@ def test_health_endpoints_and_notifications_follow_a_node_connecting_and_going_a
 
 
 def test_the_health_listener_can_be_turned_off() -> None:
-    app = App(Config(nodes=(Node("n", port=1),), esl=FAST, health=HealthConfig(enabled=False)),
-              default_classifier().classify)
+    app = App(Config(nodes=(Node("n", port=1),), esl=FAST, health=HealthConfig(enabled=False)))
     with capture_logs() as logs:
         app.start()
         app.stop(timeout=5)
@@ -178,8 +177,7 @@ def test_the_health_listener_can_be_turned_off() -> None:
 def test_the_watchdog_is_withheld_while_a_liveness_check_fails_and_resumes_after(
     notify_socket: gevent.socket.socket,
 ) -> None:
-    app = App(Config(nodes=(Node("n", port=1),), esl=FAST, health=HealthConfig(enabled=False)),
-              default_classifier().classify)
+    app = App(Config(nodes=(Node("n", port=1),), esl=FAST, health=HealthConfig(enabled=False)))
     stuck = {"delivery": "loop stuck"}
     app.service.liveness.add("delivery", lambda: stuck.get("delivery"))
     with capture_logs() as logs:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from listener import logs
+from listener.service import logs
 
 
 @pytest.fixture

@@ -7,8 +7,11 @@ from dataclasses import dataclass
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from listener.esl import ESLSettings, ESLSource, Node
-from listener.metrics import Metrics
+from listener.config.settings import ESLSettings, Node
+from listener.core.signing import Delivered, Retry
+from listener.esl.source import ESLSource, Tally
+from listener.service.metrics import Metrics
+from listener.webhooks.endpoint import Attempted
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 
 
 def source(name: str, state: str, connections: int) -> ESLSource:
-    src = ESLSource(Node(name), ESLSettings(), {}, _NullLog())
+    src = ESLSource(Node(name), ESLSettings(), lambda frames: Tally(), _NullLog())
     src.state, src.connections = state, connections
     return src
 
@@ -100,37 +103,26 @@ def test_each_node_status_and_bye_reason_counts_on_its_own() -> None:
 
 def test_webhook_deliveries_latency_and_outbox_figures() -> None:
     metrics = Metrics()
-    metrics.delivery_attempted("crm", "delivered", 0.2)
-    metrics.delivery_attempted("crm", "failed", None)
+    metrics.delivery_attempted(Attempted("crm", "m1", 1, Delivered(200), 0.2))
+    metrics.delivery_attempted(Attempted("crm", "m2", 1, Retry("server_error", 500), 0.1))
     metrics.watch_outbox(lambda: [Stats("crm", 3, 1, 42.5), Stats("bi", 0, 0, None)])
     got = samples(metrics)
     deliveries = "hangup_listener_webhook_deliveries_total"
     assert got[(deliveries, (("endpoint", "crm"), ("outcome", "delivered")))] == 1
     assert got[(deliveries, (("endpoint", "crm"), ("outcome", "failed")))] == 1
-    assert got[("hangup_listener_webhook_delivery_latency_seconds_count", (("endpoint", "crm"),))] == 1
+    assert got[("hangup_listener_webhook_delivery_latency_seconds_count", (("endpoint", "crm"),))] == 2
     assert got[("hangup_listener_outbox_pending_messages", (("endpoint", "crm"),))] == 3
     assert got[("hangup_listener_outbox_dead_messages", (("endpoint", "crm"),))] == 1
     assert got[("hangup_listener_outbox_oldest_pending_age_seconds", (("endpoint", "crm"),))] == 42.5
     assert got[("hangup_listener_outbox_oldest_pending_age_seconds", (("endpoint", "bi"),))] == 0
 
 
-def test_the_classify_process_figures_are_read_at_scrape_time() -> None:
-    class Process:
-        running, started_count, batches, fallbacks = True, 1, 7, 0
-
-    process = Process()
+def test_one_process_exposes_no_metrics_of_the_removed_children() -> None:
     metrics = Metrics()
-    metrics.watch_classify(process)
-    got = samples(metrics)
-    assert got[("hangup_listener_classify_process_up", ())] == 1
-    assert got[("hangup_listener_classify_process_starts_total", ())] == 1
-    assert got[("hangup_listener_classify_batches_total", (("by", "process"),))] == 7
-    assert got[("hangup_listener_classify_batches_total", (("by", "daemon"),))] == 0
-    process.running, process.started_count, process.fallbacks = False, 2, 3
-    got = samples(metrics)
-    assert got[("hangup_listener_classify_process_up", ())] == 0
-    assert got[("hangup_listener_classify_process_starts_total", ())] == 2
-    assert got[("hangup_listener_classify_batches_total", (("by", "daemon"),))] == 3
+    metrics.watch_sources([source("pbx1", "connected", 1)])
+    metrics.watch_outbox(lambda: [Stats("crm", 0, 0, None)])
+    names = {name for name, _ in samples(metrics)}
+    assert not [name for name in names if "classify_process" in name or "classify_batches" in name]
 
 
 def test_a_failing_outbox_provider_does_not_break_the_scrape() -> None:

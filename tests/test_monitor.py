@@ -1,4 +1,4 @@
-"""``listener.monitor``: gevent's report of a blocked loop becomes one ``loop.blocked`` error line."""
+"""``listener.service.monitor``: gevent's report of a blocked loop becomes one ``loop.blocked`` error line."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from gevent.events import subscribers
 from structlog.testing import capture_logs
 
 import tests.conftest
-from listener import monitor
+from listener.service import monitor
 
 
 @pytest.fixture

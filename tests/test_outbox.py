@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from listener.errors import OutboxError
-from listener.outbox import DEAD, PENDING, Entry, Outbox
+from listener.core.errors import OutboxError
+from listener.outbox.store import DEAD, PENDING, Entry, Outbox
 
 
 @pytest.fixture
@@ -164,7 +164,7 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
 
 
 def test_stats_with_endpoints_gives_configured_endpoints_a_zero_row() -> None:
-    from listener.outbox import EndpointStats, with_endpoints  # noqa: PLC0415
+    from listener.outbox.store import EndpointStats, with_endpoints  # noqa: PLC0415
 
     stats = (EndpointStats("crm", 2, 1, 30.0),)
     assert with_endpoints(stats, ["billing", "crm"]) == (

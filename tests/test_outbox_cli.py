@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from listener.outbox import Entry, Outbox
-from listener.outbox_cli import add_outbox_parser, run_outbox_command
-from listener.webhook_config import OutboxConfig
+from listener.config.settings import OutboxConfig
+from listener.outbox.commands import add_outbox_parser, run_outbox_command
+from listener.outbox.store import Entry, Outbox
 
 
 @pytest.fixture

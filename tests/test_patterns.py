@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from listener.patterns import Pattern, compile_pattern
+from listener.core.patterns import Pattern, compile_pattern
 
 LISTS = {"apps": ["read", "play_*", "re:ivr(_.*)?"]}
 PLAIN = st.one_of(

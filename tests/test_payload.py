@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from listener import payload
+from listener.core import document as payload
 
 
 def _reference_document_id(core_uuid: str, unique_id: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -12,15 +12,17 @@ import gevent
 import gevent.queue
 import jsonschema
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
-from listener import payload
-from listener.app import App, Pipeline
-from listener.classify import default_classifier
-from listener.config import Config, HealthConfig
-from listener.errors import OutboxError
-from listener.esl import ESLSettings, Node
-from listener.event import HangupEvent
+from listener.app import App
+from listener.config.settings import Config, ESLSettings, HealthConfig, Node
+from listener.core import document as payload
+from listener.core.classifier import Classification, Classifier, default_classifier
+from listener.core.errors import OutboxError
+from listener.core.event import HangupEvent
+from listener.core.frame import Frame
+from listener.pipeline import Pipeline
 from tests.fakeesl import FIXTURES, Collect, FakeFreeSWITCH, capture_bodies
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "listener/data/call.schema.json").read_text())
@@ -35,8 +37,8 @@ def validator() -> jsonschema.Draft202012Validator:
 
 
 def documents_of(scenario: str) -> list[dict[str, Any]]:
-    pipeline = Pipeline(default_classifier().classify, Node(name="lab"), log=None)
-    return [pipeline.process(HangupEvent.from_plain(b)) for b in capture_bodies(scenario)]
+    pipeline = Pipeline(Node(name="lab"), default_classifier(), log=None)
+    return [pipeline.document(HangupEvent.from_plain(b)) for b in capture_bodies(scenario)]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -94,7 +96,7 @@ def test_two_nodes_at_once_each_document_names_its_node(two_nodes: tuple[FakeFre
     one, two = two_nodes
     nodes = (Node("east", port=one.port), Node("west", port=two.port, password="other"))
     sink = Collect()
-    app = App(Config(nodes=nodes, esl=FAST, health=ANY_PORT), default_classifier().classify, sink)
+    app = App(Config(nodes=nodes, esl=FAST, health=ANY_PORT), sink)
     with capture_logs() as logs:
         app.start()
         one.next_session().send(b"".join(_frames("uas_486")))
@@ -115,18 +117,20 @@ def _frames(scenario: str) -> list[bytes]:
 
 
 def test_a_classification_failure_is_logged_and_the_stream_goes_on() -> None:
-    calls = {"n": 0}
-    real = default_classifier().classify
+    class Flaky(Classifier):
+        calls = 0
 
-    def flaky(event: HangupEvent) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise ValueError("rule bug")
-        return real(event)
+        def classify(self, event: HangupEvent) -> Classification:
+            Flaky.calls += 1
+            if Flaky.calls == 1:
+                raise ValueError("rule bug")
+            return super().classify(event)
 
     with FakeFreeSWITCH() as fake:
         sink = Collect()
-        app = App(Config(nodes=(Node("n", port=fake.port),), esl=FAST, health=ANY_PORT), flaky, sink)
+        flaky = Flaky(default_classifier().book)
+        config = Config(nodes=(Node("n", port=fake.port),), esl=FAST, health=ANY_PORT, classifier=flaky)
+        app = App(config, sink)
         with capture_logs() as logs:
             app.start()
             fake.next_session().send(b"".join(_frames("uas_486")))
@@ -144,7 +148,7 @@ class FullDisk:
     def __init__(self) -> None:
         self.calls = 0
 
-    def put(self, documents: list[dict[str, Any]]) -> int:
+    def put(self, documents: Sequence[Mapping[str, Any]]) -> frozenset[str]:
         self.calls += 1
         raise OutboxError("outbox commit failed: database or disk is full", "SQLITE_FULL")
 
@@ -152,7 +156,7 @@ class FullDisk:
 def test_an_outbox_failure_stops_ingestion_loudly_and_logs_each_unstored_call_whole() -> None:
     with FakeFreeSWITCH() as fake:
         config = Config(nodes=(Node("n", port=fake.port),), esl=FAST, health=ANY_PORT)
-        app = App(config, default_classifier().classify, FullDisk())
+        app = App(config, FullDisk())
         with capture_logs() as logs:
             app.start()
             session = fake.next_session()
@@ -177,8 +181,64 @@ def test_an_outbox_failure_stops_ingestion_loudly_and_logs_each_unstored_call_wh
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_json_and_plain_captures_of_a_call_give_identical_documents(scenario: str) -> None:
     """The daemon subscribes to event json by default: it must say exactly what plain would."""
-    pipeline = Pipeline(default_classifier().classify, Node(name="lab"), log=None)
+    pipeline = Pipeline(Node(name="lab"), default_classifier(), log=None)
     plain = {d["channel_uuid"]: d for d in documents_of(scenario)}
     bodies = capture_bodies(scenario, "hangup_complete.json.txt")
-    json_docs = [pipeline.process(HangupEvent.from_json(b)) for b in bodies]
+    json_docs = [pipeline.document(HangupEvent.from_json(b)) for b in bodies]
     assert {d["channel_uuid"]: d for d in json_docs} == plain
+
+
+class Woken:
+    """Delivery as the pipeline sees it: which endpoints it was told got rows."""
+
+    def __init__(self) -> None:
+        self.woken: list[frozenset[str] | None] = []
+
+    def wake(self, endpoints: frozenset[str] | None = None) -> None:
+        self.woken.append(endpoints)
+
+
+class Routed(Collect):
+    """A store whose every document makes a row for the endpoint ``crm``."""
+
+    def put(self, documents: Sequence[Mapping[str, Any]]) -> frozenset[str]:
+        super().put(documents)
+        return frozenset({"crm"})
+
+
+def test_a_batch_goes_through_the_whole_chain_and_the_source_gets_only_a_tally() -> None:
+    plain = [Frame({"Content-Type": "text/event-plain"}, body) for body in capture_bodies("uas_486")]
+    heartbeat = Frame({"Content-Type": "text/event-plain"},
+                      b"Event-Name: HEARTBEAT\nCore-UUID: c0\nFreeSWITCH-Hostname: pbx\n")
+    garbage = Frame({"Content-Type": "text/event-json"}, b"{not json")
+    store, delivery = Routed(), Woken()
+    pipeline = Pipeline(Node("lab"), default_classifier(), structlog.get_logger(),
+                        store=store, delivery=delivery)
+    with capture_logs() as logs:
+        tally = pipeline([plain[0], heartbeat, garbage, plain[1]])
+    assert tally.received == {"CHANNEL_HANGUP_COMPLETE": 2, "HEARTBEAT": 1}
+    assert (tally.rejected, tally.failed, tally.heartbeats, tally.hostname) == (1, 0, 1, "pbx")
+    core = "1b8e5af5-676a-4b2e-91a0-1ac1b56080da"
+    assert tally.core_uuids == [core, "c0", core]
+    assert [d["status"] for d in store.take(2)] == ["busy", "busy"]
+    assert delivery.woken == [frozenset({"crm"})]
+    events = [e["event"] for e in logs]
+    assert events.count("call.classified") == 2
+    assert events.count("esl.event_rejected") == 1
+
+
+def test_the_log_lines_come_only_after_the_commit_returned() -> None:
+    order: list[str] = []
+
+    class Slow(Collect):
+        def put(self, documents: Sequence[Mapping[str, Any]]) -> frozenset[str]:
+            order.append("committed")
+            return super().put(documents)
+
+    class Log:
+        def info(self, event: str, **_: Any) -> None:
+            order.append(event)
+
+    frames = [Frame({"Content-Type": "text/event-plain"}, body) for body in capture_bodies("uas_486")]
+    Pipeline(Node("lab"), default_classifier(), Log(), store=Slow())(frames)
+    assert order == ["committed", "call.classified", "call.classified"]

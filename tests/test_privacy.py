@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import structlog
 from structlog.testing import capture_logs
 
-from listener.app import Pipeline
-from listener.classify import default_classifier
-from listener.config import PrivacyConfig
-from listener.esl import Node
-from listener.event import HangupEvent
-from listener.privacy import Redactor, keyed_hash, mask
+from listener.config.settings import Node
+from listener.core.classifier import default_classifier
+from listener.core.frame import Frame
+from listener.core.privacy import Redactor, keyed_hash, mask
+from listener.pipeline import Pipeline
 from tests.fakeesl import capture_bodies
 
 DOCUMENT = {"caller_number": "+4930123456", "destination_number": "1001", "caller_name": "Alice",
@@ -19,11 +20,11 @@ KEY = "0123456789abcdef-key"
 
 
 def test_none_returns_the_document_itself() -> None:
-    assert Redactor(PrivacyConfig())(DOCUMENT) is DOCUMENT
+    assert Redactor()(DOCUMENT) is DOCUMENT
 
 
 def test_mask_keeps_the_length_and_the_last_two_characters() -> None:
-    redacted = Redactor(PrivacyConfig(mask_numbers="mask"))(DOCUMENT)
+    redacted = Redactor("mask")(DOCUMENT)
     assert redacted["caller_number"] == "*********56"
     assert redacted["destination_number"] == "**01"
     assert redacted["caller_name"] == "Alice"
@@ -32,7 +33,7 @@ def test_mask_keeps_the_length_and_the_last_two_characters() -> None:
 
 
 def test_hash_is_stable_per_key_and_hides_the_number() -> None:
-    redacted = Redactor(PrivacyConfig(mask_numbers="hash", hash_key=KEY))(DOCUMENT)
+    redacted = Redactor("hash", KEY)(DOCUMENT)
     token = redacted["caller_number"]
     assert token == keyed_hash("+4930123456", KEY)
     assert token.startswith("h:")
@@ -42,7 +43,7 @@ def test_hash_is_stable_per_key_and_hides_the_number() -> None:
 
 
 def test_empty_or_missing_numbers_stay_as_they_are() -> None:
-    redact = Redactor(PrivacyConfig(mask_numbers="mask"))
+    redact = Redactor("mask")
     assert redact({"caller_number": "", "destination_number": None}) == {
         "caller_number": "", "destination_number": None}
 
@@ -52,13 +53,14 @@ def test_the_log_line_is_masked_the_sink_keeps_the_numbers() -> None:
         def __init__(self) -> None:
             self.documents: list[dict[str, object]] = []
 
-        def put(self, documents: list[dict[str, object]]) -> None:
-            self.documents += documents
+        def put(self, documents: Sequence[Mapping[str, object]]) -> frozenset[str]:
+            self.documents += map(dict, documents)
+            return frozenset()
 
     sink = Keep()
     with capture_logs() as logs:
-        pipeline = Pipeline(default_classifier().classify, Node("lab"), structlog.get_logger(), sink,
-                            redact=Redactor(PrivacyConfig(mask_numbers="mask")))
-        pipeline(HangupEvent.from_plain(capture_bodies("uas_486")[0]))
+        pipeline = Pipeline(Node("lab"), default_classifier(), structlog.get_logger(), store=sink,
+                            redact=Redactor("mask"))
+        pipeline([Frame({"Content-Type": "text/event-plain"}, capture_bodies("uas_486")[0])])
     assert sink.documents[0]["caller_number"] == "5551000"
     assert logs[0]["call"]["caller_number"] == "*****00"

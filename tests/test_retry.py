@@ -7,7 +7,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from listener.retry import DEFAULT_DELAYS, RetrySchedule, next_delay, parse_retry_after
+from listener.core.retry import DEFAULT_DELAYS, RetrySchedule, next_delay, parse_retry_after
 
 
 def mid() -> float:
@@ -83,3 +83,17 @@ def test_retry_after_http_date_is_relative_to_now() -> None:
 
 def test_retry_after_http_date_in_the_past_means_now() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=2e9) == 0.0
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    ("Sun, 06 Nov 1994 08:49:37 GMT", 784111777.0),  # IMF-fixdate
+    ("Sunday, 06-Nov-94 08:49:37 GMT", 784111777.0),  # RFC 850
+    ("Sun Nov  6 08:49:37 1994", 784111777.0),  # asctime
+    ("Sun, 06 Nov 1994 08:49:37 +0200", None),  # not GMT: not an HTTP-date
+    ("Sun, 06 Foo 1994 08:49:37 GMT", None),
+    ("Sun, 36 Nov 1994 08:49:37 GMT", None),
+    ("Sun, 06 Nov 1994 25:49:37 GMT", None),
+    ("06 Nov 1994", None),
+])
+def test_retry_after_accepts_the_http_date_forms_of_rfc_9110(header: str, expected: float | None) -> None:
+    assert parse_retry_after(header, now=0.0) == expected

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 from fixture_loader import synthetic
 
-from listener.classify import Classifier, default_classifier, parse_classification
-from listener.confread import Problems, TableReader
-from listener.errors import ConfigError
-from listener.patterns import PatternError, compile_pattern
+from listener.config.classification import parse_classification
+from listener.config.reader import Problems, TableReader
+from listener.core.classifier import Classifier, default_classifier
+from listener.core.errors import ConfigError
+from listener.core.patterns import PatternError, compile_pattern
 
 
 def parse(text: str) -> tuple[Classifier, list[str]]:
@@ -240,3 +241,20 @@ def test_outcome_summary_is_plain_data() -> None:
     assert summary["bye_reason"] == "USER_BUSY"
     assert summary["last_response_code"] == 486
     assert isinstance(summary["facts"], dict)
+
+
+def test_a_users_system_causes_list_decides_hangup_by_too() -> None:
+    """The list was read through a hidden global of the built-in rules, so a configuration that added
+    a cause changed the rules that use ``@system_causes`` but not the ``hangup_by`` fact."""
+    leg = synthetic("NORMAL_TEMPORARY_FAILURE", disposition="recv_bye", answered=True)
+    assert default_classifier().classify(leg).facts.hangup_by == "caller"
+    builtin = default_classifier().book.lists["system_causes"]
+    causes = ", ".join(f'"{cause}"' for cause in (*builtin, "NORMAL_TEMPORARY_FAILURE"))
+    classifier, problems = parse(f"[classification.lists]\nsystem_causes = [{causes}]\n")
+    assert problems == []
+    assert classifier.classify(leg).facts.hangup_by == "system"
+    narrowed, problems = parse('[classification.lists]\nsystem_causes = ["CRASH"]\n')
+    assert problems == []
+    manager = synthetic("MANAGER_REQUEST", disposition="recv_bye", answered=True)
+    assert default_classifier().classify(manager).facts.hangup_by == "system"
+    assert narrowed.classify(manager).facts.hangup_by == "caller"

@@ -14,13 +14,16 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 from webhook_receiver import Hold, Receiver, Reply, Slow, refused_url
 
-from listener import delivery
-from listener.errors import OutboxClosedError, OutboxError
-from listener.outbox import DEAD, PENDING
-from listener.retry import RetrySchedule
-from listener.sink import Attempted, OutboxWriter, WebhookSink
-from listener.webhook import Delivered, GiveUp, Retry
-from listener.webhook_config import OutboxConfig, WebhookConfig, decode_secret
+from listener.config.settings import OutboxConfig, WebhookConfig
+from listener.config.webhooks import decode_secret
+from listener.core.errors import OutboxClosedError, OutboxError
+from listener.core.retry import RetrySchedule
+from listener.core.signing import Delivered, GiveUp, Retry
+from listener.outbox.store import DEAD, PENDING
+from listener.outbox.writer import OutboxWriter
+from listener.webhooks import endpoint as delivery
+from listener.webhooks.endpoint import Attempted
+from listener.webhooks.sink import WebhookSink
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 KEY = decode_secret(SECRET) or b""
@@ -55,9 +58,18 @@ class Harness:
     def __init__(self, path: Path, webhooks: list[WebhookConfig]) -> None:
         self.clock = FakeClock()
         self.writer = OutboxWriter.open(OutboxConfig(path), webhooks, clock=self.clock)
-        self.sink = WebhookSink(self.writer, webhooks, clock=self.clock, rng=lambda: 0.5, poll_interval_s=5.0)
         self.attempts: gevent.queue.Queue[Attempted] = gevent.queue.Queue()
-        self.sink.observers.append(self.attempts.put)
+        self.sink = WebhookSink(self.writer, webhooks, clock=self.clock, rng=lambda: 0.5, poll_interval_s=5.0,
+                                metrics=self)
+
+    def delivery_attempted(self, attempt: Attempted) -> None:
+        self.attempts.put(attempt)
+
+    def put(self, documents: list[dict[str, Any]]) -> frozenset[str]:
+        """As the pipeline does: commit, then wake the endpoints that got rows."""
+        created = self.writer.put(documents)
+        self.sink.wake(created)
+        return created
 
     def next(self, timeout: float = 5.0) -> Attempted:
         return self.attempts.get(timeout=timeout)
@@ -87,7 +99,7 @@ def harness(tmp_path: Path) -> Iterator[Any]:
 def test_delivers_signed_documents_and_empties_the_outbox(harness: Any, receiver: Receiver) -> None:
     h = harness(endpoint("crm", receiver.url()))
     h.sink.start()
-    h.writer.put([doc(1), doc(2, caller="Zoë")])
+    h.put([doc(1), doc(2, caller="Zoë")])
     got = {}
     for _ in range(2):
         request = receiver.get()
@@ -101,7 +113,7 @@ def test_delivers_signed_documents_and_empties_the_outbox(harness: Any, receiver
 def test_only_documents_matching_the_filters_are_stored(harness: Any, receiver: Receiver) -> None:
     h = harness(endpoint("answered", receiver.url(), statuses=frozenset({"answered"})),
                 endpoint("outbound", receiver.url(), directions=frozenset({"outbound"})))
-    assert h.writer.put([doc(1), doc(2, status="busy")]) == 1
+    assert h.put([doc(1), doc(2, status="busy")]) == {"answered"}
     assert [(r.endpoint, r.event_id) for r in h.rows()] == [("answered", "call-1")]
 
 
@@ -111,7 +123,7 @@ def test_retries_follow_the_schedule_and_retry_after_with_the_same_webhook_id(
     h = harness(endpoint("crm", receiver.url()))
     h.sink.start()
     start = h.clock.now
-    h.writer.put([doc(1)])
+    h.put([doc(1)])
     assert h.next().outcome == Retry("server_error", 503)
     (row,) = h.rows()
     assert (row.attempts, row.next_at, row.last_error) == (1, start + 5.0, "server_error (503)")
@@ -141,7 +153,7 @@ def test_schedule_exhausted_keeps_the_message_as_dead_and_retry_revives_it(
     receiver.script("/hook", Reply(500), Reply(500))
     h = harness(endpoint("crm", receiver.url(), retry=RetrySchedule(delays=(5.0,), jitter=0.0)))
     h.sink.start()
-    h.writer.put([doc(1)])
+    h.put([doc(1)])
     assert h.next().outcome == Retry("server_error", 500)
     h.advance(5.0)
     assert h.next().outcome == Retry("server_error", 500)
@@ -161,7 +173,7 @@ def test_410_gone_stops_delivery_of_that_message_to_that_endpoint_only(
     receiver.script("/gone", Reply(410))
     h = harness(endpoint("gone", receiver.url("/gone")), endpoint("ok", receiver.url("/ok")))
     h.sink.start()
-    h.writer.put([doc(1)])
+    h.put([doc(1)])
     outcomes = {(a.endpoint, a.outcome) for a in (h.next(), h.next())}
     assert outcomes == {("gone", GiveUp("gone", 410)), ("ok", Delivered(200))}
     (row,) = h.rows()
@@ -172,7 +184,7 @@ def test_a_response_slower_than_the_timeout_is_a_read_timeout(harness: Any, rece
     receiver.script("/hook", Slow(3.0))
     h = harness(endpoint("crm", receiver.url(), timeout=0.3))
     h.sink.start()
-    h.writer.put([doc(1)])
+    h.put([doc(1)])
     attempt = h.next()
     assert attempt.outcome == Retry("read_timeout")
     assert 0.3 <= attempt.latency_s < 1.5
@@ -183,7 +195,7 @@ def test_a_response_slower_than_the_timeout_is_a_read_timeout(harness: Any, rece
 def test_connection_refused_is_told_apart(harness: Any) -> None:
     h = harness(endpoint("down", refused_url()))
     h.sink.start()
-    h.writer.put([doc(1)])
+    h.put([doc(1)])
     assert h.next().outcome == Retry("connection_refused")
     assert h.sink.counts[("down", "failed", "connection_refused")] == 1
     (row,) = h.rows()
@@ -197,7 +209,7 @@ def test_a_dead_endpoint_does_not_delay_a_healthy_one(harness: Any, receiver: Re
     h.sink.start()
     started = time.monotonic()
     for n in range(10):
-        h.writer.put([doc(n)])
+        h.put([doc(n)])
     delivered = [h.next() for _ in range(10)]
     assert {a.endpoint for a in delivered} == {"healthy"}
     assert time.monotonic() - started < 2.0
@@ -217,7 +229,7 @@ def test_concurrent_puts_share_commits(harness: Any, receiver: Receiver) -> None
     h.writer.outbox.put = counting_put
     greenlets = [gevent.spawn(h.writer.put, [doc(n)]) for n in range(50)]
     gevent.joinall(greenlets, timeout=5, raise_error=True)
-    assert [g.value for g in greenlets] == [1] * 50
+    assert [g.value for g in greenlets] == [frozenset({"crm"})] * 50
     assert sum(commits) == 50
     assert len(commits) < 50
 
@@ -229,20 +241,20 @@ def test_an_outbox_failure_stops_ingestion_loudly(harness: Any, receiver: Receiv
     (pages,) = db.execute("PRAGMA page_count").fetchone()
     h.writer.call(db.execute, f"PRAGMA max_page_count={pages}")
     with pytest.raises(OutboxError) as caught:
-        h.writer.put([doc(1, padding="x" * 200_000)])
+        h.put([doc(1, padding="x" * 200_000)])
     assert caught.value.code == "SQLITE_FULL"
     assert not h.writer.ready
     assert not h.sink.ready
     assert not h.sink.healthy
     with pytest.raises(OutboxError):
-        h.writer.put([doc(2)])
+        h.put([doc(2)])
 
 
 def test_stop_lets_in_flight_requests_finish_within_the_deadline(harness: Any, receiver: Receiver) -> None:
     receiver.script("/hook", Slow(0.3))
     h = harness(endpoint("crm", receiver.url()))
     h.sink.start()
-    h.writer.put([doc(1)])
+    h.put([doc(1)])
     receiver.get()
     assert h.sink.stop(deadline_s=5.0) is True
     assert h.rows() == ()
@@ -252,14 +264,14 @@ def test_stop_past_the_deadline_keeps_the_message_pending(harness: Any, receiver
     receiver.script("/hook", Hold())
     h = harness(endpoint("crm", receiver.url(), timeout=20.0))
     h.sink.start()
-    h.writer.put([doc(1)])
+    h.put([doc(1)])
     receiver.get()
     assert h.sink.stop(deadline_s=0.2) is False
     (row,) = h.rows()
     assert (row.state, row.attempts) == (PENDING, 0)
     h.writer.close()
     with pytest.raises(OutboxClosedError):
-        h.writer.put([doc(2)])
+        h.put([doc(2)])
 
 
 def test_reconfigure_starts_new_endpoints_retires_changed_ones_and_keeps_removed_rows(
@@ -267,12 +279,12 @@ def test_reconfigure_starts_new_endpoints_retires_changed_ones_and_keeps_removed
     old_url, new_url = receiver.url("/old"), receiver.url("/new")
     h = harness(endpoint("crm", old_url), endpoint("billing", refused_url()))
     h.sink.start()
-    h.writer.put([doc(1)])
+    h.put([doc(1)])
     assert receiver.get().path == "/old"
     h.sink.reconfigure([endpoint("crm", new_url), endpoint("analytics", receiver.url("/analytics"))])
     assert set(h.sink.endpoints) == {"crm", "analytics"}
     assert h.sink.endpoints["crm"].config.url == new_url
-    h.writer.put([doc(2)])
+    h.put([doc(2)])
     paths = {receiver.get().path, receiver.get().path}
     assert paths == {"/new", "/analytics"}
     # the removed endpoint's row is kept (not lost), and new documents are no longer routed to it
@@ -282,9 +294,9 @@ def test_reconfigure_starts_new_endpoints_retires_changed_ones_and_keeps_removed
 def test_an_unreachable_endpoint_is_probed_one_message_at_a_time_the_rest_stay_pending(harness: Any) -> None:
     h = harness(endpoint("down", refused_url(), retry=RetrySchedule(delays=(0.0,) * 5, jitter=0.0)))
     h.sink.start()
-    h.writer.put([doc(1)])
+    h.put([doc(1)])
     assert h.next().outcome == Retry("connection_refused")  # the circuit opens
-    h.writer.put([doc(n) for n in range(2, 12)])
+    h.put([doc(n) for n in range(2, 12)])
     with pytest.raises(gevent.queue.Empty):
         h.next(timeout=0.3)  # due, but not attempted while the circuit is open
     h.advance(1.0)  # the probe's time has come: exactly one message is tried
@@ -304,7 +316,7 @@ def test_with_more_rows_than_an_endpoint_holds_ready_each_row_is_sent_once(
     h = harness(endpoint("crm", receiver.url(), max_concurrency=1))
     h.sink.start()
     for n in range(0, 60, 6):
-        h.writer.put([doc(n + i) for i in range(6)])  # more than the 3 rows held ready: claimed turn by turn
+        h.put([doc(n + i) for i in range(6)])  # more than the 3 rows held ready: claimed turn by turn
     for _ in range(60):
         h.next()
     assert sorted(receiver.get().webhook_id for _ in range(60)) == sorted(f"call-{n}" for n in range(60))

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from fixture_loader import synthetic
 
-from listener.classify import default_classifier
-from listener.event import HangupEvent
-from listener.spec import load_spec
+from listener.core.classifier import default_classifier
+from listener.core.event import HangupEvent
+from listener.core.spec import load_spec
 
 SPEC = load_spec()
 CLASSIFY = default_classifier().classify

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from listener import systemd
+from listener.service import systemd
 
 
 @pytest.fixture

@@ -16,11 +16,11 @@ import trustme
 from webhook_receiver import refused_url
 from wire_server import Answer, WireServer, wait
 
-from listener.circuit import UNREACHABLE
-from listener.retry import RetrySchedule
-from listener.transport import Transport, origin_of, request_head
-from listener.webhook import Delivered, Request, Retry, build_request
-from listener.webhook_config import WebhookConfig
+from listener.config.settings import WebhookConfig
+from listener.core.circuit import UNREACHABLE
+from listener.core.retry import RetrySchedule
+from listener.core.signing import Delivered, Request, Retry, build_request
+from listener.webhooks.transport import Transport, origin_of, request_head
 
 KEY = b"k" * 24
 CHUNKED = (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"

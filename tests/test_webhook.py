@@ -13,26 +13,21 @@ from typing import Any
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from listener.confread import Problems, TableReader
-from listener.webhook import (
+from listener.config.reader import Problems, TableReader
+from listener.config.settings import WebhookConfig, default_outbox_path
+from listener.config.webhooks import decode_secret, parse_outbox, parse_webhooks
+from listener.core.signing import (
     Delivered,
     GiveUp,
     Retry,
     build_request,
-    outcome_of_error,
     outcome_of_response,
     render,
+    safe_url,
     scrub,
     sign,
 )
-from listener.webhook_config import (
-    WebhookConfig,
-    decode_secret,
-    default_outbox_path,
-    parse_outbox,
-    parse_webhooks,
-    safe_url,
-)
+from listener.webhooks.transport import outcome_of_error
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 KEY = decode_secret(SECRET)
@@ -176,24 +171,25 @@ def test_outbox_config_defaults_to_the_state_directory(tmp_path: Path) -> None:
     config = parse_outbox(TableReader({}, "", problems, {"STATE_DIRECTORY": str(tmp_path)}))
     assert config.path == tmp_path / "outbox.sqlite3"
     assert config.synchronous == "full"
-    assert config.delivery_process is True
     assert default_outbox_path({}).name == "outbox.sqlite3"
 
 
 def test_outbox_config_reports_bad_keys() -> None:
     problems = Problems()
-    table = {"path": "/x/o.db", "synchronous": "off", "size": 1, "delivery_process": "yes"}
+    table = {"path": "/x/o.db", "synchronous": "off", "size": 1}
     config = parse_outbox(TableReader({"outbox": table}, "", problems, {}))
     assert config.path == Path("/x/o.db")
     assert problems.items == ["outbox.synchronous: must be one of full, normal; got 'off'",
-                              "outbox.delivery_process: must be true or false, got str",
                               "outbox.size: unknown key"]
 
 
-def test_outbox_delivery_can_stay_on_the_daemons_loop() -> None:
+@pytest.mark.parametrize("value", [False, True, "yes"])
+def test_the_removed_delivery_process_key_is_accepted_with_a_warning_whatever_it_says(value: object) -> None:
     problems = Problems()
-    config = parse_outbox(TableReader({"outbox": {"delivery_process": False}}, "", problems, {}))
-    assert (config.delivery_process, problems.items) == (False, [])
+    parse_outbox(TableReader({"outbox": {"delivery_process": value}}, "", problems, {}))
+    assert problems.items == []
+    assert len(problems.warnings) == 1
+    assert problems.warnings[0].startswith("outbox.delivery_process: removed in 0.2.0")
 
 
 def test_webhook_config_repr_hides_the_key() -> None:

@@ -12,10 +12,11 @@ import trustme
 from standardwebhooks.webhooks import Webhook
 from webhook_receiver import Receiver
 
-from listener.retry import RetrySchedule
-from listener.sink import Transport
-from listener.webhook import Delivered, Retry, build_request
-from listener.webhook_config import WebhookConfig, decode_secret
+from listener.config.settings import WebhookConfig
+from listener.config.webhooks import decode_secret
+from listener.core.retry import RetrySchedule
+from listener.core.signing import Delivered, Retry, build_request
+from listener.webhooks.transport import Transport
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from functools import cache
 
-from listener.app import Pipeline
-from listener.classify import default_classifier
-from listener.errors import EventError, FrameError
-from listener.esl import Node
-from listener.event import HangupEvent
-from listener.frame import Frame, FrameDecoder
-from listener.webhook import render
+from listener.config.settings import Node
+from listener.core.classifier import default_classifier
+from listener.core.errors import EventError, FrameError
+from listener.core.event import HangupEvent
+from listener.core.frame import Frame, FrameDecoder
+from listener.core.signing import render
+from listener.pipeline import Pipeline
 
 MAX_FRAME_BYTES = 64 * 1024
 ACCESSORS = [name for name, value in vars(HangupEvent).items() if isinstance(value, property)]
@@ -25,7 +25,7 @@ ACCESSORS = [name for name, value in vars(HangupEvent).items() if isinstance(val
 
 @cache
 def pipeline() -> Pipeline:
-    return Pipeline(default_classifier().classify, Node(name="fuzz"), log=None)
+    return Pipeline(Node(name="fuzz"), default_classifier(), log=None)
 
 
 def reads(data: bytes) -> list[bytes]:
@@ -60,7 +60,7 @@ def handle(frame: Frame) -> None:
     for name in ACCESSORS:
         getattr(event, name)
     if event.is_hangup_complete:
-        render(pipeline().process(event))
+        render(pipeline().document(event))
 
 
 def one_input(data: bytes) -> None:

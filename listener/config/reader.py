@@ -1,0 +1,193 @@
+"""Typed, path-aware reading of a parsed TOML table: every problem is collected, none raised early.
+
+Each section's parser takes a ``TableReader``, asks for its keys with the type and range it
+wants, and gets a default back where a key is wrong, so one pass reports every problem at once,
+each named by its dotted key path (``webhooks[0].timeout: must be > 0``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+REMOVED = "removed in 0.2.0 (the daemon runs as one process) and ignored; delete it from the configuration"
+"""The warning for a key of the two child processes that were removed, accepted for one release."""
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+class Problems:
+    """The list of problems found while reading one configuration."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self.warnings: list[str] = []
+        """Keys accepted but not acted on (a removed setting): said to the operator, never fatal."""
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(f"{path}: {message}" if path else message)
+
+    def warn(self, path: str, message: str) -> None:
+        self.warnings.append(f"{path}: {message}")
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+
+class TableReader:
+    """Reads keys of one TOML table, remembering which were read so unknown ones can be rejected."""
+
+    def __init__(
+        self,
+        table: Mapping[str, Any],
+        path: str,
+        problems: Problems,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.table = table
+        self.path = path
+        self.problems = problems
+        self.environ = os.environ if environ is None else environ
+        self._seen: set[str] = set()
+
+    def key_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.add(self.key_path(key), message)
+
+    def has(self, key: str) -> bool:
+        self._seen.add(key)
+        return key in self.table
+
+    def value(self, key: str, kind: type[T], default: T) -> T:
+        """A scalar of ``kind`` (an int is accepted where a float is asked)."""
+        self._seen.add(key)
+        if key not in self.table:
+            return default
+        raw = self.table[key]
+        if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+            return float(raw)  # type: ignore[return-value]
+        if not isinstance(raw, kind) or (kind is int and isinstance(raw, bool)):
+            self.problem(key, f"must be {_TYPE_NAMES.get(kind, kind.__name__)}, got {type(raw).__name__}")
+            return default
+        return raw
+
+    def string(self, key: str, default: str = "", *, choices: tuple[str, ...] = ()) -> str:
+        value = self.value(key, str, default)
+        if choices and key in self.table and value not in choices:
+            self.problem(key, f"must be one of {', '.join(choices)}; got {value!r}")
+            return default
+        return value
+
+    def number(self, key: str, kind: type[T], default: T, *, minimum: float | None = None,
+               maximum: float | None = None, exclusive_min: bool = False) -> T:
+        value = self.value(key, kind, default)
+        if key not in self.table or value is default:
+            return value
+        num = float(value)  # type: ignore[arg-type]
+        if minimum is not None and (num <= minimum if exclusive_min else num < minimum):
+            self.problem(key, f"must be {'>' if exclusive_min else '>='} {minimum:g}, got {value}")
+            return default
+        if maximum is not None and num > maximum:
+            self.problem(key, f"must be <= {maximum:g}, got {value}")
+            return default
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return self.value(key, bool, default)
+
+    def strings(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """A list of strings."""
+        raw = self.value(key, list, list(default))
+        if not all(isinstance(item, str) for item in raw):
+            self.problem(key, "must be a list of strings")
+            return default
+        return tuple(raw)
+
+    def numbers(self, key: str, default: tuple[float, ...] = (), *, minimum: float = 0) -> tuple[float, ...]:
+        """A list of numbers, each >= minimum."""
+        raw = self.value(key, list, list(default))
+        if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in raw):
+            self.problem(key, "must be a list of numbers")
+            return default
+        if any(x < minimum for x in raw):
+            self.problem(key, f"every value must be >= {minimum:g}")
+            return default
+        return tuple(float(x) for x in raw)
+
+    def table_at(self, key: str) -> TableReader:
+        """A sub-table (an empty one where the key is absent or not a table)."""
+        raw = self.value(key, dict, {})
+        return TableReader(raw, self.key_path(key), self.problems, self.environ)
+
+    def tables(self, key: str) -> list[TableReader]:
+        """An array of tables (``[[key]]``)."""
+        raw = self.value(key, list, [])
+        readers = []
+        for index, item in enumerate(raw):
+            path = f"{self.key_path(key)}[{index}]"
+            if not isinstance(item, dict):
+                self.problems.add(path, "must be a table")
+                continue
+            readers.append(TableReader(item, path, self.problems, self.environ))
+        return readers
+
+    def secret(self, key: str, default: str | None = None) -> str | None:
+        """A secret from ``key``, ``key_file`` (a path) or ``key_env`` (a variable name); at most one.
+
+        A ``key_file`` that is a bare name is looked up in ``$CREDENTIALS_DIRECTORY`` (systemd's
+        ``LoadCredential=``) when that is set. Problems never include the secret itself.
+        """
+        given = [name for name in (key, f"{key}_file", f"{key}_env") if self.has(name)]
+        if len(given) > 1:
+            self.problem(key, f"give only one of {', '.join(given)}")
+            return default
+        if not given:
+            return default
+        name = given[0]
+        raw = self.value(name, str, "")
+        if name == key or not raw:
+            if not raw and isinstance(self.table.get(name), str):  # a wrong type was reported already
+                self.problem(name, "must not be empty")
+            return raw or default
+        if name.endswith("_env"):
+            return self._secret_from_env(name, raw, default)
+        return self._secret_from_file(name, raw, default)
+
+    def _secret_from_env(self, name: str, variable: str, default: str | None) -> str | None:
+        value = self.environ.get(variable)
+        if not value:
+            self.problem(name, f"environment variable {variable} is not set or empty")
+            return default
+        return value
+
+    def _secret_from_file(self, name: str, raw: str, default: str | None) -> str | None:
+        path = Path(raw)
+        creds = self.environ.get("CREDENTIALS_DIRECTORY")
+        if creds and not path.is_absolute() and "/" not in raw:
+            path = Path(creds) / raw
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            self.problem(name, f"cannot read {path}: {exc.strerror or exc}")
+            return default
+        if not value:
+            self.problem(name, f"{path} is empty")
+            return default
+        return value
+
+    def removed(self, key: str, message: str) -> None:
+        """A key this release no longer uses: accepted whatever its value, with a warning."""
+        if self.has(key):
+            self.problems.warn(self.key_path(key), message)
+
+    def reject_unknown(self) -> None:
+        """Report every key of this table that no one asked for (typos are caught)."""
+        for key in self.table:
+            if key not in self._seen:
+                self.problem(key, "unknown key")

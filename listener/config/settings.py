@@ -1,0 +1,137 @@
+"""Every settings value of the daemon, frozen, in one place.
+
+The loader (``listener.config.loader``) builds these from TOML, the environment and credentials;
+everything else receives them as values: no module outside ``listener.config`` reads a file or a
+variable for its settings. Secrets never appear in a ``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from listener.core.classifier import Classifier, default_classifier
+from listener.core.frame import DEFAULT_MAX_FRAME_BYTES
+from listener.core.retry import RetrySchedule
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+MASK_MODES = ("none", "mask", "hash")
+DEFAULT_EVENTS = ("CHANNEL_HANGUP_COMPLETE", "HEARTBEAT")
+EVENT_FORMATS = ("json", "plain")
+LEGS = ("a", "b")
+DIRECTIONS = ("inbound", "outbound")
+SYNCHRONOUS = ("full", "normal")
+STATE_DIRECTORY = Path("/var/lib/hangup-listener")
+OUTBOX_FILE = "outbox.sqlite3"
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One FreeSWITCH node to listen to."""
+
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 8021
+    password: str = field(default="ClueCon", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ESLSettings:
+    """How every FreeSWITCH connection behaves."""
+
+    connect_timeout: float = 5.0
+    command_timeout: float = 5.0
+    liveness_timeout: float = 60.0
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    queue_size: int = 500
+    events: tuple[str, ...] = DEFAULT_EVENTS
+    event_format: str = "json"
+    """``event json`` (default): orjson parses a whole hangup in C, values arrive decoded, so there is
+    no URL-decoding layer at all; the pipeline runs ~2x faster than on ``plain``. Both are read."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """One endpoint: where to POST, how to sign, which documents, how hard to try."""
+
+    name: str
+    url: str
+    key: bytes = field(repr=False)
+    statuses: frozenset[str] = frozenset()
+    legs: frozenset[str] = frozenset()
+    directions: frozenset[str] = frozenset()
+    timeout: float = 10.0
+    connect_timeout: float = 5.0
+    retry: RetrySchedule = field(default_factory=RetrySchedule)
+    max_concurrency: int = 4
+    ca_bundle: Path | None = None
+
+    def matches(self, document: Mapping[str, Any]) -> bool:
+        """Whether this endpoint wants ``document`` (an empty filter accepts everything)."""
+        return (
+            (not self.statuses or document.get("status") in self.statuses)
+            and (not self.legs or document.get("leg") in self.legs)
+            and (not self.directions or document.get("direction") in self.directions)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxConfig:
+    """Where the SQLite outbox lives and how hard each commit is pushed to the disk."""
+
+    path: Path
+    synchronous: str = "full"
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """The HTTP listener for /livez, /readyz and /metrics."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9468
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyConfig:
+    """How caller and callee numbers appear in the ``call.classified`` log line."""
+
+    mask_numbers: str = "none"
+    hash_key: str | None = field(default=None, repr=False)
+
+
+def default_outbox_path(environ: Mapping[str, str]) -> Path:
+    """``$STATE_DIRECTORY`` (systemd), else /var/lib/hangup-listener if it exists, else the current folder."""
+    state = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state:
+        return Path(state) / OUTBOX_FILE
+    if STATE_DIRECTORY.is_dir():
+        return STATE_DIRECTORY / OUTBOX_FILE
+    return Path(OUTBOX_FILE)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole, validated configuration."""
+
+    nodes: tuple[Node, ...] = (Node(name="127.0.0.1:8021"),)
+    esl: ESLSettings = field(default_factory=ESLSettings)
+    log: LogConfig = field(default_factory=LogConfig)
+    classifier: Classifier = field(default_factory=default_classifier)
+    webhooks: tuple[WebhookConfig, ...] = ()
+    outbox: OutboxConfig = field(default_factory=lambda: OutboxConfig(path=default_outbox_path(os.environ)))
+    health: HealthConfig = field(default_factory=HealthConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    source: str | None = None
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    """What the loader accepted but wants the operator to know (a removed key, ignored)."""

@@ -1,0 +1,147 @@
+"""Reading the ``[[webhooks]]`` and ``[outbox]`` tables into their frozen values (``settings``).
+
+Every problem is reported through the ``TableReader`` with its dotted path; a secret never
+appears in a problem message nor in a ``repr``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from listener.config.reader import REMOVED, TableReader
+from listener.config.settings import (
+    DIRECTIONS,
+    LEGS,
+    SYNCHRONOUS,
+    OutboxConfig,
+    WebhookConfig,
+    default_outbox_path,
+)
+from listener.core.retry import DEFAULT_DELAYS, DEFAULT_JITTER, DEFAULT_RETRY_AFTER_MAX, RetrySchedule
+from listener.core.signing import safe_url
+from listener.core.spec import load_spec
+
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
+MIN_SECRET_BYTES = 24  # Standard Webhooks: keys SHOULD be 24 to 64 bytes
+MAX_SECRET_BYTES = 64
+
+
+def decode_secret(secret: str) -> bytes | None:
+    """The HMAC key of a ``whsec_<base64>`` secret, or None when it is not one."""
+    if not secret.startswith(SECRET_PREFIX):
+        return None
+    raw = secret[len(SECRET_PREFIX):]
+    try:
+        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return key or None
+
+
+def parse_webhooks(reader: TableReader) -> tuple[WebhookConfig, ...]:
+    """Every ``[[webhooks]]`` entry of the root table; names must be unique."""
+    configs = [c for c in (_parse_webhook(r) for r in reader.tables("webhooks")) if c is not None]
+    seen: set[str] = set()
+    for index, config in enumerate(configs):
+        if config.name in seen:
+            reader.problems.add(f"webhooks[{index}].name", f"duplicate endpoint name {config.name!r}")
+        seen.add(config.name)
+    return tuple(configs)
+
+
+def _parse_webhook(reader: TableReader) -> WebhookConfig | None:
+    before = len(reader.problems.items)
+    url = _url(reader)
+    key = _key(reader)
+    name = reader.string("name") or (safe_url(url) if url else "")
+    timeout = reader.number("timeout", float, 10.0, minimum=0, exclusive_min=True)
+    connect_timeout = reader.number(
+        "connect_timeout", float, min(5.0, timeout), minimum=0, exclusive_min=True)
+    config = WebhookConfig(
+        name=name, url=url, key=key or b"",
+        statuses=frozenset(_choices(reader, "statuses", tuple(load_spec().statuses))),
+        legs=frozenset(_choices(reader, "legs", LEGS)),
+        directions=frozenset(_choices(reader, "directions", DIRECTIONS)),
+        timeout=timeout, connect_timeout=connect_timeout,
+        retry=_schedule(reader),
+        max_concurrency=reader.number("max_concurrency", int, 4, minimum=1, maximum=256),
+        ca_bundle=_ca_bundle(reader),
+    )
+    reader.reject_unknown()
+    return config if len(reader.problems.items) == before else None
+
+
+def _url(reader: TableReader) -> str:
+    if not reader.has("url"):
+        reader.problem("url", "is required")
+        return ""
+    url = reader.string("url")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        reader.problem("url", "must be an http(s) URL")
+        return ""
+    if parts.username is not None or parts.password is not None:
+        reader.problem("url", "must not carry credentials; the signature authenticates us")
+        return ""
+    return url
+
+
+def _key(reader: TableReader) -> bytes | None:
+    secret = reader.secret("secret")
+    if secret is None:
+        if not any(reader.has(k) for k in ("secret", "secret_file", "secret_env")):
+            reader.problem("secret", "is required (secret, secret_file or secret_env)")
+        return None
+    key = decode_secret(secret)
+    if key is None:
+        reader.problem("secret", "must be whsec_ followed by base64")
+    elif not MIN_SECRET_BYTES <= len(key) <= MAX_SECRET_BYTES:
+        size = f"{MIN_SECRET_BYTES}..{MAX_SECRET_BYTES}"
+        reader.problem("secret", f"must decode to {size} bytes, got {len(key)}")
+        return None
+    return key
+
+
+def _choices(reader: TableReader, key: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    values = reader.strings(key)
+    wrong = [v for v in values if v not in allowed]
+    if wrong:
+        reader.problem(key, f"must be among {', '.join(allowed)}; got {', '.join(map(repr, wrong))}")
+        return ()
+    return values
+
+
+def _schedule(reader: TableReader) -> RetrySchedule:
+    delays = reader.numbers("retry_schedule", DEFAULT_DELAYS)
+    jitter = reader.number("retry_jitter", float, DEFAULT_JITTER, minimum=0, maximum=0.9)
+    ceiling = reader.number("retry_after_max", float, DEFAULT_RETRY_AFTER_MAX, minimum=0)
+    return RetrySchedule(delays=delays, jitter=jitter, retry_after_max=ceiling)
+
+
+def _ca_bundle(reader: TableReader) -> Path | None:
+    raw = reader.string("ca_bundle")
+    if not raw:
+        return None
+    path = Path(raw)
+    if not path.is_file():
+        reader.problem("ca_bundle", f"{path} is not a readable file")
+        return None
+    return path
+
+
+def parse_outbox(reader: TableReader) -> OutboxConfig:
+    """The ``[outbox]`` table of the root ``reader``."""
+    table = reader.table_at("outbox")
+    raw = table.string("path")
+    path = Path(raw) if raw else default_outbox_path(table.environ)
+    synchronous = table.string("synchronous", "full", choices=SYNCHRONOUS)
+    table.removed("delivery_process", REMOVED)
+    table.reject_unknown()
+    return OutboxConfig(path=path, synchronous=synchronous)

@@ -1,0 +1,49 @@
+"""Caller and callee numbers in log lines: shown, masked, or replaced by a keyed hash.
+
+Applied to the ``call.classified`` log line only; the document handed to the sink is untouched.
+``hash`` gives the same token for the same number and key (calls can still be correlated) but
+cannot be reversed without the key: HMAC-SHA256, the first 16 hex digits, prefixed ``h:``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Mapping
+from typing import Any
+
+NUMBER_FIELDS = ("caller_number", "destination_number")
+KEEP_DIGITS = 2
+
+Document = Mapping[str, Any]
+
+
+def mask(number: str) -> str:
+    """Every character but the last two becomes ``*`` (the length stays)."""
+    hidden = max(len(number) - KEEP_DIGITS, 0)
+    return "*" * hidden + number[hidden:]
+
+
+def keyed_hash(number: str, key: str) -> str:
+    """A stable, irreversible token for ``number`` under ``key``."""
+    digest = hmac.new(key.encode(), number.encode(), hashlib.sha256).hexdigest()
+    return "h:" + digest[:16]
+
+
+class Redactor:
+    """Returns a copy of a document with its numbers masked or hashed (``none``: the document itself)."""
+
+    def __init__(self, mask_numbers: str = "none", hash_key: str | None = None) -> None:
+        self.mode = mask_numbers
+        key = hash_key or ""
+        self._hide: Callable[[str], str] = mask if self.mode == "mask" else lambda n: keyed_hash(n, key)
+
+    def __call__(self, document: Document) -> Document:
+        if self.mode == "none":
+            return document
+        copy = dict(document)
+        for name in NUMBER_FIELDS:
+            value = copy.get(name)
+            if isinstance(value, str) and value:
+                copy[name] = self._hide(value)
+        return copy

@@ -1,0 +1,1 @@
+"""The source: FreeSWITCH's Event Socket, hardened (``connection``) and kept connected (``source``)."""

@@ -1,0 +1,137 @@
+"""``hangup-listener outbox stats|list|retry|purge``: the operator's view of the outbox file.
+
+Safe while the daemon runs: SQLite WAL lets us read beside it, and every change is made in
+short transactions of at most ``BATCH`` rows, so the daemon never waits long for us.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from listener.config.settings import OutboxConfig
+from listener.core.errors import OutboxError
+from listener.outbox.store import DEAD, PENDING, Outbox
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def add_outbox_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``outbox`` and its sub-commands to the CLI's ``subparsers``."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "outbox", help="inspect and repair the webhook outbox")
+    commands = parser.add_subparsers(dest="outbox_command", required=True, metavar="COMMAND")
+    stats = commands.add_parser("stats", help="pending, dead and oldest pending age per endpoint")
+    stats.add_argument("--json", action="store_true", help="one JSON object per endpoint")
+    listing = commands.add_parser("list", help="list deliveries, oldest first")
+    listing.add_argument("--state", choices=(PENDING, DEAD, "all"), default="all")
+    _add_selectors(listing)
+    listing.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per row")
+    retry = commands.add_parser("retry", help="make dead deliveries pending again, due now")
+    _add_selectors(retry)
+    retry.add_argument("--all", action="store_true", help="every dead delivery")
+    purge = commands.add_parser("purge", help="delete deliveries for good (dead ones unless --pending)")
+    _add_selectors(purge)
+    purge.add_argument("--all", action="store_true", help="every matching delivery")
+    purge.add_argument("--pending", action="store_true", help="purge pending deliveries instead of dead ones")
+    purge.add_argument("--yes", action="store_true", help="needed with --pending: those were never delivered")
+    return parser
+
+
+def _add_selectors(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint", help="only this endpoint (its name)")
+    parser.add_argument("--id", dest="ids", action="append", default=[], metavar="ID",
+                        help="only this event id (repeatable)")
+
+
+def run_outbox_command(args: argparse.Namespace, outbox_config: OutboxConfig, *, out: TextIO | None = None,
+                       err: TextIO | None = None, now: Callable[[], float] = time.time) -> int:
+    """Run the parsed ``outbox`` sub-command on the configured file; returns the exit code."""
+    out, err = out or sys.stdout, err or sys.stderr
+    command = args.outbox_command
+    if command in ("retry", "purge") and not (args.all or args.endpoint or args.ids):
+        print(f"outbox {command}: give --all, --endpoint or --id", file=err)
+        return EXIT_USAGE
+    if command == "purge" and args.pending and not args.yes:
+        print("outbox purge --pending deletes undelivered messages: add --yes", file=err)
+        return EXIT_USAGE
+    if not outbox_config.path.exists():
+        print(f"no outbox at {outbox_config.path}", file=err)
+        return EXIT_FAILED
+    try:
+        outbox = Outbox.open(outbox_config.path, synchronous=outbox_config.synchronous)
+        try:
+            _COMMANDS[command](outbox, args, out, err, now())
+        finally:
+            outbox.close()
+    except OutboxError as exc:
+        print(f"outbox {command} failed: {exc}", file=err)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _stats(outbox: Outbox, args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> None:
+    stats = outbox.stats(now)
+    if args.json:
+        for s in stats:
+            print(json.dumps(asdict(s)), file=out)
+        return
+    print(f"{'endpoint':40} {'pending':>9} {'dead':>9} {'oldest pending':>15}", file=out)
+    for s in stats:
+        print(f"{s.endpoint:40} {s.pending:>9} {s.dead:>9} {_age(s.oldest_pending_age):>15}", file=out)
+    if not stats:
+        print("(empty: everything was delivered)", file=out)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _list(outbox: Outbox, args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> None:
+    state = None if args.state == "all" else args.state
+    for row in outbox.list(state=state, endpoint=args.endpoint, event_ids=args.ids, limit=args.limit):
+        fields = {"id": row.event_id, "endpoint": row.endpoint, "state": row.state, "attempts": row.attempts,
+                  "created": _when(row.created_at),
+                  "next_attempt": _when(row.next_at) if row.state == PENDING else None,
+                  "last_error": row.last_error}
+        text = "  ".join(str(v) for v in fields.values() if v is not None)
+        print(json.dumps(fields) if args.json else text, file=out)
+
+
+def _when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+def _progress(err: TextIO, verb: str) -> Callable[[int], None]:
+    return lambda done: print(f"{verb} {done}...", file=err, flush=True)
+
+
+def _retry(outbox: Outbox, args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> None:
+    progress = _progress(err, "retried")
+    count = outbox.retry_dead(now, endpoint=args.endpoint, event_ids=args.ids, progress=progress)
+    print(f"{count} dead deliveries made pending again", file=out)
+
+
+def _purge(outbox: Outbox, args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> None:
+    state = PENDING if args.pending else DEAD
+    progress = _progress(err, "purged")
+    count = outbox.purge(state=state, endpoint=args.endpoint, event_ids=args.ids, progress=progress)
+    print(f"{count} {state} deliveries purged", file=out)
+
+
+_COMMANDS: dict[str, Callable[[Outbox, argparse.Namespace, TextIO, TextIO, float], None]] = {
+    "stats": _stats, "list": _list, "retry": _retry, "purge": _purge}

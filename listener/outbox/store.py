@@ -1,0 +1,362 @@
+"""The durable SQLite outbox between ingestion and webhook delivery (plain synchronous code).
+
+Invariants:
+
+1. A document counts as handled only once ``put`` has returned: its transaction is committed
+   in WAL mode. With ``synchronous=full`` (the default) the commit is on the disk before
+   ``put`` returns, so it survives power loss; ``normal`` survives a crash of the daemon but
+   may lose the last commits on power loss, for more throughput.
+2. One ``message`` row per event id holds the JSON body once; one ``delivery`` row per
+   (message, endpoint) that wants it. A document no endpoint wants is not stored.
+3. A delivery row is deleted only by ``ack`` (the endpoint answered 2xx) or by an operator's
+   ``purge``. A message row is deleted (by trigger) when its last delivery row is.
+4. ``bury`` keeps the row as ``dead`` (schedule exhausted or 410 Gone); only ``retry_dead``
+   makes it pending again. Nothing is deleted for being old or failing.
+5. Every sqlite3 error is raised as ``OutboxError`` carrying SQLite's error name: the caller
+   stops loudly; nothing is swallowed here.
+6. ``settle`` (the delivery loop's acks, reschedules and burials) commits without waiting for the
+   disk: losing it on power loss only means a message is sent again (delivery is at least once).
+   The next ``put`` commit (``synchronous=full``) or checkpoint syncs it along with its own.
+7. One ``Outbox`` (one connection) is used by one thread at a time; other processes (the
+   operator's commands) may open the same file concurrently: writes wait ``busy_timeout``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from listener.core.errors import OutboxError
+
+SCHEMA_VERSION = 1
+PENDING = "pending"
+DEAD = "dead"
+BATCH = 1000
+CHUNK = 200
+"""Rows per multi-row INSERT in ``put`` (far below SQLite's limit of bound parameters)."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS message (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    body TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS delivery (
+    id INTEGER PRIMARY KEY,
+    message INTEGER NOT NULL REFERENCES message(id),
+    endpoint TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    last_error TEXT NOT NULL DEFAULT '',
+    updated_at REAL NOT NULL,
+    UNIQUE (message, endpoint)
+);
+CREATE INDEX IF NOT EXISTS delivery_due ON delivery (endpoint, state, next_at);
+CREATE TRIGGER IF NOT EXISTS message_done AFTER DELETE ON delivery
+WHEN NOT EXISTS (SELECT 1 FROM delivery WHERE message = OLD.message)
+BEGIN DELETE FROM message WHERE id = OLD.message; END;
+"""
+
+Progress = Callable[[int], None]
+"""Called with the running count of rows changed by a long operator command."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One document to store: its id, its JSON body and the endpoints that want it."""
+
+    event_id: str
+    body: str
+    endpoints: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One (message, endpoint) row as the delivery loop or an operator sees it."""
+
+    id: int
+    event_id: str
+    endpoint: str
+    state: str
+    attempts: int
+    next_at: float
+    created_at: float
+    last_error: str
+    body: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointStats:
+    endpoint: str
+    pending: int
+    dead: int
+    oldest_pending_age: float | None
+
+
+def with_endpoints(stats: Sequence[EndpointStats], endpoints: Iterable[str]) -> tuple[EndpointStats, ...]:
+    """``stats`` plus a zero row for every named endpoint that has nothing in the outbox.
+
+    Monitoring wants a series per configured endpoint even when all is delivered (0, not absent).
+    """
+    known = {s.endpoint for s in stats}
+    zeros = [EndpointStats(name, 0, 0, None) for name in endpoints if name not in known]
+    return tuple(sorted((*stats, *zeros), key=lambda s: s.endpoint))
+
+
+def _error(exc: sqlite3.Error, what: str) -> OutboxError:
+    code = getattr(exc, "sqlite_errorname", "") or ""
+    return OutboxError(f"outbox {what} failed: {exc}", code)
+
+
+class Outbox:
+    """The outbox file, open on one connection."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._db = connection
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path, *, synchronous: str = "full", busy_timeout_s: float = 5.0) -> Outbox:
+        """Open (creating and migrating if needed) the outbox at ``path`` in WAL mode."""
+        if synchronous not in ("full", "normal"):
+            raise ValueError("synchronous must be full or normal")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            db.execute("PRAGMA foreign_keys=ON")
+            outbox = cls(db, path)
+            outbox._migrate()
+        except sqlite3.Error as exc:
+            raise _error(exc, f"open of {path}") from exc
+        except OSError as exc:
+            raise OutboxError(f"outbox open of {path} failed: {exc.strerror or exc}") from exc
+        return outbox
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise OutboxError(f"outbox {self.path} has schema {version}, newer than this program's")
+        if version < SCHEMA_VERSION:
+            script = f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+            self._db.executescript(script)
+
+    def close(self) -> None:
+        try:
+            self._db.close()
+        except sqlite3.Error as exc:
+            raise _error(exc, "close") from exc
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _error(exc, what) from exc
+
+    @contextmanager
+    def _lazy_sync(self) -> Iterator[None]:
+        """Commit without fsync (invariant 6), then back to the configured level."""
+        (level,) = self._db.execute("PRAGMA synchronous").fetchone()
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            self._db.execute(f"PRAGMA synchronous={int(level)}")
+
+    def _read(self, what: str, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise _error(exc, what) from exc
+
+    # -- the daemon's side --------------------------------------------------------------------
+
+    def put(self, entries: Iterable[Entry], now: float) -> Counter[str]:
+        """Store many documents in one transaction; returns the delivery rows created, per endpoint.
+
+        Two multi-row INSERTs per ``CHUNK`` documents, not three statements per document. An event
+        id stored before keeps its first body; only its missing delivery rows are added.
+        """
+        wanted = [entry for entry in entries if entry.endpoints]
+        created: Counter[str] = Counter()
+        with self._transaction("put") as db:
+            for start in range(0, len(wanted), CHUNK):
+                chunk = wanted[start:start + CHUNK]
+                created.update(_insert_deliveries(db, chunk, _insert_messages(db, chunk, now), now))
+        return created
+
+    def due(self, endpoint: str, now: float, limit: int, exclude: Iterable[int] = ()) -> tuple[Delivery, ...]:
+        """Up to ``limit`` pending rows of ``endpoint`` whose time has come, oldest first."""
+        skip = tuple(exclude)
+        marks = ",".join("?" * len(skip))
+        rows = self._read(
+            "due",
+            "SELECT d.id, m.event_id, d.endpoint, d.state, d.attempts, d.next_at, m.created_at, d.last_error,"
+            " m.body FROM delivery d JOIN message m ON m.id = d.message"
+            " WHERE d.endpoint = ? AND d.state = 'pending' AND d.next_at <= ?"
+            f" AND d.id NOT IN ({marks}) ORDER BY d.next_at, d.id LIMIT ?",
+            (endpoint, now, *skip, limit))
+        return tuple(Delivery(*row) for row in rows)
+
+    def next_due_at(self, endpoint: str) -> float | None:
+        """When the earliest pending row of ``endpoint`` becomes due (None: nothing pending)."""
+        rows = self._read(
+            "next_due_at",
+            "SELECT min(next_at) FROM delivery WHERE endpoint = ? AND state = 'pending'", (endpoint,))
+        value = rows[0][0]
+        return float(value) if isinstance(value, int | float) else None
+
+    def ack(self, delivery_id: int) -> None:
+        """The endpoint answered 2xx: the row is done (and its message, if it was the last)."""
+        with self._transaction("ack") as db:
+            db.execute("DELETE FROM delivery WHERE id = ?", (delivery_id,))
+
+    def reschedule(self, delivery_id: int, attempts: int, next_at: float, error: str, now: float) -> None:
+        """An attempt failed: remember how many were made and when to try again."""
+        with self._transaction("reschedule") as db:
+            db.execute(
+                "UPDATE delivery SET attempts = ?, next_at = ?, last_error = ?, updated_at = ? WHERE id = ?",
+                (attempts, next_at, error, now, delivery_id))
+
+    def bury(self, delivery_id: int, attempts: int, error: str, now: float) -> None:
+        """Stop trying (schedule exhausted or 410 Gone) but keep the row, as dead."""
+        with self._transaction("bury") as db:
+            db.execute(
+                "UPDATE delivery SET state = 'dead', attempts = ?, last_error = ?, updated_at = ?"
+                " WHERE id = ?",
+                (attempts, error, now, delivery_id))
+
+    def settle(self, acks: Sequence[int], reschedules: Sequence[tuple[int, int, float, str]],
+               buries: Sequence[tuple[int, int, str]], now: float) -> None:
+        """Record many outcomes in one transaction: ``ack`` ids, ``reschedule`` and ``bury`` arguments."""
+        if not (acks or reschedules or buries):
+            return
+        with self._lazy_sync(), self._transaction("settle") as db:
+            db.executemany("DELETE FROM delivery WHERE id = ?", [(i,) for i in acks])
+            db.executemany(
+                "UPDATE delivery SET attempts = ?, next_at = ?, last_error = ?, updated_at = ? WHERE id = ?",
+                [(attempts, next_at, error, now, i) for i, attempts, next_at, error in reschedules])
+            db.executemany(
+                "UPDATE delivery SET state = 'dead', attempts = ?, last_error = ?, updated_at = ?"
+                " WHERE id = ?", [(attempts, error, now, i) for i, attempts, error in buries])
+
+    # -- the operator's side ------------------------------------------------------------------
+
+    def stats(self, now: float) -> tuple[EndpointStats, ...]:
+        """Pending and dead counts and the oldest pending message's age, per endpoint."""
+        rows = self._read(
+            "stats",
+            "SELECT d.endpoint, sum(d.state = 'pending'), sum(d.state = 'dead'),"
+            " min(CASE WHEN d.state = 'pending' THEN m.created_at END)"
+            " FROM delivery d JOIN message m ON m.id = d.message GROUP BY d.endpoint ORDER BY d.endpoint")
+        return tuple(
+            EndpointStats(str(e), int(p), int(d), None if o is None else max(now - float(o), 0.0))
+            for e, p, d, o in rows)
+
+    def _where(
+        self, state: str | None, endpoint: str | None, event_ids: Sequence[str]
+    ) -> tuple[str, list[object]]:
+        clauses, params = ["1"], list[object]()
+        if state:
+            clauses.append("d.state = ?")
+            params.append(state)
+        if endpoint:
+            clauses.append("d.endpoint = ?")
+            params.append(endpoint)
+        if event_ids:
+            clauses.append(f"m.event_id IN ({','.join('?' * len(event_ids))})")
+            params.extend(event_ids)
+        return " AND ".join(clauses), params
+
+    def list(self, *, state: str | None = None, endpoint: str | None = None,
+             event_ids: Sequence[str] = (), limit: int = 100) -> tuple[Delivery, ...]:
+        """Rows matching every filter given, oldest first, without bodies."""
+        where, params = self._where(state, endpoint, event_ids)
+        rows = self._read(
+            "list",
+            "SELECT d.id, m.event_id, d.endpoint, d.state, d.attempts, d.next_at, m.created_at, d.last_error"
+            f" FROM delivery d JOIN message m ON m.id = d.message WHERE {where} ORDER BY d.id LIMIT ?",
+            (*params, limit))
+        return tuple(Delivery(*row) for row in rows)
+
+    def _batched(
+        self, what: str, sql: str, where: str, params: Sequence[object], progress: Progress | None
+    ) -> int:
+        """Apply ``sql`` (with ``{ids}``) to every matching row, ``BATCH`` rows per short transaction."""
+        done = 0
+        while True:
+            with self._transaction(what) as db:
+                ids = [r[0] for r in db.execute(
+                    "SELECT d.id FROM delivery d JOIN message m ON m.id = d.message"
+                    f" WHERE {where} LIMIT {BATCH}",
+                    params).fetchall()]
+                if ids:
+                    db.execute(sql.format(ids=",".join("?" * len(ids))), ids)
+            done += len(ids)
+            if progress is not None and ids:
+                progress(done)
+            if len(ids) < BATCH:
+                return done
+
+    def retry_dead(self, now: float, *, endpoint: str | None = None, event_ids: Sequence[str] = (),
+                   progress: Progress | None = None) -> int:
+        """Make dead rows pending again, due now, with a fresh schedule; returns how many."""
+        where, params = self._where(DEAD, endpoint, event_ids)
+        sql = (f"UPDATE delivery SET state = 'pending', attempts = 0, next_at = {float(now)!r},"
+               f" updated_at = {float(now)!r} WHERE id IN ({{ids}})")
+        return self._batched("retry", sql, where, params, progress)
+
+    def purge(self, *, state: str | None = DEAD, endpoint: str | None = None, event_ids: Sequence[str] = (),
+              progress: Progress | None = None) -> int:
+        """Delete rows for good (by default only dead ones); returns how many."""
+        where, params = self._where(state, endpoint, event_ids)
+        return self._batched("purge", "DELETE FROM delivery WHERE id IN ({ids})", where, params, progress)
+
+
+def _marks(rows: int, columns: int) -> str:
+    """``(?, ?), (?, ?)``: the placeholders of a multi-row VALUES."""
+    return ",".join(["(" + ", ".join("?" * columns) + ")"] * rows)
+
+
+def _insert_messages(db: sqlite3.Connection, chunk: Sequence[Entry], now: float) -> dict[str, int]:
+    """Insert the chunk's messages; every event id of the chunk mapped to its message row's id."""
+    params = [value for entry in chunk for value in (entry.event_id, entry.body, now)]
+    ids: dict[str, int] = dict(db.execute(
+        f"INSERT INTO message (event_id, body, created_at) VALUES {_marks(len(chunk), 3)}"
+        " ON CONFLICT (event_id) DO NOTHING RETURNING event_id, id", params).fetchall())
+    missing = list({entry.event_id for entry in chunk if entry.event_id not in ids})
+    if missing:  # stored by an earlier put: keep that row and its body
+        ids.update(db.execute(
+            f"SELECT event_id, id FROM message WHERE event_id IN ({','.join('?' * len(missing))})",
+            missing).fetchall())
+    return ids
+
+
+def _insert_deliveries(db: sqlite3.Connection, chunk: Sequence[Entry], ids: dict[str, int],
+                       now: float) -> list[str]:
+    """Insert one delivery row per (message, endpoint) not there yet; the endpoint of each row created."""
+    pairs = list(dict.fromkeys((entry.event_id, endpoint) for entry in chunk for endpoint in entry.endpoints))
+    created: list[str] = []
+    for start in range(0, len(pairs), CHUNK):
+        part = pairs[start:start + CHUNK]
+        params = [v for event_id, endpoint in part for v in (ids[event_id], endpoint, now, now)]
+        created += (endpoint for (endpoint,) in db.execute(
+            f"INSERT INTO delivery (message, endpoint, next_at, updated_at) VALUES {_marks(len(part), 4)}"
+            " ON CONFLICT (message, endpoint) DO NOTHING RETURNING endpoint", params))
+    return created

@@ -1,0 +1,156 @@
+"""The transform, as one chain per node: event frames -> parse -> classify -> document -> outbox -> log line.
+
+The ESL source hands each batch of event frames, as read, to its node's ``Pipeline``; everything a
+hangup goes through happens here, in order, and the source learns of it only through the ``Tally``
+returned. A frame that holds no usable event is rejected alone (``esl.event_rejected``), an event
+whose handling raises is skipped alone (``call.handler_failed``); the rest of the batch goes on.
+The batch's documents are committed to the outbox together (one transaction, when webhooks are
+configured) and only then logged, one ``call.classified`` line per call; the delivery loops of the
+endpoints that got rows are woken. If the outbox cannot take them, each is logged whole
+(``outbox.write_failed``) and ``on_outbox_failure`` is told: nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from listener.config.settings import Node
+from listener.core import document as documents
+from listener.core.classifier import Classifier
+from listener.core.errors import EventError, OutboxError
+from listener.core.event import HANGUP_COMPLETE, HEARTBEAT, HangupEvent
+from listener.core.frame import Frame
+from listener.esl.connection import TimeSlice
+from listener.esl.source import Tally
+from listener.service import logs
+
+Document = dict[str, Any]
+Redact = Callable[[Mapping[str, Any]], Any]
+
+
+class Store(Protocol):
+    """Where documents go before they count as handled (``listener.outbox.writer.OutboxWriter``)."""
+
+    def put(self, documents: Sequence[Mapping[str, Any]]) -> frozenset[str]: ...
+
+
+class Wakeable(Protocol):
+    """Delivery that can be told which endpoints just got rows (``listener.webhooks.sink.WebhookSink``)."""
+
+    def wake(self, endpoints: frozenset[str] | None = None) -> None: ...
+
+
+class CallMetrics(Protocol):
+    """Where each classified call is counted (``listener.service.metrics.Metrics``)."""
+
+    def call_classified(self, node: str, document: Mapping[str, Any]) -> None: ...
+
+
+def parse(frame: Frame) -> HangupEvent:
+    """The event in one ``text/event-plain`` or ``text/event-json`` frame; ``EventError`` if none."""
+    if frame.content_type == "text/event-plain":
+        return HangupEvent.from_plain(frame.body)
+    return HangupEvent.from_json(frame.body)
+
+
+class Pipeline:
+    """One node's transform; ``classifier`` and ``redact`` may be replaced between batches (a reload)."""
+
+    def __init__(
+        self,
+        node: Node,
+        classifier: Classifier,
+        log: Any,
+        *,
+        store: Store | None = None,
+        delivery: Wakeable | None = None,
+        metrics: CallMetrics | None = None,
+        redact: Redact | None = None,
+        on_outbox_failure: Callable[[OutboxError], None] | None = None,
+    ) -> None:
+        self.node = node
+        self.classifier = classifier
+        self.log = log
+        self.store = store
+        self.delivery = delivery
+        self.metrics = metrics
+        self.redact = redact
+        self.on_outbox_failure = on_outbox_failure
+
+    def document(self, event: HangupEvent) -> Document:
+        """The classified document of one hangup (pure)."""
+        return documents.build(event, self.classifier.classify(event), self.node.name)
+
+    def __call__(self, frames: Sequence[Frame]) -> Tally:
+        """Take one batch of event frames through the whole chain; what happened, counted."""
+        tally = Tally()
+        ready: list[Document] = []
+        running = TimeSlice()
+        for frame in frames:
+            event = self._parsed(frame, tally)
+            if event is not None:
+                self.take(event, tally, ready)
+            running.check()
+        if ready:
+            self._commit(ready, tally)
+        return tally
+
+    def _parsed(self, frame: Frame, tally: Tally) -> HangupEvent | None:
+        try:
+            event = parse(frame)
+        except EventError as exc:  # framing intact: skip this event, keep the connection
+            tally.rejected += 1
+            self.log.error("esl.event_rejected", reason=str(exc), content_type=frame.content_type)
+            return None
+        tally.received[event.event_name] += 1
+        core_uuid = event.core_uuid
+        if core_uuid and (not tally.core_uuids or tally.core_uuids[-1] != core_uuid):
+            tally.core_uuids.append(core_uuid)
+        return event
+
+    def take(self, event: HangupEvent, tally: Tally, ready: list[Document]) -> None:
+        """A hangup becomes its document; a heartbeat is counted; any other event is only counted."""
+        name = event.event_name
+        if name == HEARTBEAT:
+            tally.heartbeats += 1
+            tally.hostname = event.hostname
+            self.log.debug("esl.heartbeat_received", core_uuid=event.core_uuid)
+        elif name == HANGUP_COMPLETE:
+            try:
+                ready.append(self.document(event))
+            except Exception:
+                tally.failed += 1
+                self.log.exception("call.handler_failed", channel_uuid=event.unique_id, event_name=name)
+
+    def _commit(self, ready: list[Document], tally: Tally) -> None:
+        try:
+            self.commit(ready)
+        except Exception:
+            tally.failed += len(ready)
+            for document in ready:
+                self.log.exception("call.handler_failed", channel_uuid=document.get("channel_uuid"),
+                                   event_name=HANGUP_COMPLETE)
+
+    def commit(self, ready: list[Document]) -> None:
+        """Store the documents in one outbox commit, then write one line per call (never before)."""
+        if self.store is not None:
+            try:
+                created = self.store.put(ready)
+            except OutboxError as exc:
+                self._not_stored(ready, exc)
+                return
+            if created and self.delivery is not None:
+                self.delivery.wake(created)
+        with logs.held():  # the batch's lines in one write, flushed when it ends
+            for document in ready:
+                if self.metrics is not None:
+                    self.metrics.call_classified(self.node.name, document)
+                self.log.info("call.classified", call=self.redact(document) if self.redact else document)
+
+    def _not_stored(self, ready: list[Document], exc: OutboxError) -> None:
+        """The outbox refused the batch: each document logged whole (never lost silently)."""
+        for document in ready:
+            self.log.error("outbox.write_failed", reason=str(exc), call=document)
+        if self.on_outbox_failure is not None:
+            self.on_outbox_failure(exc)

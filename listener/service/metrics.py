@@ -1,0 +1,173 @@
+"""Prometheus metrics: one ``CollectorRegistry`` per ``Metrics`` (never the global one).
+
+Names follow ``hangup_listener_<what>_<unit>``, ``_total`` on counters. Labels are bounded sets
+only (node, endpoint, status, bye reason, outcome): never a call id or a phone number.
+Counters are incremented where things happen (``call_classified``, ``delivery_attempted``);
+everything else is read at scrape time from what the daemon already keeps (the ESL sources'
+state and ``ESLStats``, the outbox statistics, readiness), so it can never drift.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from listener.esl.source import ESLSource
+from listener.webhooks.endpoint import Attempted
+
+PREFIX = "hangup_listener"
+STATES = ("starting", "connecting", "connected", "backoff", "stopped")
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class EndpointFigures(Protocol):
+    """One endpoint's outbox figures (``listener.outbox.store.EndpointStats`` has this shape)."""
+
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def dead(self) -> int: ...
+    @property
+    def oldest_pending_age(self) -> float | None: ...
+
+
+OutboxStats = Callable[[], Iterable[EndpointFigures]]
+
+
+def _gauge(what: str, doc: str, labels: Sequence[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{what}", doc, labels=list(labels))
+
+
+def _counter(what: str, doc: str, labels: Sequence[str]) -> CounterMetricFamily:
+    return CounterMetricFamily(f"{PREFIX}_{what}", doc, labels=list(labels))
+
+
+class ESLCollector(Collector):
+    """Connection state, reconnects and rejections of every FreeSWITCH node, read at scrape time."""
+
+    def __init__(self, sources: Sequence[ESLSource]) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        state = _gauge("esl_connection_state", "1 for the node's current connection state", ["node", "state"])
+        counters = {
+            "reconnects": _counter("esl_reconnects", "Connections established after the first", ["node"]),
+            "connect_failures": _counter("esl_connect_failures", "Failed connection attempts", ["node"]),
+            "frames_rejected": _counter("esl_frames_rejected", "Malformed ESL frames", ["node"]),
+            "events_rejected": _counter("esl_events_rejected", "Well-framed but unusable events", ["node"]),
+            "handler_failures": _counter("call_handler_failures", "Events whose handling raised", ["node"]),
+            "gaps": _counter("esl_gaps", "Reconnections after a lost connection (events missed)", ["node"]),
+            "gap_seconds": _counter(
+                "esl_gap_seconds", "Time without a connection between losing and regaining one", ["node"]),
+            "freeswitch_restarts": _counter(
+                "freeswitch_restarts", "Core-UUID changes seen: FreeSWITCH restarted", ["node"]),
+        }
+        received = _counter("events_received", "ESL events received, by event name", ["node", "event"])
+        for source in self.sources:
+            name, stats = source.node.name, source.stats
+            for event, count in sorted(stats.events_received.items()):
+                received.add_metric([name, event], count)
+            for value in STATES:
+                state.add_metric([name, value], 1.0 if source.state == value else 0.0)
+            counters["reconnects"].add_metric([name], max(source.connections - 1, 0))
+            counters["connect_failures"].add_metric([name], stats.connect_failures)
+            counters["frames_rejected"].add_metric([name], stats.frames_rejected)
+            counters["events_rejected"].add_metric([name], stats.events_rejected)
+            counters["handler_failures"].add_metric([name], stats.handler_failures)
+            counters["gaps"].add_metric([name], stats.gaps)
+            counters["gap_seconds"].add_metric([name], stats.gap_seconds)
+            counters["freeswitch_restarts"].add_metric([name], stats.freeswitch_restarts)
+        yield from (received, state, *counters.values())
+
+
+class ProviderCollector(Collector):
+    """Readiness and the outbox figures, asked of their owners at scrape time."""
+
+    def __init__(self) -> None:
+        self.ready: Callable[[], bool] | None = None
+        self.outbox: OutboxStats | None = None
+        self.log = logging.getLogger("listener.service.metrics")
+
+    def collect(self) -> Iterator[Metric]:
+        if self.ready is not None:
+            ready = _gauge("ready", "1 when /readyz answers 200", [])
+            ready.add_metric([], 1.0 if self.ready() else 0.0)
+            yield ready
+        if self.outbox is not None:
+            yield from self._outbox(self.outbox)
+
+    def _outbox(self, provider: OutboxStats) -> Iterator[Metric]:
+        try:
+            rows = list(provider())
+        except Exception as exc:  # noqa: BLE001 - a scrape must not fail because the outbox did
+            self.log.warning("outbox statistics unavailable: %s", type(exc).__name__)
+            return
+        labels = ["endpoint"]
+        pending = _gauge("outbox_pending_messages", "Messages waiting for delivery", labels)
+        dead = _gauge("outbox_dead_messages", "Messages given up on (kept for the operator)", labels)
+        oldest = _gauge("outbox_oldest_pending_age_seconds", "Age of the oldest pending message", labels)
+        for row in rows:
+            pending.add_metric([row.endpoint], row.pending)
+            dead.add_metric([row.endpoint], row.dead)
+            oldest.add_metric([row.endpoint], row.oldest_pending_age or 0.0)
+        yield from (pending, dead, oldest)
+
+
+class Metrics:
+    """The daemon's metrics; ``render()`` is the body of ``GET /metrics``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.providers = ProviderCollector()
+        self.registry.register(self.providers)
+        self.calls = Counter(
+            f"{PREFIX}_calls_classified", "Call legs classified, by node, status and bye reason",
+            ["node", "status", "bye_reason"], registry=self.registry,
+        )
+        self._call_counters: dict[tuple[str, Any, Any], Any] = {}
+        self.deliveries = Counter(
+            f"{PREFIX}_webhook_deliveries", "Webhook delivery attempts, by endpoint and outcome",
+            ["endpoint", "outcome"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            f"{PREFIX}_webhook_delivery_latency_seconds", "Time from sending a webhook to its answer",
+            ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+
+    def watch_sources(self, sources: Sequence[ESLSource]) -> None:
+        """Expose the state and counters of these ESL sources."""
+        self.registry.register(ESLCollector(sources))
+
+    def watch_ready(self, ready: Callable[[], bool]) -> None:
+        """Expose ``hangup_listener_ready`` (alert when 0 for more than a minute)."""
+        self.providers.ready = ready
+
+    def watch_outbox(self, stats: OutboxStats) -> None:
+        """Expose pending/dead counts and the oldest pending age per endpoint (called at each scrape)."""
+        self.providers.outbox = stats
+
+    def call_classified(self, node: str, document: Mapping[str, Any]) -> None:
+        key = (node, document.get("status"), document.get("bye_reason"))
+        child = self._call_counters.get(key)
+        if child is None:  # labels() costs ~2 us a call: its children are kept, one per combination
+            child = self._call_counters[key] = self.calls.labels(
+                node=node, status=str(key[1]), bye_reason=str(key[2]))
+        child.inc()
+
+    def delivery_attempted(self, attempt: Attempted) -> None:
+        """One webhook attempt, counted by its kind: a small fixed set (delivered, failed, gave_up)."""
+        self.deliveries.labels(endpoint=attempt.endpoint, outcome=attempt.kind).inc()
+        self.latency.labels(endpoint=attempt.endpoint).observe(attempt.latency_s)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return bytes(generate_latest(self.registry))
