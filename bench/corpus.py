@@ -115,9 +115,9 @@ class Expected:
     """What the daemon must produce for event ``i``: the template's document with the fresh id in it."""
 
     def __init__(self, corpus: Corpus) -> None:
-        from listener import payload  # noqa: PLC0415 - only the verifier needs the classifier
-        from listener.classify import default_classifier  # noqa: PLC0415
-        from listener.event import HangupEvent  # noqa: PLC0415
+        from listener.core import document as payload  # noqa: PLC0415 - only the verifier needs the classifier
+        from listener.core.classifier import default_classifier  # noqa: PLC0415
+        from listener.core.event import HangupEvent  # noqa: PLC0415
 
         classify = default_classifier().classify
         self._payload = payload

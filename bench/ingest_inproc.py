@@ -28,17 +28,22 @@ from typing import Any  # noqa: E402
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 import gevent.subprocess  # noqa: E402
-
-from listener import logs  # noqa: E402
-from listener.app import App  # noqa: E402
-from listener.classify import default_classifier  # noqa: E402
-from listener.config import Config, HealthConfig, OutboxConfig  # noqa: E402
-from listener.esl import ESLSettings, Node  # noqa: E402
 from listener.offload import ClassifyProcess  # noqa: E402
-from listener.outbox import Outbox  # noqa: E402
-from listener.sink import OutboxWriter  # noqa: E402
-from listener.webhook_config import WebhookConfig  # noqa: E402
 from listener.worker import DeliveryWorker  # noqa: E402
+
+from listener.app import App  # noqa: E402
+from listener.config.settings import (  # noqa: E402  # noqa: E402
+    Config,
+    ESLSettings,
+    HealthConfig,
+    Node,
+    OutboxConfig,
+    WebhookConfig,
+)
+from listener.core.classifier import default_classifier  # noqa: E402
+from listener.outbox.store import Outbox  # noqa: E402
+from listener.outbox.writer import OutboxWriter  # noqa: E402
+from listener.service import logs  # noqa: E402
 
 MARK = '"call.classified"'
 ROOT = Path(__file__).resolve().parent.parent

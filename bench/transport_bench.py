@@ -1,4 +1,4 @@
-"""CPU per webhook POST: geventhttpclient's HTTPClient (the transport before) against listener.transport.
+"""CPU per webhook POST: geventhttpclient's HTTPClient (the transport before) against listener.webhooks.transport.
 
     .venv/bin/python -m bench.transport_bench old|new [N]
 
@@ -27,10 +27,10 @@ import gevent  # noqa: E402
 import gevent.pool  # noqa: E402
 from geventhttpclient import HTTPClient  # noqa: E402
 
-from listener.retry import RetrySchedule  # noqa: E402
-from listener.transport import Transport  # noqa: E402
-from listener.webhook import Delivered, Outcome, Request, build_request, outcome_of_response  # noqa: E402
-from listener.webhook_config import WebhookConfig  # noqa: E402
+from listener.config.settings import WebhookConfig  # noqa: E402
+from listener.core.retry import RetrySchedule  # noqa: E402
+from listener.core.signing import Delivered, Outcome, Request, build_request, outcome_of_response  # noqa: E402
+from listener.webhooks.transport import Transport  # noqa: E402
 
 CONCURRENCY = 16
 BODY = '{"id":"x","pad":"' + "x" * 8980 + '"}'  # 9,000 bytes

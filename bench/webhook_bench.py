@@ -14,9 +14,11 @@ import gevent.queue
 import structlog
 from webhook_receiver import Receiver
 
-from listener.retry import RetrySchedule
-from listener.sink import OutboxWriter, WebhookSink
-from listener.webhook_config import OutboxConfig, WebhookConfig, decode_secret
+from listener.config.settings import OutboxConfig, WebhookConfig
+from listener.config.webhooks import decode_secret
+from listener.core.retry import RetrySchedule
+from listener.outbox.writer import OutboxWriter
+from listener.webhooks.sink import WebhookSink
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
