@@ -62,6 +62,14 @@ def test_every_core_module_imports_and_classifies_with_the_edge_libraries_unimpo
     assert result.stdout.strip() == f"pure {len(modules)}"
 
 
+def test_the_configuration_is_read_without_any_edge_library() -> None:
+    """``config`` once imported the ESL edge (and gevent and greenswitch with it): values only now."""
+    config = Path(listener.__file__).parent / "config"
+    modules = sorted(f"listener.config.{path.stem}" for path in config.glob("*.py") if path.stem != "__init__")
+    result = probe(modules)
+    assert result.returncode == 0, result.stderr
+
+
 def test_the_probe_catches_a_module_that_reaches_an_edge() -> None:
     """The guard can fail: an edge module, probed the same way, is refused."""
     result = probe(["listener.outbox.store"])
