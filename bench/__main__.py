@@ -40,10 +40,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backlog-new-rate", type=float, help="events/s written while the backlog drains")
     parser.add_argument("--synchronous", choices=("full", "normal"), default="full")
     parser.add_argument("--concurrency", type=int, default=16, help="the endpoint's max_concurrency")
-    parser.add_argument("--inline-delivery", action="store_true",
-                        help="[outbox] delivery_process = false: deliver on the daemon's own loop")
-    parser.add_argument("--inline-classify", action="store_true",
-                        help="[esl] classify_process = false: parse and classify on the daemon's own loop")
     parser.add_argument("--only", nargs="+", choices=ALL, default=list(ALL))
     parser.add_argument("--out", type=Path, help="results JSON (default: bench/results/<mode>.json)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, outbox)")
@@ -66,15 +62,11 @@ def machine() -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    settings = scenarios.Settings(random.getrandbits(32), folder, args.synchronous, args.concurrency,
-                                  delivery_process=not args.inline_delivery,
-                                  classify_process=not args.inline_classify)
+    settings = scenarios.Settings(random.getrandbits(32), folder, args.synchronous, args.concurrency)
     corpus = Corpus(settings.run)
     expected = Expected(corpus)
     results: dict[str, Any] = {"machine": machine(), "synchronous": args.synchronous,
                                "concurrency": args.concurrency,
-                               "delivery_process": not args.inline_delivery,
-                               "classify_process": not args.inline_classify,
                                "mean_event_bytes": round(corpus.mean_size),
                                "captured_events": len(corpus.templates)}
     steps = {
@@ -139,11 +131,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         out.append((f"memory over {m['events']:,} events ingested", f"peak {m['peak_rss_mb']} MB; "
                     f"{m['rss_after_first_tenth_mb']} MB -> {m['rss_end_mb']} MB ({m['growth_pct']:+}%)",
                     "< 80 MB, < 10%", _met(m["peak_rss_mb"] < 80 and abs(m["growth_pct"]) < 10)))
-        if "idle_rss_mb" in m:
-            processes = f"{m['processes']} process" + ("es" if m["processes"] > 1 else "")
-            out.append((f"memory idle ({processes}, before the first event)",
-                        f"RSS {m['idle_rss_mb']} MB, PSS {m['idle_pss_mb']} MB; PSS at the end "
-                        f"{m['pss_end_mb']} MB", "(the floor)", ""))
+        out.append(("memory idle (connected, before the first event)", f"RSS {m['idle_rss_mb']} MB",
+                    "(the floor)", ""))
     return out
 
 

@@ -28,8 +28,6 @@ class Settings:
     folder: Path
     synchronous: str = "full"
     concurrency: int = 16
-    delivery_process: bool = True
-    classify_process: bool = True
     timeout: float = 900.0
 
 
@@ -47,8 +45,7 @@ class Setup:
         if listening:
             self.listen()
         config = write_config(self.folder, fake_port, receiver_port, synchronous=settings.synchronous,
-                              concurrency=settings.concurrency, delivery_process=settings.delivery_process,
-                              classify_process=settings.classify_process)
+                              concurrency=settings.concurrency)
         self.log = self.folder / "stdout.jsonl" if keep_log else None
         self.daemon = Daemon(config, self.log, milestones)
 
@@ -185,27 +182,20 @@ def latency(settings: Settings, per_s: float, seconds: float, expected: Expected
     }
 
 
-def _by_process_mb(tree: dict[str, int], field: str) -> dict[str, float]:
-    """``field`` of each process of a ``tree_rss_kb`` reading, in MB, by ``<pid> <command>``."""
-    return {k.split(":")[0]: round(v / 1024, 1) for k, v in tree.items() if k.endswith(f":{field}")}
-
-
 def memory(settings: Settings, count: int) -> Result:
     """Peak RSS over ``count`` events ingested at full speed, RSS at the end against after the first tenth.
 
-    RSS is the whole daemon's: the main process and its delivery and classify processes added up.
-    The peak is read after everything was delivered. Also recorded: each process's RSS idle, once
-    connected and before the first event (the floor no working set goes under), and the processes'
-    PSS added up idle and at the end (shared pages counted once: what the machine pays).
+    The daemon is one process: its VmHWM (peak RSS), read after everything was delivered. Also
+    recorded: its RSS idle, once connected and before the first event (the floor no working set
+    goes under).
 
     The receiver is down during the burst (the circuit keeps delivery idle; at full ingest speed
     delivery would otherwise lag far behind); it is started afterwards and everything delivered.
     """
     early = max(count // 10, 1)
-    processes = 1 + settings.delivery_process + settings.classify_process
     with setup(settings, "memory", listening=False, keep_log=False, milestones=(early, count)) as s:
         s.fake.ask("connected", settings.timeout)
-        idle = s.daemon.settled(processes)
+        idle = s.daemon.settled()
         first = s.fake.ask(f"burst {count}", settings.timeout * 4)["first"]
         s.daemon.wait_count(count, settings.timeout * 4)
         ingested = s.daemon.reached[count]
@@ -214,24 +204,22 @@ def memory(settings: Settings, count: int) -> Result:
         at_early = s.daemon.rss_at[early]["VmRSS"]
         s.listen()
         done = s.receiver.ask(f"target {count}", settings.timeout * 4)
-        delivered = s.daemon.rss()  # the peaks now include the delivery of everything
-        pss_end = s.daemon.pss()
+        delivered = s.daemon.rss()  # the peak now includes the delivery of everything
     return {
-        "memory": {"events": count, "peak_rss_mb": round(delivered["VmHWM"] / 1024, 1),
-                   "peak_rss_by_process_mb": _by_process_mb(delivered, "VmHWM"),
-                   "rss_after_first_tenth_mb": round(at_early / 1024, 1), "first_tenth": early,
-                   "rss_end_mb": round(end["VmRSS"] / 1024, 1),
+        "memory": {"events": count, "peak_rss_mb": _mb(delivered["VmHWM"]),
+                   "rss_after_first_tenth_mb": _mb(at_early), "first_tenth": early,
+                   "rss_end_mb": _mb(end["VmRSS"]),
                    "growth_pct": round((end["VmRSS"] - at_early) / at_early * 100, 1),
-                   "processes": processes,
-                   "idle_rss_mb": round(idle["VmRSS"] / 1024, 1),
-                   "idle_rss_by_process_mb": _by_process_mb(idle, "VmRSS"),
-                   "idle_pss_mb": round(idle["Pss"] / 1024, 1),
-                   "pss_end_mb": round(pss_end / 1024, 1),
+                   "idle_rss_mb": _mb(idle["VmRSS"]),
                    "ingest_per_s": round(count / (ingested - first)),
                    "target_peak_mb": 80, "target_growth_pct": 10},
         "checks": {"webhooks": {"expected": count, "unique": done["unique"], "requests": done["requests"],
                                 "ok": done["unique"] == count}},
     }
+
+
+def _mb(kb: int) -> float:
+    return round(kb / 1024, 1)
 
 
 def quick_corpus(run: int) -> tuple[Corpus, Expected]:
