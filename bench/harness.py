@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 MARK = b'"call.classified"'
 
@@ -76,6 +77,12 @@ def rss_kb(pid: int) -> dict[str, int]:
         if name in ("VmRSS", "VmHWM"):
             values[name] = int(rest.split()[0])
     return values
+
+
+def cpu_s(pid: int) -> float:
+    """CPU time (user + system) of a process so far, all its threads, in seconds (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14 and 15
 
 
 def children(pid: int) -> list[int]:
@@ -162,6 +169,9 @@ class Daemon:
 
     def rss(self) -> dict[str, int]:
         return rss_kb(self.proc.pid)
+
+    def cpu_s(self) -> float:
+        return cpu_s(self.proc.pid)
 
     def settled(self, timeout: float = 30.0) -> dict[str, int]:
         """The daemon's RSS once it stopped growing (everything imported, connected).

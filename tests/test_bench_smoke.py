@@ -28,8 +28,8 @@ def test_a_small_benchmark_run_completes_and_delivers_every_event_as_classified(
     run = subprocess.run(
         [sys.executable, "-m", "bench", "--events", "1500", "--latency-rate", "300",
          "--latency-seconds", "2", "--memory-events", "1500", "--backlog-new-rate", "200",
-         "--synchronous", "normal", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=100, check=False)
+         "--steady-rate", "200", "--steady-seconds", "2", "--synchronous", "normal", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=110, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
     results = json.loads(out.read_text())
     assert results["correct"] is True
@@ -40,3 +40,10 @@ def test_a_small_benchmark_run_completes_and_delivers_every_event_as_classified(
     assert results["memory"]["checks"]["webhooks"]["ok"] is True
     memory = results["memory"]["memory"]
     assert 0 < memory["idle_rss_mb"] <= memory["peak_rss_mb"]
+    steady = results["steady"]
+    assert steady["checks"]["webhooks"]["seen"] == steady["checks"]["webhooks"]["expected"] == 400
+    assert steady["checks"]["outbox"]["left"] == 0
+    figures = steady["steady"]
+    assert figures["daemon_cpu_ms_per_event"] > 0
+    assert figures["bare_greenswitch_cpu_ms_per_event"] > 0
+    assert 0 < figures["idle_rss_mb"] <= figures["peak_rss_mb"]
