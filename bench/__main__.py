@@ -1,7 +1,8 @@
 """One command: ``python -m bench [--quick]`` runs every measurement, prints the table, saves JSON.
 
-Full mode uses the issue's sizes (100,000 events, 60 s at 1,000/s, 1,000,000 events for memory);
-``--quick`` is a 20,000-event run of a few minutes; every size can be set on its own.
+Full mode uses the issue's sizes (100,000 events, 60 s at 1,000/s, 1,000,000 events for memory,
+60 s at 200/s for CPU per hangup); ``--quick`` is a 20,000-event run of a few minutes; every size
+can be set on its own.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from bench.corpus import Corpus, Expected
 from bench.harness import ROOT
 
 FULL = {"events": 100_000, "latency_rate": 1000.0, "latency_seconds": 60.0, "memory_events": 1_000_000,
-        "backlog_new_rate": 1000.0}
+        "backlog_new_rate": 1000.0, "steady_rate": 200.0, "steady_seconds": 60.0}
 QUICK = {"events": 20_000, "latency_rate": 1000.0, "latency_seconds": 10.0, "memory_events": 100_000,
-         "backlog_new_rate": 1000.0}
-ALL = ("ingest", "e2e", "latency", "memory")
+         "backlog_new_rate": 1000.0, "steady_rate": 200.0, "steady_seconds": 10.0}
+ALL = ("ingest", "e2e", "latency", "memory", "steady")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -38,12 +39,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float)
     parser.add_argument("--memory-events", type=int)
     parser.add_argument("--backlog-new-rate", type=float, help="events/s written while the backlog drains")
+    parser.add_argument("--steady-rate", type=float, help="events/s of the steady CPU measure")
+    parser.add_argument("--steady-seconds", type=float, help="how long the steady rate lasts")
     parser.add_argument("--synchronous", choices=("full", "normal"), default="full")
     parser.add_argument("--concurrency", type=int, default=16, help="the endpoint's max_concurrency")
-    parser.add_argument("--inline-delivery", action="store_true",
-                        help="[outbox] delivery_process = false: deliver on the daemon's own loop")
-    parser.add_argument("--inline-classify", action="store_true",
-                        help="[esl] classify_process = false: parse and classify on the daemon's own loop")
     parser.add_argument("--only", nargs="+", choices=ALL, default=list(ALL))
     parser.add_argument("--out", type=Path, help="results JSON (default: bench/results/<mode>.json)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, outbox)")
@@ -66,15 +65,11 @@ def machine() -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    settings = scenarios.Settings(random.getrandbits(32), folder, args.synchronous, args.concurrency,
-                                  delivery_process=not args.inline_delivery,
-                                  classify_process=not args.inline_classify)
+    settings = scenarios.Settings(random.getrandbits(32), folder, args.synchronous, args.concurrency)
     corpus = Corpus(settings.run)
     expected = Expected(corpus)
     results: dict[str, Any] = {"machine": machine(), "synchronous": args.synchronous,
                                "concurrency": args.concurrency,
-                               "delivery_process": not args.inline_delivery,
-                               "classify_process": not args.inline_classify,
                                "mean_event_bytes": round(corpus.mean_size),
                                "captured_events": len(corpus.templates)}
     steps = {
@@ -84,6 +79,8 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "latency": ("latency", lambda: scenarios.latency(
             settings, args.latency_rate, args.latency_seconds, expected)),
         "memory": ("memory", lambda: scenarios.memory(settings, args.memory_events)),
+        "steady": ("steady", lambda: scenarios.steady(
+            settings, args.steady_rate, args.steady_seconds, expected)),
     }
     for name in ALL:
         if name in args.only:
@@ -139,11 +136,14 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         out.append((f"memory over {m['events']:,} events ingested", f"peak {m['peak_rss_mb']} MB; "
                     f"{m['rss_after_first_tenth_mb']} MB -> {m['rss_end_mb']} MB ({m['growth_pct']:+}%)",
                     "< 80 MB, < 10%", _met(m["peak_rss_mb"] < 80 and abs(m["growth_pct"]) < 10)))
-        if "idle_rss_mb" in m:
-            processes = f"{m['processes']} process" + ("es" if m["processes"] > 1 else "")
-            out.append((f"memory idle ({processes}, before the first event)",
-                        f"RSS {m['idle_rss_mb']} MB, PSS {m['idle_pss_mb']} MB; PSS at the end "
-                        f"{m['pss_end_mb']} MB", "(the floor)", ""))
+        out.append(("memory idle (connected, before the first event)", f"RSS {m['idle_rss_mb']} MB",
+                    "(the floor)", ""))
+    if "steady" in results:
+        st = results["steady"]["steady"]
+        out.append((f"CPU per hangup at a steady {st['events_per_s']:g}/s (ingest, commit, delivery)",
+                    f"daemon {st['daemon_cpu_ms_per_event']} ms, bare greenswitch "
+                    f"{st['bare_greenswitch_cpu_ms_per_event']} ms = {st['ratio']}x; "
+                    f"peak RSS {st['peak_rss_mb']} MB", "<= 4.4x", _met(st["ratio"] <= 4.4)))
     return out
 
 

@@ -3,7 +3,8 @@
     python -m bench.bare PORT COUNT
 
 Connects to 127.0.0.1:PORT, subscribes to CHANNEL_HANGUP_COMPLETE, prints ``{"subscribed": true}``,
-then ``{"count": COUNT, "last": t}`` (``time.monotonic()``) once COUNT events were handled.
+then ``{"count": COUNT, "last": t}`` (``time.monotonic()``) once COUNT events were handled, and
+exits at the next line on stdin (``quit``): until then its CPU time can be read from ``/proc``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> None:
     print(json.dumps({"subscribed": True}), flush=True)
     done.wait()
     print(json.dumps({"count": seen, "last": time.monotonic()}), flush=True)
+    sys.stdin.readline()
 
 
 if __name__ == "__main__":

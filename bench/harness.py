@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 MARK = b'"call.classified"'
 
@@ -78,16 +79,14 @@ def rss_kb(pid: int) -> dict[str, int]:
     return values
 
 
-def pss_kb(pid: int) -> int:
-    """PSS of a process in kB: its resident pages, each shared page divided among its sharers."""
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    raise OSError(f"no Pss in /proc/{pid}/smaps_rollup")
+def cpu_s(pid: int) -> float:
+    """CPU time (user + system) of a process so far, all its threads, in seconds (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14 and 15
 
 
 def children(pid: int) -> list[int]:
-    """The direct children of ``pid`` (the daemon's delivery and classify processes)."""
+    """The direct children of ``pid``: the daemon has none (what is measured is one process)."""
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     except OSError:
@@ -95,45 +94,14 @@ def children(pid: int) -> list[int]:
     return [int(child) for child in text.split()]
 
 
-def role(pid: int) -> str:
-    """The ``hangup-listener`` command a process runs (run, deliver, classify-process), from its cmdline."""
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return "?"
-    after = args[args.index(b"listener") + 1:] if b"listener" in args else args[-2:]
-    return after[0].decode(errors="replace") if after else "?"
-
-
-def tree_rss_kb(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM summed over ``pid`` and its children: the whole daemon, all its processes.
-
-    The sum of each process's peak is at least the peak of the sum (conservative). Also each
-    process's own figures, as ``<pid> <command>:VmRSS`` and ``<pid> <command>:VmHWM``.
-    """
-    total = {"VmRSS": 0, "VmHWM": 0}
-    for one in (pid, *children(pid)):
-        try:
-            values = rss_kb(one)
-        except OSError:
-            continue
-        label = f"{one} {role(one)}"
-        for name, kb in values.items():
-            total[name] += kb
-            total[f"{label}:{name}"] = kb
-    return total
-
-
 def write_config(folder: Path, esl_port: int, receiver_port: int, *, synchronous: str,
-                 concurrency: int, delivery_process: bool = True, classify_process: bool = True) -> Path:
+                 concurrency: int) -> Path:
     config = folder / "listener.toml"
     config.write_text(
         f'[[freeswitch]]\nname = "bench"\nport = {esl_port}\n'
         "[esl]\nbackoff_initial = 0.1\nbackoff_max = 1.0\n"
-        f"classify_process = {str(classify_process).lower()}\n"
         "[health]\nenabled = false\n"
         f'[outbox]\npath = "{folder / "outbox.sqlite3"}"\nsynchronous = "{synchronous}"\n'
-        f"delivery_process = {str(delivery_process).lower()}\n"
         f'[[webhooks]]\nname = "receiver"\nurl = "http://127.0.0.1:{receiver_port}/hook"\n'
         f'secret = "{SECRET}"\nmax_concurrency = {concurrency}\n'
     )
@@ -184,7 +152,7 @@ class Daemon:
             while self._milestones and self.count >= self._milestones[0]:
                 reached = self._milestones.pop(0)
                 self.reached[reached] = now
-                self.rss_at[reached] = tree_rss_kb(self.proc.pid)
+                self.rss_at[reached] = rss_kb(self.proc.pid)
             self._changed.notify_all()
 
     def wait_count(self, count: int, timeout: float) -> None:
@@ -200,29 +168,28 @@ class Daemon:
                 self._changed.wait(min(left, 1.0))
 
     def rss(self) -> dict[str, int]:
-        return tree_rss_kb(self.proc.pid)
+        return rss_kb(self.proc.pid)
 
-    def settled(self, processes: int, timeout: float = 30.0) -> dict[str, int]:
-        """The tree's RSS once it has ``processes`` processes and stopped growing (children imported).
+    def cpu_s(self) -> float:
+        return cpu_s(self.proc.pid)
 
-        Also ``Pss``: the PSS of the tree added up, the memory the machine pays for it once.
+    def settled(self, timeout: float = 30.0) -> dict[str, int]:
+        """The daemon's RSS once it stopped growing (everything imported, connected).
+
+        Raises if the daemon started a child process: every figure here is its one process's.
         """
         deadline = time.monotonic() + timeout
         last = None
         while True:
-            count = 1 + len(children(self.proc.pid))
-            now = tree_rss_kb(self.proc.pid)
-            if count == processes and last is not None and abs(now["VmRSS"] - last["VmRSS"]) < 256:
-                now["Pss"] = self.pss()
+            if extra := children(self.proc.pid):
+                raise RuntimeError(f"the daemon runs {len(extra)} child process(es): the bench measures one")
+            now = rss_kb(self.proc.pid)
+            if last is not None and abs(now["VmRSS"] - last["VmRSS"]) < 256:
                 return now
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the daemon had {count} processes, not {processes}, or kept growing")
+                raise TimeoutError(f"the daemon's RSS kept growing for {timeout:g}s")
             last = now
             time.sleep(0.5)
-
-    def pss(self) -> int:
-        """The PSS of the daemon's processes added up, in kB."""
-        return sum(pss_kb(pid) for pid in (self.proc.pid, *children(self.proc.pid)))
 
     def stop(self) -> int:
         if self.proc.poll() is None:

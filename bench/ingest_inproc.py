@@ -1,10 +1,11 @@
 """Ingest speed of the daemon run in this process: first byte written to last ``call.classified``.
 
-The daemon's own pieces (``App`` with a real ``OutboxWriter`` on a temporary SQLite file, no webhook
-delivery: ingest only) read a burst of real events (``event json``) from the bench's fake
-FreeSWITCH, its own process as FreeSWITCH is; the log lines go to ``/dev/null`` through a counter.
-Reported: events/s; how busy the loop's thread and the whole process (the loop and the outbox's
-thread) were, as CPU time over wall time; the process's CPU time per event.
+The daemon's own pieces (``App.from_config``: a real ``OutboxWriter`` on a temporary SQLite file;
+its one endpoint is down, so the circuit keeps delivery idle: ingest only) read a burst of real
+events (``event json``) from the bench's fake FreeSWITCH, its own process as FreeSWITCH is; the
+log lines go to ``/dev/null`` through a counter. Reported: events/s; how busy the loop's thread and
+the whole process (the loop and the outbox's thread) were, as CPU time over wall time; the
+process's CPU time per event.
 Much cheaper than ``python -m bench``, for comparing two versions of the ingest path::
 
     .venv/bin/python -m bench.ingest_inproc --events 20000 --runs 3
@@ -28,21 +29,10 @@ from typing import Any  # noqa: E402
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 import gevent.subprocess  # noqa: E402
-from listener.offload import ClassifyProcess  # noqa: E402
-from listener.worker import DeliveryWorker  # noqa: E402
 
 from listener.app import App  # noqa: E402
-from listener.config.settings import (  # noqa: E402  # noqa: E402
-    Config,
-    ESLSettings,
-    HealthConfig,
-    Node,
-    OutboxConfig,
-    WebhookConfig,
-)
-from listener.core.classifier import default_classifier  # noqa: E402
+from listener.config.settings import Config, HealthConfig, Node, OutboxConfig, WebhookConfig  # noqa: E402
 from listener.outbox.store import Outbox  # noqa: E402
-from listener.outbox.writer import OutboxWriter  # noqa: E402
 from listener.service import logs  # noqa: E402
 
 MARK = '"call.classified"'
@@ -93,24 +83,19 @@ class Feeder:
         self.proc.wait()
 
 
-def measure(events: int, folder: Path, synchronous: str, process: bool = False,
-            classify_process: bool = False) -> dict[str, Any]:
+def measure(events: int, folder: Path, synchronous: str) -> dict[str, Any]:
     """One burst of ``events`` into a fresh daemon and a fresh outbox; the figures of the docstring."""
     lines = Lines(events)
     logs.configure("info", stream=lines)  # type: ignore[arg-type]
     feeder = Feeder()
     config = Config(
         nodes=(Node("bench", port=feeder.port),), health=HealthConfig(enabled=False),
-        esl=ESLSettings(classify_process=classify_process),
         outbox=OutboxConfig(folder / "outbox.sqlite3", synchronous=synchronous),
         webhooks=(WebhookConfig(name="down", url="http://127.0.0.1:9/", key=b"k" * 32),))
-    writer = OutboxWriter.open(config.outbox, config.webhooks)
-    delivery = DeliveryWorker(writer, config.webhooks, config.outbox, "info") if process else None
-    offload = ClassifyProcess(default_classifier()) if classify_process else None
-    app = App(config, default_classifier().classify, writer, delivery, offload)
+    app = App.from_config(config)
     app.start()
     gevent.sleep(0.5)  # connected, subscribed, the core-UUID query answered
-    cpu, process = time.thread_time(), time.process_time()  # this process only (not its children)
+    cpu, process = time.thread_time(), time.process_time()
     feeder.tell(f"burst {events}")
     lines.done.wait(timeout=600)
     end, cpu, process = time.monotonic(), time.thread_time() - cpu, time.process_time() - process
@@ -139,10 +124,6 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--synchronous", default="full", choices=("full", "normal"))
-    parser.add_argument("--delivery-process", action="store_true",
-                        help="the daemon's default: commits and delivery in a child process")
-    parser.add_argument("--classify-process", action="store_true",
-                        help="[esl] classify_process: hangups parsed and classified in a child process")
     parser.add_argument("--disk-delay-ms", type=float, default=0.0,
                         help="added to every outbox commit, on its thread: a slower disk, simulated")
     args = parser.parse_args()
@@ -151,8 +132,7 @@ def main() -> None:
     results = []
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory() as folder:
-            results.append(measure(args.events, Path(folder), args.synchronous, args.delivery_process,
-                                   args.classify_process))
+            results.append(measure(args.events, Path(folder), args.synchronous))
         print(json.dumps(results[-1]), flush=True)
     rates = sorted(r["events_per_s"] for r in results)
     print(json.dumps({"median_events_per_s": rates[len(rates) // 2]}))

@@ -1,4 +1,4 @@
-"""The five measurements of issue 6, each with its reference taken in the same run.
+"""The measurements of issue 6 (and the steady CPU measure), each with its reference taken in the same run.
 
 Each scenario starts its own processes (fake FreeSWITCH, receiver, daemon) in a fresh temporary
 folder and stops them; the daemon is the real thing, ``python -m listener run --config``.
@@ -6,6 +6,7 @@ folder and stops them; the daemon is the real thing, ``python -m listener run --
 
 from __future__ import annotations
 
+import sqlite3
 import statistics
 import time
 from array import array
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.corpus import Corpus, Expected
-from bench.harness import Child, Daemon, write_config
+from bench.harness import Child, Daemon, cpu_s, write_config
 from bench.verify import Check, check_log, check_webhooks
 
 Result = dict[str, Any]
@@ -28,8 +29,6 @@ class Settings:
     folder: Path
     synchronous: str = "full"
     concurrency: int = 16
-    delivery_process: bool = True
-    classify_process: bool = True
     timeout: float = 900.0
 
 
@@ -47,8 +46,7 @@ class Setup:
         if listening:
             self.listen()
         config = write_config(self.folder, fake_port, receiver_port, synchronous=settings.synchronous,
-                              concurrency=settings.concurrency, delivery_process=settings.delivery_process,
-                              classify_process=settings.classify_process)
+                              concurrency=settings.concurrency)
         self.log = self.folder / "stdout.jsonl" if keep_log else None
         self.daemon = Daemon(config, self.log, milestones)
 
@@ -75,16 +73,25 @@ def setup(settings: Settings, name: str, **options: Any) -> Iterator[Setup]:
 
 def bare_greenswitch(settings: Settings, count: int) -> float:
     """Events/s of greenswitch's bare receive loop on the same bytes (first byte written to last handled)."""
+    with bare_loop(settings, count) as (fake, bare):
+        first = fake.ask(f"burst {count}", settings.timeout)["first"]
+        last = bare.read(settings.timeout)["last"]
+    return count / (last - first)
+
+
+@contextmanager
+def bare_loop(settings: Settings, count: int) -> Iterator[tuple[Child, Child]]:
+    """A fake FreeSWITCH and greenswitch's bare loop connected to it, subscribed, waiting for ``count``."""
     fake = Child("bench.fakefs", settings.run)
     try:
         bare = Child("bench.bare", fake.read()["port"], count)
-        bare.read(timeout=30)
-        first = fake.ask(f"burst {count}", settings.timeout)["first"]
-        last = bare.read(settings.timeout)["last"]
-        bare.close()
+        try:
+            bare.read(timeout=30)  # subscribed
+            yield fake, bare
+        finally:
+            bare.close()
     finally:
         fake.close()
-    return count / (last - first)
 
 
 def against_bare(rate: float, before: float, after: float) -> dict[str, int | float]:
@@ -185,27 +192,20 @@ def latency(settings: Settings, per_s: float, seconds: float, expected: Expected
     }
 
 
-def _by_process_mb(tree: dict[str, int], field: str) -> dict[str, float]:
-    """``field`` of each process of a ``tree_rss_kb`` reading, in MB, by ``<pid> <command>``."""
-    return {k.split(":")[0]: round(v / 1024, 1) for k, v in tree.items() if k.endswith(f":{field}")}
-
-
 def memory(settings: Settings, count: int) -> Result:
     """Peak RSS over ``count`` events ingested at full speed, RSS at the end against after the first tenth.
 
-    RSS is the whole daemon's: the main process and its delivery and classify processes added up.
-    The peak is read after everything was delivered. Also recorded: each process's RSS idle, once
-    connected and before the first event (the floor no working set goes under), and the processes'
-    PSS added up idle and at the end (shared pages counted once: what the machine pays).
+    The daemon is one process: its VmHWM (peak RSS), read after everything was delivered. Also
+    recorded: its RSS idle, once connected and before the first event (the floor no working set
+    goes under).
 
     The receiver is down during the burst (the circuit keeps delivery idle; at full ingest speed
     delivery would otherwise lag far behind); it is started afterwards and everything delivered.
     """
     early = max(count // 10, 1)
-    processes = 1 + settings.delivery_process + settings.classify_process
     with setup(settings, "memory", listening=False, keep_log=False, milestones=(early, count)) as s:
         s.fake.ask("connected", settings.timeout)
-        idle = s.daemon.settled(processes)
+        idle = s.daemon.settled()
         first = s.fake.ask(f"burst {count}", settings.timeout * 4)["first"]
         s.daemon.wait_count(count, settings.timeout * 4)
         ingested = s.daemon.reached[count]
@@ -214,24 +214,85 @@ def memory(settings: Settings, count: int) -> Result:
         at_early = s.daemon.rss_at[early]["VmRSS"]
         s.listen()
         done = s.receiver.ask(f"target {count}", settings.timeout * 4)
-        delivered = s.daemon.rss()  # the peaks now include the delivery of everything
-        pss_end = s.daemon.pss()
+        delivered = s.daemon.rss()  # the peak now includes the delivery of everything
     return {
-        "memory": {"events": count, "peak_rss_mb": round(delivered["VmHWM"] / 1024, 1),
-                   "peak_rss_by_process_mb": _by_process_mb(delivered, "VmHWM"),
-                   "rss_after_first_tenth_mb": round(at_early / 1024, 1), "first_tenth": early,
-                   "rss_end_mb": round(end["VmRSS"] / 1024, 1),
+        "memory": {"events": count, "peak_rss_mb": _mb(delivered["VmHWM"]),
+                   "rss_after_first_tenth_mb": _mb(at_early), "first_tenth": early,
+                   "rss_end_mb": _mb(end["VmRSS"]),
                    "growth_pct": round((end["VmRSS"] - at_early) / at_early * 100, 1),
-                   "processes": processes,
-                   "idle_rss_mb": round(idle["VmRSS"] / 1024, 1),
-                   "idle_rss_by_process_mb": _by_process_mb(idle, "VmRSS"),
-                   "idle_pss_mb": round(idle["Pss"] / 1024, 1),
-                   "pss_end_mb": round(pss_end / 1024, 1),
+                   "idle_rss_mb": _mb(idle["VmRSS"]),
                    "ingest_per_s": round(count / (ingested - first)),
                    "target_peak_mb": 80, "target_growth_pct": 10},
         "checks": {"webhooks": {"expected": count, "unique": done["unique"], "requests": done["requests"],
                                 "ok": done["unique"] == count}},
     }
+
+
+def _mb(kb: int) -> float:
+    return round(kb / 1024, 1)
+
+
+def steady(settings: Settings, per_s: float, seconds: float, expected: Expected) -> Result:
+    """CPU time per hangup at a steady rate: the daemon (ingest, commit, delivery) against bare greenswitch.
+
+    The daemon's window runs from just before the first event is written until the last webhook
+    was received and its row left the outbox (the 2xx recorded): everything each hangup costs it.
+    The reference is greenswitch's bare loop fed the same events at the same rate, right before
+    and right after the daemon (their mean, as for ingest). CPU is user + system time of the one
+    process, all its threads (``/proc/<pid>/stat``); its peak RSS is read at the end.
+    """
+    before = bare_cpu(settings, per_s, seconds)
+    with setup(settings, "steady", listening=True) as s:
+        s.fake.ask("connected", settings.timeout)
+        idle = s.daemon.settled()
+        started, cpu = time.monotonic(), s.daemon.cpu_s()
+        sent = s.fake.ask(f"rate {per_s} {seconds}", seconds + settings.timeout)
+        count = sent["sent"]
+        received = s.receiver.ask(f"target {count}", settings.timeout)
+        s.daemon.wait_count(count, settings.timeout)
+        left = outbox_emptied(s.folder / "outbox.sqlite3", settings.timeout)
+        cpu, wall = s.daemon.cpu_s() - cpu, time.monotonic() - started
+        rss = s.daemon.rss()
+        checks, _ = _verified(s, expected, 0, count)
+    after = bare_cpu(settings, per_s, seconds)
+    reference = (before["cpu_ms_per_event"] + after["cpu_ms_per_event"]) / 2
+    daemon_ms = cpu / count * 1000
+    checks["outbox"] = {"left": left, "received": received["unique"], "ok": left == 0}
+    return {
+        "steady": {"events": count, "events_per_s": round(count / (sent["last"] - sent["first"]), 1),
+                   "daemon_cpu_ms_per_event": round(daemon_ms, 3), "daemon_cpu_s": round(cpu, 2),
+                   "daemon_window_s": round(wall, 2), "daemon_core_share": round(cpu / wall, 3),
+                   "bare_greenswitch_cpu_ms_per_event": round(reference, 3),
+                   "bare_greenswitch_before": before, "bare_greenswitch_after": after,
+                   "ratio": round(daemon_ms / reference, 2), "target_ratio": 4.4,
+                   "peak_rss_mb": _mb(rss["VmHWM"]), "idle_rss_mb": _mb(idle["VmRSS"]),
+                   "rss_end_mb": _mb(rss["VmRSS"])},
+        "checks": checks,
+    }
+
+
+def bare_cpu(settings: Settings, per_s: float, seconds: float) -> dict[str, float]:
+    """CPU time per event of greenswitch's bare loop, fed ``per_s`` events/s for ``seconds``."""
+    count = int(per_s * seconds)
+    with bare_loop(settings, count) as (fake, bare):
+        cpu = cpu_s(bare.proc.pid)
+        fake.ask(f"rate {per_s} {seconds}", seconds + settings.timeout)
+        bare.read(settings.timeout)  # the last event handled; it waits for ``quit`` to exit
+        cpu = cpu_s(bare.proc.pid) - cpu
+    return {"events": count, "cpu_s": round(cpu, 2), "cpu_ms_per_event": round(cpu / count * 1000, 3)}
+
+
+def outbox_emptied(path: Path, timeout: float) -> int:
+    """Wait until the outbox holds no delivery row (every 2xx recorded); the rows left at the deadline."""
+    deadline = time.monotonic() + timeout
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    try:
+        while (left := int(db.execute("SELECT count(*) FROM delivery").fetchone()[0])) \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        db.close()
+    return left
 
 
 def quick_corpus(run: int) -> tuple[Corpus, Expected]:

@@ -1,13 +1,14 @@
-"""CPU per webhook POST: geventhttpclient's HTTPClient (the transport before) against listener.webhooks.transport.
+"""CPU per webhook POST: geventhttpclient's HTTPClient (the transport before) against ours.
 
     .venv/bin/python -m bench.transport_bench old|new [N]
 
 Sends N (default 20,000) signed POSTs of a 9 KB body from 16 greenlets (``max_concurrency`` 16)
 to ``bench/receiver.py`` in its own process, and prints requests/s and the CPU time (user + sys) of
-this process per request. ``old`` is the former ``Transport.send``: ``HTTPClient.request`` (its pool,
-a select() per checkout, Headers objects), ``read``, ``release``, under the same whole-request
-``gevent.Timeout``. Requests are signed before the clock starts, so only the transport is measured.
-Run each mode a few times, on an otherwise idle machine; compare the CPU figures, not requests/s.
+this process per request. ``new`` is ``listener.webhooks.transport.Transport``; ``old`` is the
+former ``Transport.send``: ``HTTPClient.request`` (its pool, a select() per checkout, Headers
+objects), ``read``, ``release``, under the same whole-request ``gevent.Timeout``. Requests are
+signed before the clock starts, so only the transport is measured. Run each mode a few times, on
+an otherwise idle machine; compare the CPU figures, not requests/s.
 """
 
 from gevent import monkey
@@ -29,7 +30,13 @@ from geventhttpclient import HTTPClient  # noqa: E402
 
 from listener.config.settings import WebhookConfig  # noqa: E402
 from listener.core.retry import RetrySchedule  # noqa: E402
-from listener.core.signing import Delivered, Outcome, Request, build_request, outcome_of_response  # noqa: E402
+from listener.core.signing import (  # noqa: E402
+    Delivered,
+    DeliveryOutcome,
+    Request,
+    build_request,
+    outcome_of_response,
+)
 from listener.webhooks.transport import Transport  # noqa: E402
 
 CONCURRENCY = 16
@@ -45,7 +52,7 @@ class OldTransport:
             config.url, concurrency=config.max_concurrency, connection_timeout=config.connect_timeout,
             network_timeout=config.timeout, headers={"connection": "keep-alive"})
 
-    def send(self, request: Request, clock: Callable[[], float]) -> Outcome:
+    def send(self, request: Request, clock: Callable[[], float]) -> DeliveryOutcome:
         with gevent.Timeout(self.config.timeout + self.config.connect_timeout):
             response = self.client.request("POST", request.target, body=request.body,
                                            headers=dict(request.headers))
@@ -72,7 +79,7 @@ def run(mode: str, n: int, url: str) -> str:
                            retry=RetrySchedule(delays=(5.0,)))
     transport = OldTransport(config) if mode == "old" else Transport(config)
     requests = [build_request(url, config.key, f"evt-{i}", BODY, int(time.time())) for i in range(64)]
-    failed: list[Outcome] = []
+    failed: list[DeliveryOutcome] = []
 
     def one(i: int) -> None:
         outcome = transport.send(requests[i % len(requests)], time.time)

@@ -18,6 +18,7 @@ from listener.config.settings import OutboxConfig, WebhookConfig
 from listener.config.webhooks import decode_secret
 from listener.core.retry import RetrySchedule
 from listener.outbox.writer import OutboxWriter
+from listener.webhooks.endpoint import Attempted
 from listener.webhooks.sink import WebhookSink
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -55,16 +56,26 @@ def bench_put(tmp: Path, synchronous: str, hook: WebhookConfig) -> None:
           f"loop lag max {max(lag) * 1000:.1f} ms")
 
 
+class Delivered:
+    """The sink's metrics: every delivered attempt put on a queue, to wait for the last one."""
+
+    def __init__(self) -> None:
+        self.queue: gevent.queue.Queue[Attempted] = gevent.queue.Queue()
+
+    def delivery_attempted(self, attempt: Attempted) -> None:
+        if attempt.kind == "delivered":
+            self.queue.put(attempt)
+
+
 def bench_delivery(tmp: Path, receiver: Receiver, hook: WebhookConfig) -> None:
     writer = OutboxWriter.open(OutboxConfig(tmp / "deliver.sqlite3", "normal"), [hook])
     writer.put([doc(n) for n in range(N)])
-    sink = WebhookSink(writer, [hook])
-    done: gevent.queue.Queue[object] = gevent.queue.Queue()
-    sink.observers.append(done.put)
+    done = Delivered()
+    sink = WebhookSink(writer, [hook], metrics=done)
     started = time.perf_counter()
     sink.start()
     for _ in range(N):
-        done.get(timeout=60)
+        done.queue.get(timeout=60)
     elapsed = time.perf_counter() - started
     sink.stop(5)
     writer.close()

@@ -9,7 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness import write_config
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_benchmark_configuration_is_valid_and_sets_no_removed_key(tmp_path: Path) -> None:
+    config = write_config(tmp_path, 8021, 8080, synchronous="full", concurrency=16)
+    check = subprocess.run([sys.executable, "-m", "listener", "check-config", "--config", str(config)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert check.returncode == 0, check.stderr
+    assert "warning" not in check.stderr
 
 
 @pytest.mark.slow
@@ -18,8 +28,8 @@ def test_a_small_benchmark_run_completes_and_delivers_every_event_as_classified(
     run = subprocess.run(
         [sys.executable, "-m", "bench", "--events", "1500", "--latency-rate", "300",
          "--latency-seconds", "2", "--memory-events", "1500", "--backlog-new-rate", "200",
-         "--synchronous", "normal", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=100, check=False)
+         "--steady-rate", "200", "--steady-seconds", "2", "--synchronous", "normal", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=110, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
     results = json.loads(out.read_text())
     assert results["correct"] is True
@@ -29,6 +39,11 @@ def test_a_small_benchmark_run_completes_and_delivers_every_event_as_classified(
     assert results["latency"]["checks"]["webhooks"]["bad_signatures"] == 0
     assert results["memory"]["checks"]["webhooks"]["ok"] is True
     memory = results["memory"]["memory"]
-    assert memory["processes"] == 3  # daemon, classify process, delivery process (the defaults)
-    assert len(memory["idle_rss_by_process_mb"]) == 3
-    assert 0 < memory["idle_pss_mb"] <= memory["idle_rss_mb"] <= memory["peak_rss_mb"]
+    assert 0 < memory["idle_rss_mb"] <= memory["peak_rss_mb"]
+    steady = results["steady"]
+    assert steady["checks"]["webhooks"]["seen"] == steady["checks"]["webhooks"]["expected"] == 400
+    assert steady["checks"]["outbox"]["left"] == 0
+    figures = steady["steady"]
+    assert figures["daemon_cpu_ms_per_event"] > 0
+    assert figures["bare_greenswitch_cpu_ms_per_event"] > 0
+    assert 0 < figures["idle_rss_mb"] <= figures["peak_rss_mb"]
