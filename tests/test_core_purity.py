@@ -64,8 +64,8 @@ def test_every_core_module_imports_and_classifies_with_the_edge_libraries_unimpo
 
 def test_the_configuration_is_read_without_any_edge_library() -> None:
     """``config`` once imported the ESL edge (and gevent and greenswitch with it): values only now."""
-    config = Path(listener.__file__).parent / "config"
-    modules = sorted(f"listener.config.{path.stem}" for path in config.glob("*.py") if path.stem != "__init__")
+    folder = Path(listener.__file__).parent / "config"
+    modules = sorted(f"listener.config.{p.stem}" for p in folder.glob("*.py") if p.stem != "__init__")
     result = probe(modules)
     assert result.returncode == 0, result.stderr
 

@@ -235,7 +235,7 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
             try:
                 if batch:
                     self.consume(batch)
-            except Exception:  # a bug past the pipeline's own per-event guard: this batch alone is lost, loudly
+            except Exception:  # a bug past the pipeline's per-event guard: this batch alone is lost, loudly
                 self.log.exception("call.batch_failed", events=len(batch))
             finally:
                 self._in_hand = 0
