@@ -52,7 +52,7 @@ def write_config(tmp_path: Path, fake: FakeFreeSWITCH, *urls: str, timeout: floa
 def start_daemon(config: Path, *, read_log: bool = False, group: bool = False) -> subprocess.Popen[bytes]:
     """The daemon; with ``read_log`` its stdout is a pipe the test must keep reading, else a file
     beside the config that ``_loop_never_blocked`` reads after the test. With ``group`` it leads
-    a process group of its own (with its children), as a systemd unit's control group."""
+    a process group of its own, as a systemd unit's control group."""
     with open(config.parent / f"daemon-{len(list(config.parent.glob('daemon-*.log')))}.log", "wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "listener", "run", "--config", str(config)],
