@@ -49,7 +49,7 @@ class App:
 
     def __init__(self, config: Config, store: Store | None = None) -> None:
         self.config = config
-        self.store = store
+        self.writer = store if isinstance(store, OutboxWriter) else None
         self.ingesting = True
         self.log = structlog.get_logger("listener")
         self.group = gevent.pool.Group()
@@ -58,8 +58,8 @@ class App:
         self._wakeup = gevent.event.Event()
         self._reload_requested = False
         self.sink: WebhookSink | None = None
-        if isinstance(store, OutboxWriter):
-            self.sink = WebhookSink(store, config.webhooks, metrics=self.metrics)
+        if self.writer is not None:
+            self.sink = WebhookSink(self.writer, config.webhooks, metrics=self.metrics)
         self.sources: list[ESLSource] = []
         self.pipelines: list[Pipeline] = []
         redact = _redactor(config)
@@ -72,8 +72,8 @@ class App:
             self.sources.append(ESLSource(node, config.esl, pipeline, self.log))
         self.metrics.watch_sources(self.sources)
         self.service = Service(self.sources, config.health, self.metrics, self.log)
-        if isinstance(store, OutboxWriter) and self.sink is not None:
-            self._watch_delivery(store, self.sink)
+        if self.writer is not None and self.sink is not None:
+            self._watch_delivery(self.writer, self.sink)
 
     @classmethod
     def from_config(cls, config: Config) -> App:
@@ -129,8 +129,8 @@ class App:
         self.group.kill(timeout=1)
         if self.sink is not None:
             self.sink.stop(deadline_s=timeout)
-        if isinstance(self.store, OutboxWriter):
-            self.store.close()
+        if self.writer is not None:
+            self.writer.close()
         self.service.stop()
         self.log.info("listener.stopped")
 

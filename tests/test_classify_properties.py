@@ -111,7 +111,7 @@ def test_unanswered_normal_clearing_takes_the_failed_bridge_cause() -> None:
 
 def _first_matching_rule(event: HangupEvent) -> str:
     """The rule the whole ordered table picks, every condition tested (the plan's reference)."""
-    facts = Facts.of(event, frozenset(BOOK.lists["system_causes"]))
+    facts = Facts.of(event, BOOK.system_causes)
     subject = Subject(event, facts, BOOK.cause_model.effective(event, facts))
     entry = BOOK.causes.get(subject.cause)
     for rule in BOOK.rules:

@@ -18,7 +18,7 @@ from typing import Any
 
 from listener.config.classification import parse_classification
 from listener.config.environ import Overrides
-from listener.config.reader import REMOVED, Problems, TableReader
+from listener.config.reader import Problems, TableReader
 from listener.config.settings import (
     EVENT_FORMATS,
     LEVELS,
@@ -79,7 +79,7 @@ def _esl(reader: TableReader) -> ESLSettings:
         queue_size=reader.number("queue_size", int, d.queue_size, minimum=1),
         event_format=event_format,
     )
-    reader.removed("classify_process", REMOVED)
+    reader.removed("classify_process")
     if settings.backoff_max < settings.backoff_initial:
         reader.problem("backoff_max", "must be >= backoff_initial")
     reader.reject_unknown()

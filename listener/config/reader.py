@@ -181,7 +181,7 @@ class TableReader:
             return default
         return value
 
-    def removed(self, key: str, message: str) -> None:
+    def removed(self, key: str, message: str = REMOVED) -> None:
         """A key this release no longer uses: accepted whatever its value, with a warning."""
         if self.has(key):
             self.problems.warn(self.key_path(key), message)

@@ -11,7 +11,7 @@ import binascii
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from listener.config.reader import REMOVED, TableReader
+from listener.config.reader import TableReader
 from listener.config.settings import (
     DIRECTIONS,
     LEGS,
@@ -142,6 +142,6 @@ def parse_outbox(reader: TableReader) -> OutboxConfig:
     raw = table.string("path")
     path = Path(raw) if raw else default_outbox_path(table.environ)
     synchronous = table.string("synchronous", "full", choices=SYNCHRONOUS)
-    table.removed("delivery_process", REMOVED)
+    table.removed("delivery_process")
     table.reject_unknown()
     return OutboxConfig(path=path, synchronous=synchronous)

@@ -62,7 +62,6 @@ class Classifier:
 
     def __init__(self, book: RuleBook) -> None:
         self.book = book
-        self._system_causes = frozenset(book.lists.get("system_causes", ()))
         self._plans: dict[tuple[str, bool], tuple[_Step, ...]] = {
             (cause, answered): self._plan(cause, answered)
             for cause in (*book.causes, "")
@@ -87,7 +86,7 @@ class Classifier:
 
     def classify(self, event: HangupEvent) -> Classification:
         """The outcome of one event (pure, deterministic, total)."""
-        facts = Facts.of(event, self._system_causes)
+        facts = Facts.of(event, self.book.system_causes)
         subject = Subject(event, facts, self.book.cause_model.effective(event, facts))
         status, reason, rule_id = self._decide(subject)
         explicit = event.variable(self.book.bye_reason_variable)

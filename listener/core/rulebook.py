@@ -53,6 +53,8 @@ class RuleBook:
     status_variable: str
     lists: Mapping[str, tuple[str, ...]]
     cause_notes: Mapping[str, str]
+    system_causes: frozenset[str]
+    """The causes FreeSWITCH itself produces (``[lists] system_causes``, the overlay's if it gives one)."""
 
 
 def _lists(base: Mapping[str, Any], overlay: Overlay, report: Report) -> dict[str, tuple[str, ...]]:
@@ -154,4 +156,5 @@ def build_rulebook(base: Mapping[str, Any], spec: Spec, overlay: Overlay, report
         status_variable=explicit["status_variable"],
         lists=MappingProxyType(lists),
         cause_notes=MappingProxyType(dict(base.get("cause_notes", {}))),
+        system_causes=frozenset(lists.get("system_causes", ())),
     )

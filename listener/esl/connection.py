@@ -164,7 +164,7 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
 
     # -- reading ------------------------------------------------------------------------------
     def receive_events(self) -> None:
-        """Read, frame and parse until the connection ends; then queue the end marker."""
+        """Read and frame until the connection ends (event frames queued as they are); then the end marker."""
         try:
             self._read_loop()
         except FrameError as exc:

@@ -1,5 +1,5 @@
 """One endpoint's HTTP/1.1 transport: send one signed POST over a keep-alive connection, map what
-happened to an ``DeliveryOutcome``.
+happened to a ``DeliveryOutcome``.
 
 Invariants:
 
