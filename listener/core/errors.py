@@ -41,15 +41,32 @@ class CommandTimeoutError(ESLError):
     """A command sent to FreeSWITCH got no reply in time."""
 
 
-class OutboxError(ListenerError):
-    """The SQLite outbox failed (disk full, I/O error, corrupt or locked file): ingestion must stop.
+TRANSIENT_CODES = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CANTOPEN",
+                   "SQLITE_NOMEM", "SQLITE_PROTOCOL", "SQLITE_INTERRUPT")
+"""SQLite error names (extended ones included: ``SQLITE_IOERR_WRITE``) of faults that can clear by
+themselves or by an operator's hand without touching the file: a lock held by another client,
+a full disk, an I/O error, no file descriptor left. Any other (corrupt, not a database, read-only,
+a schema newer than ours, a bug) cannot clear while the daemon runs."""
 
-    ``code`` is SQLite's error name (``SQLITE_FULL``, ``SQLITE_IOERR_WRITE``, ...) when known.
+
+class OutboxError(ListenerError):
+    """The SQLite outbox failed (disk full, I/O error, corrupt or locked file).
+
+    ``code`` is SQLite's error name (``SQLITE_FULL``, ``SQLITE_IOERR_WRITE``, ...) when known;
+    ``transient`` says whether the fault can clear (wait and retry) or cannot (stop, exit 74).
     """
 
-    def __init__(self, message: str, code: str = "") -> None:
+    def __init__(self, message: str, code: str = "", *, transient: bool | None = None) -> None:
         self.code = code
+        self._transient = transient
         super().__init__(f"{message} ({code})" if code else message)
+
+    @property
+    def transient(self) -> bool:
+        """A fault that can clear: busy, locked, full, I/O error, out of file descriptors."""
+        if self._transient is not None:
+            return self._transient
+        return any(self.code == c or self.code.startswith(c + "_") for c in TRANSIENT_CODES)
 
 
 class OutboxClosedError(OutboxError):
