@@ -12,8 +12,9 @@ Invariants:
    ``purge``. A message row is deleted (by trigger) when its last delivery row is.
 4. ``bury`` keeps the row as ``dead`` (schedule exhausted or 410 Gone); only ``retry_dead``
    makes it pending again. Nothing is deleted for being old or failing.
-5. Every sqlite3 error is raised as ``OutboxError`` carrying SQLite's error name: the caller
-   stops loudly; nothing is swallowed here.
+5. Every sqlite3 error is raised as ``OutboxError`` carrying SQLite's error name and whether it
+   can clear (``transient``): the caller waits and retries a transient one and stops loudly on any
+   other; nothing is swallowed here.
 6. ``settle`` (the delivery loop's acks, reschedules and burials) commits without waiting for the
    disk: losing it on power loss only means a message is sent again (delivery is at least once).
    The next ``put`` commit (``synchronous=full``) or checkpoint syncs it along with its own.
@@ -24,6 +25,7 @@ Invariants:
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,8 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from listener.core.errors import OutboxError
+from listener.outbox import files
 
 SCHEMA_VERSION = 1
+APPLICATION_ID = 0x484C5354
+"""``PRAGMA application_id`` of every outbox file ("HLST"): a database of anything else is refused."""
 PENDING = "pending"
 DEAD = "dead"
 BATCH = 1000
@@ -112,7 +117,7 @@ def with_endpoints(stats: Sequence[EndpointStats], endpoints: Iterable[str]) -> 
 
 def _error(exc: sqlite3.Error, what: str) -> OutboxError:
     code = getattr(exc, "sqlite_errorname", "") or ""
-    return OutboxError(f"outbox {what} failed: {exc}", code)
+    return OutboxError(f"outbox {what} failed: {exc}", code, transient=None if code else False)
 
 
 class Outbox:
@@ -124,22 +129,96 @@ class Outbox:
 
     @classmethod
     def open(cls, path: Path, *, synchronous: str = "full", busy_timeout_s: float = 5.0) -> Outbox:
-        """Open (creating and migrating if needed) the outbox at ``path`` in WAL mode."""
+        """Open (creating and migrating if needed) the outbox at ``path`` in WAL mode, and prove it writable.
+
+        The file is created 0600 (its folder 0700) whatever the umask. A write is made at once
+        (``application_id``, which also marks the file as ours): a read-only file or folder fails
+        here, not at the first call. Errors are ``OutboxError``, ``transient`` when they can clear.
+        """
         if synchronous not in ("full", "normal"):
             raise ValueError("synchronous must be full or normal")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            files.private_folder(path.parent)
+            if path.exists():
+                files.tighten(path)
+            else:
+                files.create_private(path)
             db = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            db.execute("PRAGMA foreign_keys=ON")
-            outbox = cls(db, path)
-            outbox._migrate()
         except sqlite3.Error as exc:
             raise _error(exc, f"open of {path}") from exc
         except OSError as exc:
-            raise OutboxError(f"outbox open of {path} failed: {exc.strerror or exc}") from exc
+            raise OutboxError(f"outbox open of {path} failed: {exc.strerror or exc}",
+                              transient=exc.errno in files.TRANSIENT_ERRNOS) from exc
+        outbox = cls(db, path)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            db.execute("PRAGMA foreign_keys=ON")
+            outbox._migrate()
+            outbox._probe()
+        except sqlite3.Error as exc:
+            db.close()
+            raise _error(exc, f"open of {path}") from exc
+        except OutboxError:
+            db.close()
+            raise
         return outbox
+
+    def _probe(self) -> None:
+        """One real write (the ``application_id`` in the header); refuses a file that is not ours."""
+        (application,) = self._db.execute("PRAGMA application_id").fetchone()
+        if application not in (0, APPLICATION_ID):
+            what = f"{self.path} is not a hangup-listener outbox (application_id {application:#x})"
+            raise OutboxError(what, transient=False)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            self._db.execute("COMMIT")
+        finally:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+
+    def quick_check(self, deadline_s: float | None = None) -> list[str] | None:
+        """``PRAGMA quick_check``: [] when the file is sound, else SQLite's findings (at most 20);
+        None when it could not finish within ``deadline_s`` (a large file: check it later)."""
+        started = time.monotonic()
+
+        def expired() -> bool:
+            return deadline_s is not None and time.monotonic() - started > deadline_s
+
+        self._db.set_progress_handler(expired, 10_000)
+        try:
+            rows = self._db.execute("PRAGMA quick_check(20)").fetchall()
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorname", "") == "SQLITE_INTERRUPT":
+                return None
+            raise _error(exc, "quick_check") from exc
+        except sqlite3.Error as exc:
+            raise _error(exc, "quick_check") from exc
+        finally:
+            self._db.set_progress_handler(None, 0)
+        findings = [str(row[0]) for row in rows]
+        return [] if findings == ["ok"] else findings
+
+    def checkpoint(self) -> bool:
+        """Move the ``-wal`` into the database and truncate it; False if a reader kept it from finishing."""
+        try:
+            (busy, _, _) = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            raise _error(exc, "checkpoint") from exc
+        return not busy
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Outbox:
+        """A second, read-only connection to an outbox the daemon has open: for work that must not
+        wait behind commits (statistics, an integrity check). Never creates or migrates anything."""
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                                 check_same_thread=False)
+            db.execute("PRAGMA query_only=ON")
+        except sqlite3.Error as exc:
+            raise _error(exc, f"read-only open of {path}") from exc
+        return cls(db, path)
 
     def _migrate(self) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
