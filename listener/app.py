@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import gevent
@@ -24,15 +25,19 @@ import structlog
 from listener.config import loader
 from listener.config.settings import Config
 from listener.core.errors import ConfigError, OutboxError
+from listener.core.exits import EX_IOERR, EX_OK, EX_TEMPFAIL
 from listener.core.privacy import Redactor
 from listener.esl.source import ESLSource
+from listener.outbox.lock import OutboxLock
+from listener.outbox.opening import open_outbox
+from listener.outbox.reader import OutboxReader
 from listener.outbox.store import EndpointStats, with_endpoints
 from listener.outbox.writer import OutboxWriter
 from listener.pipeline import Pipeline, Store
 from listener.service import logs
 from listener.service.health import Check
 from listener.service.metrics import Metrics
-from listener.service.runtime import Service
+from listener.service.runtime import PortInUseError, Service
 from listener.webhooks.sink import WebhookSink
 
 RELOADED = ("classifier", "privacy", "log", "webhooks")
@@ -47,16 +52,23 @@ class App:
     outbox. Everything not yet delivered stays in the outbox for the next start.
     """
 
-    def __init__(self, config: Config, store: Store | None = None) -> None:
+    def __init__(self, config: Config, store: Store | None = None, *, lock: OutboxLock | None = None,
+                 checked: bool = True) -> None:
         self.config = config
         self.writer = store if isinstance(store, OutboxWriter) else None
-        self.ingesting = True
+        self.lock = lock
+        """The outbox's lock (``run`` holds it for the daemon's life), released after the outbox closes."""
+        self._checked = checked
+        self.reader = OutboxReader(self.writer.outbox.path) if self.writer is not None else None
+        self.exit_code = EX_OK
+        """What ``run`` exits with: EX_IOERR (74) after an outbox fault that cannot clear."""
         self.log = structlog.get_logger("listener")
         self.group = gevent.pool.Group()
         self.stopping = gevent.event.Event()
         self.metrics = Metrics()
         self._wakeup = gevent.event.Event()
         self._reload_requested = False
+        self._watcher: gevent.Greenlet | None = None
         self.sink: WebhookSink | None = None
         if self.writer is not None:
             self.sink = WebhookSink(self.writer, config.webhooks, metrics=self.metrics)
@@ -74,28 +86,62 @@ class App:
         self.service = Service(self.sources, config.health, self.metrics, self.log)
         if self.writer is not None and self.sink is not None:
             self._watch_delivery(self.writer, self.sink)
+            self.service.pauses.append(self.writer.paused_until)
+            self.service.notes.append(lambda: _outbox_note(self.writer))
 
     @classmethod
     def from_config(cls, config: Config) -> App:
-        """The daemon for ``config``: with webhooks, the outbox is opened (and resumed) first."""
+        """The daemon for ``config``: with webhooks, the outbox is locked, checked and opened first.
+
+        Raises ``OutboxLockedError`` (another daemon has it) or ``OutboxError`` (``transient``: it
+        stayed unavailable through the start-up wait; otherwise it cannot be used as it is).
+        """
         if not config.webhooks:
             return cls(config)
-        return cls(config, OutboxWriter.open(config.outbox, config.webhooks))
+        opened = open_outbox(config.outbox, config.webhooks, structlog.get_logger("listener"))
+        writer = OutboxWriter(opened.outbox, config.webhooks)
+        return cls(config, writer, lock=opened.lock, checked=opened.checked)
 
     def start(self) -> None:
-        """Start delivery (pending messages resume), one greenlet per node, the health listener, READY=1."""
+        """The health listener first (``PortInUseError``), then delivery (pending messages resume), one
+        greenlet per node, READY=1."""
+        self.service.listen()
         if self.sink is not None:
             self.sink.start()
         self.log.info("listener.started", nodes=[node.name for node in self.config.nodes])
         loops = {source.node.name: self.group.spawn(source.run) for source in self.sources}
         self.service.start(loops)
+        if self.writer is not None:
+            self._watcher = gevent.spawn(self._watch_writer, self.writer)
+            if not self._checked and self.reader is not None:
+                self.group.spawn(self._check_later, self.writer, self.reader)
+
+    def _check_later(self, writer: OutboxWriter, reader: OutboxReader) -> None:
+        """The integrity check of an outbox too large to check before READY, beside the commits."""
+        try:
+            findings = reader.quick_check()
+        except OutboxError as exc:
+            self.log.warning("outbox.check_failed", error=str(exc), code=exc.code)
+            return
+        if findings:
+            writer.fail(OutboxError(f"{writer.outbox.path} is damaged: {'; '.join(findings)[:500]}",
+                                    "SQLITE_CORRUPT", transient=False))
+        else:
+            self.log.info("outbox.checked", path=str(writer.outbox.path), integrity="ok")
+
+    def _watch_writer(self, writer: OutboxWriter) -> None:
+        """Follow the writer's state: STATUS= on each change; stop the daemon on a fault that cannot clear."""
+        while True:
+            writer.changed.wait()
+            writer.changed.clear()
+            self.service.refresh_status()
+            if writer.failure is not None:
+                self._fatal(writer.failure)
+                return
 
     def _watch_delivery(self, writer: OutboxWriter, sink: WebhookSink) -> None:
         """Readiness, liveness and metrics of the outbox and the endpoints' delivery loops."""
-        self.service.readiness.add("outbox", lambda: Check(
-            ok=writer.ready and self.ingesting,
-            details={"writable": writer.ready, "ingesting": self.ingesting,
-                     "failure": type(writer.failure).__name__ if writer.failure else None}))
+        self.service.readiness.add("outbox", lambda: Check(ok=writer.ready, details=_outbox_details(writer)))
         self.service.readiness.add("endpoints", lambda: Check(
             ok=sink.healthy,
             details={name: {"crashed": name in sink.crashed} for name in sink.endpoints}),
@@ -103,22 +149,37 @@ class App:
         self.service.liveness.add(
             "delivery", lambda: None if sink.healthy else "webhook delivery loop or outbox failed")
 
-        def outbox_stats() -> tuple[EndpointStats, ...]:
-            return with_endpoints(writer.call(writer.outbox.stats, time.time()), sink.endpoints)
+        reader = self.reader
+
+        def outbox_stats() -> tuple[EndpointStats, ...]:  # a cache, never a scan on the commit thread
+            return with_endpoints(reader.stats() if reader is not None else (), sink.endpoints)
 
         self.metrics.watch_outbox(outbox_stats)
 
     def _outbox_failed(self, exc: OutboxError) -> None:
-        """The outbox cannot take documents: stop ingesting, loudly; delivery of what is stored goes on."""
-        if self.ingesting:
-            self.ingesting = False
-            self.log.critical("listener.ingestion_stopped", reason=str(exc))
-            for source in self.sources:
-                source.stop()
+        """A batch could not be stored (each document was logged whole): stop if the fault cannot clear.
+
+        A transient fault reaches the pipeline only at shutdown (the writer waits it out otherwise).
+        """
+        if not exc.transient:
+            self._fatal(exc)
+
+    def _fatal(self, exc: OutboxError) -> None:
+        """The outbox failed for good (corrupt, read-only, ...): stop, loudly, with EX_IOERR (74)."""
+        if self.exit_code != EX_OK:
+            return
+        self.exit_code = EX_IOERR
+        path = self.config.outbox.path
+        self.log.critical("listener.outbox_failed", reason=str(exc), code=exc.code, path=str(path),
+                          exit_code=EX_IOERR, action=outbox_action(path, exc))
+        self.stopping.set()
+        self._wakeup.set()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop reading, let queued events finish, then in-flight deliveries, then close the outbox."""
         self.service.stopping()
+        if self.writer is not None:  # an outbox fault still being waited out: give up within the deadline
+            self.writer.give_up_after(timeout / 2)
         for source in self.sources:
             source.stop()
         if not self.group.join(timeout=timeout):
@@ -127,10 +188,18 @@ class App:
                     self.log.error("listener.events_abandoned", node=source.node.name, queued=left,
                                    reason=f"not handled within the {timeout:g}s stop deadline")
         self.group.kill(timeout=1)
+        if self._watcher is not None:
+            self._watcher.kill(block=False)
         if self.sink is not None:
             self.sink.stop(deadline_s=timeout)
+        if self.reader is not None:  # first: the writer's connection must be the last, to remove the -wal
+            self.reader.close()
         if self.writer is not None:
-            self.writer.close()
+            self.writer.close(deadline_s=timeout / 2)
+        if self.lock is not None and self.writer is not None:
+            if self.writer.failure is None and _wal_gone(self.writer.outbox.path):
+                self.lock.closed(self.writer.outbox.path)
+            self.lock.release()
         self.service.stop()
         self.log.info("listener.stopped")
 
@@ -158,11 +227,19 @@ class App:
         self.log.info("config.reloaded", source=self.config.source, restart_required_for=restart)
         return True
 
-    def run_forever(self) -> None:
-        """Run until SIGTERM or SIGINT; the handlers only record the signal, this loop acts on it."""
+    def run_forever(self) -> int:
+        """Run until SIGTERM or SIGINT (or a fault that cannot clear); returns the exit code.
+
+        The handlers only record the signal; this loop acts on it."""
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # before READY=1 is sent
             gevent.signal_handler(signum, self._on_signal, signum)
-        self.start()
+        try:
+            self.start()
+        except PortInUseError as exc:
+            self.log.critical("listener.port_in_use", reason=str(exc), exit_code=EX_TEMPFAIL,
+                              action="stop the other process, or set [health] port (or enabled = false)")
+            self.stop(timeout=1.0)
+            return EX_TEMPFAIL
         reloading: gevent.Greenlet | None = None
         while not self.stopping.is_set():
             self._wakeup.wait()
@@ -175,6 +252,7 @@ class App:
             reloading.kill(block=True, timeout=1.0)
             self.log.warning("config.reload_interrupted", reason="stopping")
         self.stop()
+        return self.exit_code
 
     def _reload_in_turn(self) -> None:
         """One reload, beside the loop (a SIGTERM meanwhile is acted on at once); then the next, if asked."""
@@ -198,6 +276,50 @@ def warn_removed(log: Any, config: Config) -> None:
     for warning in config.warnings:
         key, _, message = warning.partition(": ")
         log.warning("config.key_removed", key=key, reason=message)
+
+
+def _wal_gone(path: Path) -> bool:
+    """The outbox's ``-wal`` was checkpointed and removed (or left empty) when it closed."""
+    try:
+        return path.with_name(path.name + "-wal").stat().st_size == 0
+    except FileNotFoundError:
+        return True
+
+
+def outbox_action(path: Path, exc: OutboxError) -> str:
+    """What the operator does about an outbox the daemon stopped on, or would not start with."""
+    guide = 'docs/operations.md, "When the outbox cannot be used"'
+    if exc.transient:
+        return (f"{path} stayed unavailable through the start-up wait (another client holds its write lock, "
+                f"the disk is full, no file descriptor left): free it and start again ({guide})")
+    if exc.code == "FOREIGN_WAL":
+        return (f"move {path}-wal and {path}-shm aside (keep them until you know whose they are), "
+                "then start again")
+    if exc.code.startswith("SQLITE_READONLY") or exc.code == "SQLITE_PERM":
+        return (f"make {path}, its folder and its -wal/-shm writable by the service's user "
+                f"(chown them to it), then start again ({guide})")
+    return (f"stop, keep the file; check it with `sqlite3 {path} 'PRAGMA integrity_check'`; if it is "
+            "damaged, move it and its -wal/-shm aside, recover its rows with "
+            f"`sqlite3 <moved file> .recover | sqlite3 {path}`, then start again ({guide})")
+
+
+def _outbox_details(writer: OutboxWriter) -> dict[str, Any]:
+    fault = writer.failure or writer.unavailable
+    state = "failed" if writer.failure else "unavailable" if writer.unavailable else "available"
+    since = writer.paused_since
+    return {"state": state, "writable": writer.ready, "code": fault.code if fault else None,
+            "error": str(fault) if fault else None,
+            "unavailable_for_s": round(time.monotonic() - since, 1) if since is not None else None}
+
+
+def _outbox_note(writer: OutboxWriter | None) -> str | None:
+    """The STATUS= note while the outbox is not writable."""
+    if writer is None or writer.ready:
+        return None
+    if writer.failure is not None:
+        return f"outbox failed ({writer.failure.code or 'error'})"
+    fault = writer.unavailable
+    return f"outbox unavailable ({fault.code if fault else 'closing'}), ingestion paused"
 
 
 def _redactor(config: Config) -> Redactor:

@@ -1,7 +1,9 @@
 """Command line: ``run`` (the daemon), ``classify`` (saved ESL traffic), ``check-config``, ``outbox``.
 
-gevent's monkey-patching happens here, first, and only for ``run``. Exit codes follow sysexits:
-78 (EX_CONFIG) for an invalid configuration, 65 (EX_DATAERR) for unusable ``classify`` input.
+gevent's monkey-patching happens here, first, and only for ``run``. Exit codes are the one map of
+``listener.core.exits`` (sysexits): 78 for an invalid configuration, 74 for an outbox that cannot be
+used as it is, 75 when another process holds the outbox lock or the health port, 65 for unusable
+``classify`` input.
 """
 
 from __future__ import annotations
@@ -14,13 +16,8 @@ from pathlib import Path
 from typing import TextIO
 
 from listener import __version__
+from listener.core.exits import EX_CONFIG, EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_OK, EX_TEMPFAIL
 from listener.outbox.commands import add_outbox_parser
-
-EX_OK = 0
-EX_DATAERR = 65
-EX_NOINPUT = 66
-EX_IOERR = 74
-EX_CONFIG = 78
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +81,7 @@ def _run(args: argparse.Namespace) -> int:
     from listener import app  # noqa: PLC0415
     from listener.config.settings import Config  # noqa: PLC0415
     from listener.core.errors import OutboxError  # noqa: PLC0415
+    from listener.outbox.lock import OutboxLockedError  # noqa: PLC0415
     from listener.service import logs, monitor  # noqa: PLC0415
 
     cfg = _load(args.config, sys.stderr)
@@ -95,11 +93,18 @@ def _run(args: argparse.Namespace) -> int:
     monitor.watch(log)
     try:
         daemon = app.App.from_config(cfg)
+    except OutboxLockedError as exc:
+        log.critical("listener.outbox_locked", reason=str(exc), path=str(exc.path), holder_pid=exc.pid,
+                     exit_code=EX_TEMPFAIL, action="one daemon per outbox: stop the other one, or give this "
+                     "one its own [outbox] path")
+        return EX_TEMPFAIL
     except OutboxError as exc:
-        print(f"hangup-listener: cannot open the outbox {cfg.outbox.path}: {exc}", file=sys.stderr)
-        return EX_IOERR
-    daemon.run_forever()
-    return EX_OK
+        code = EX_TEMPFAIL if exc.transient else EX_IOERR
+        action = app.outbox_action(cfg.outbox.path, exc)
+        log.critical("listener.outbox_unusable", reason=str(exc), code=exc.code, path=str(cfg.outbox.path),
+                     exit_code=code, action=action)
+        return code
+    return daemon.run_forever()
 
 
 def _classify(args: argparse.Namespace) -> int:

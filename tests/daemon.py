@@ -22,11 +22,11 @@ import gevent
 class Daemon:
     """``hangup-listener run --config PATH`` with extra environment variables."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, env: dict[str, str] | None = None, *, user: int | None = None) -> None:
         environ = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "listener", "run", "--config", str(config)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ, user=user,
         )
         self.output: list[str] = []
 

@@ -250,9 +250,12 @@ def test_metrics_and_readiness_report_deliveries_and_the_outbox(
             while set(verified_ids(receiver)) != expected_ids(events):
                 receiver.get(timeout=15)
             delivered = 'hangup_listener_webhook_deliveries_total{endpoint="hook0",outcome="delivered"} 6.0'
+            empty = 'hangup_listener_outbox_pending_messages{endpoint="hook0"} 0.0'
             with gevent.Timeout(15, AssertionError("deliveries never counted")):
-                while delivered not in (metrics := _http_get(port, "/metrics")[1].decode()):
-                    gevent.sleep(0.05)  # the ack follows the receiver's answer: scrape until counted
+                while not {delivered, empty} <= set(
+                        (metrics := _http_get(port, "/metrics")[1].decode()).splitlines()):
+                    gevent.sleep(0.05)  # the ack follows the receiver's answer, the outbox figures are
+                    # refreshed at most every 2 s: scrape until both show
             status, body = _http_get(port, "/readyz")
             ready = json.loads(body)
             daemon.send_signal(signal.SIGTERM)
@@ -261,7 +264,8 @@ def test_metrics_and_readiness_report_deliveries_and_the_outbox(
             daemon.kill()
     assert status == 200
     assert ready["ready"] is True
-    assert ready["outbox"]["details"] == {"writable": True, "ingesting": True, "failure": None}
+    assert ready["outbox"]["details"] == {"state": "available", "writable": True, "code": None, "error": None,
+                                         "unavailable_for_s": None}
     assert ready["endpoints"]["details"] == {"hook0": {"crashed": False}}
     assert "delivery" not in ready  # a check of the removed delivery process
     assert "classify_process" not in ready

@@ -140,7 +140,7 @@ def test_health_endpoints_and_notifications_follow_a_node_connecting_and_going_a
         assert until(notify_socket, "READY=1").startswith("READY=1\nSTATUS=")
         session = fake.next_session()
         wait_state(states, "connected")
-        assert until(notify_socket, "STATUS=") == "STATUS=1/1 nodes connected: pbx1 connected"
+        assert until(notify_socket, "STATUS=1/1") == "STATUS=1/1 nodes connected: pbx1 connected"
         assert until(notify_socket, "WATCHDOG=1") == "WATCHDOG=1"
         status, body = fetch(port, "/readyz")
         assert status == 200

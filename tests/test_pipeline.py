@@ -8,8 +8,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import gevent
-import gevent.queue
 import jsonschema
 import pytest
 import structlog
@@ -142,40 +140,38 @@ def test_a_classification_failure_is_logged_and_the_stream_goes_on() -> None:
     assert failure["channel_uuid"]
 
 
-class FullDisk:
-    """A sink whose disk filled up: every put fails as the outbox would."""
+class CorruptOutbox:
+    """A sink whose file is damaged: every put fails as the outbox would, with a fault that cannot clear."""
 
     def __init__(self) -> None:
         self.calls = 0
 
     def put(self, documents: Sequence[Mapping[str, Any]]) -> frozenset[str]:
         self.calls += 1
-        raise OutboxError("outbox commit failed: database or disk is full", "SQLITE_FULL")
+        raise OutboxError("outbox put failed: database disk image is malformed", "SQLITE_CORRUPT")
 
 
-def test_an_outbox_failure_stops_ingestion_loudly_and_logs_each_unstored_call_whole() -> None:
+def test_an_outbox_fault_that_cannot_clear_stops_the_daemon_with_74_and_logs_each_unstored_call_whole(
+) -> None:
     with FakeFreeSWITCH() as fake:
         config = Config(nodes=(Node("n", port=fake.port),), esl=FAST, health=ANY_PORT)
-        app = App(config, FullDisk())
+        app = App(config, CorruptOutbox())
         with capture_logs() as logs:
             app.start()
             session = fake.next_session()
             session.send(b"".join(_frames("uas_486")))
-            assert session.closed.wait(5)  # the daemon dropped the connection: ingestion stopped
-            with gevent.Timeout(5):
-                while app.sources[0].state != "stopped":
-                    gevent.sleep(0.01)
+            assert app.stopping.wait(5)  # the daemon decided to stop
             app.stop(timeout=5)
-    assert fake.accepted == 1  # and did not reconnect
+    assert app.exit_code == 74
     failed = [e for e in logs if e["event"] == "outbox.write_failed"]
     assert len(failed) == 2  # both legs already read: each logged whole, none silently dropped
     assert {e["call"]["status"] for e in failed} == {"busy"}
     assert all(e["log_level"] == "error" for e in failed)
-    stopped = [e for e in logs if e["event"] == "listener.ingestion_stopped"]
-    assert len(stopped) == 1
-    assert stopped[0]["log_level"] == "critical"
+    (stopped,) = [e for e in logs if e["event"] == "listener.outbox_failed"]
+    assert stopped["log_level"] == "critical"
+    assert stopped["exit_code"] == 74
+    assert "integrity_check" in stopped["action"]
     assert not [e for e in logs if e["event"] == "call.classified"]
-    assert app.ingesting is False
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

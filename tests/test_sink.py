@@ -234,15 +234,19 @@ def test_concurrent_puts_share_commits(harness: Any, receiver: Receiver) -> None
     assert len(commits) < 50
 
 
-def test_an_outbox_failure_stops_ingestion_loudly(harness: Any, receiver: Receiver) -> None:
+def test_an_outbox_failure_that_cannot_clear_stops_ingestion_loudly(harness: Any, receiver: Receiver) -> None:
     h = harness(endpoint("crm", receiver.url()))
     h.sink.start()
-    db = h.writer.outbox._db
-    (pages,) = db.execute("PRAGMA page_count").fetchone()
-    h.writer.call(db.execute, f"PRAGMA max_page_count={pages}")
+
+    def corrupt(*_: Any) -> Any:
+        raise OutboxError("outbox put failed: database disk image is malformed", "SQLITE_CORRUPT")
+
+    h.writer.outbox.put = corrupt
     with pytest.raises(OutboxError) as caught:
-        h.put([doc(1, padding="x" * 200_000)])
-    assert caught.value.code == "SQLITE_FULL"
+        h.put([doc(1)])
+    assert caught.value.code == "SQLITE_CORRUPT"
+    assert not caught.value.transient
+    assert h.writer.failure is caught.value
     assert not h.writer.ready
     assert not h.sink.ready
     assert not h.sink.healthy

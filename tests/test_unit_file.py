@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from listener.core.exits import NO_RESTART
+
 UNIT = Path(__file__).parent.parent / "config" / "hangup-listener.service"
 MAX_EXPOSURE = 2.0
 
@@ -29,7 +31,7 @@ def test_the_unit_runs_the_daemon_as_a_notify_service_that_is_not_restarted_on_b
     assert unit["ExecStart"] == [
         "/opt/hangup-listener/bin/hangup-listener run --config /etc/hangup-listener/listener.toml"
     ]
-    assert unit["RestartPreventExitStatus"] == ["78"]
+    assert unit["RestartPreventExitStatus"] == [" ".join(map(str, NO_RESTART))]  # the one exit-code map
     assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert "WatchdogSec" in unit
 

@@ -1,6 +1,8 @@
-"""Caller and callee numbers in log lines: shown, masked, or replaced by a keyed hash.
+"""Caller and callee numbers (and the caller's name) in log lines: shown, masked, or replaced by a keyed hash.
 
-Applied to the ``call.classified`` log line only; the document handed to the sink is untouched.
+Applied to every log line that carries a document (``call.classified``, ``outbox.write_failed``);
+the document handed to the sink is untouched. The caller's name is masked like the numbers: it is
+often the number itself, or a person's name.
 ``hash`` gives the same token for the same number and key (calls can still be correlated) but
 cannot be reversed without the key: HMAC-SHA256, the first 16 hex digits, prefixed ``h:``.
 """
@@ -12,7 +14,8 @@ import hmac
 from collections.abc import Callable, Mapping
 from typing import Any
 
-NUMBER_FIELDS = ("caller_number", "destination_number")
+NUMBER_FIELDS = ("caller_number", "caller_name", "destination_number")
+"""The fields masked or hashed: the numbers, and the caller's name."""
 KEEP_DIGITS = 2
 
 Document = Mapping[str, Any]

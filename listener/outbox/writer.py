@@ -5,10 +5,20 @@ one connection, never used by two threads, no lock that monkey-patching could tu
 greenlet lock), and groups the documents of concurrent ``put`` callers (one per node) into one
 commit. ``put`` returns the endpoints that got new rows, so its caller (the pipeline) can wake
 their delivery loops; the clock is injected.
+
+A fault that can clear (``OutboxError.transient``: another client holds the write lock, the disk
+is full, an I/O error, no file descriptor left) pauses the writer: the batch is retried with
+capped, jittered backoff until it commits, and every ``put`` meanwhile waits. Nothing is dropped:
+the pipelines wait in ``put``, their ESL queues fill and their readers stop reading FreeSWITCH,
+which queues the events for us. ``paused_since`` and ``unavailable`` say so (readiness, status);
+``outbox.unavailable`` and ``outbox.recovered`` are logged once each. Only a fault that cannot
+clear (corrupt, read-only, not ours) fails the writer for good (``failure``, ``outbox.failed``).
+Each change of state sets ``changed``, so the app can react without a callback.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
@@ -20,6 +30,7 @@ import structlog
 
 from listener.config.settings import OutboxConfig, WebhookConfig
 from listener.core.errors import OutboxClosedError, OutboxError
+from listener.core.retry import reconnect_delay
 from listener.core.signing import render
 from listener.outbox.store import Entry, Outbox
 
@@ -27,6 +38,21 @@ P = ParamSpec("P")
 T = TypeVar("T")
 Clock = Callable[[], float]
 log = structlog.get_logger(__name__)
+RETRY_INITIAL_S = 0.25
+RETRY_MAX_S = 10.0
+Waiter = Any  # gevent.event.AsyncResult (gevent ships no type information)
+
+
+def _outcome(fn: Callable[..., Any], args: Any, kwargs: Any) -> tuple[bool, Any]:
+    """On the outbox thread: (False, the result) or (True, the exception), raised by the caller.
+
+    gevent's thread pool would also print every exception raised there to stderr, a traceback for
+    each retry of a fault being waited out.
+    """
+    try:
+        return False, fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - handed to the calling greenlet, which raises it
+        return True, exc
 
 
 def entry_for(document: Mapping[str, Any], webhooks: Sequence[WebhookConfig]) -> Entry:
@@ -41,16 +67,29 @@ class OutboxWriter:
     """The daemon's only door to the outbox file: group-committed puts and serialized calls."""
 
     def __init__(
-        self, outbox: Outbox, webhooks: Sequence[WebhookConfig], *, clock: Clock = time.time
+        self, outbox: Outbox, webhooks: Sequence[WebhookConfig], *, clock: Clock = time.time,
+        rand: Callable[[], float] = random.random, retry_initial_s: float = RETRY_INITIAL_S,
+        retry_max_s: float = RETRY_MAX_S,
     ) -> None:
         self.outbox = outbox
         self._webhooks = tuple(webhooks)
         self._clock = clock
+        self._rand = rand
+        self._retry = (retry_initial_s, retry_max_s)
         self._pool = gevent.threadpool.ThreadPool(1)
-        self._queue: list[tuple[list[Entry], gevent.event.AsyncResult]] = []
+        self._queue: list[tuple[list[Entry], Waiter]] = []
         self._wake = gevent.event.Event()
+        self._retry_now = gevent.event.Event()
         self._closing = False
+        self._give_up_at: float | None = None
         self.failure: OutboxError | None = None
+        """The fault that cannot clear, once seen: every later put raises it."""
+        self.unavailable: OutboxError | None = None
+        """The transient fault being waited out (None while commits succeed)."""
+        self.paused_since: float | None = None
+        self.resumed_at: float | None = None
+        self.changed = gevent.event.Event()
+        """Set at each change of state (unavailable, recovered, failed); the watcher clears it."""
         self._committer = gevent.spawn(self._commit_loop)
 
     @classmethod
@@ -66,8 +105,13 @@ class OutboxWriter:
 
     @property
     def ready(self) -> bool:
-        """Accepting documents: not closed and no outbox failure seen."""
-        return not self._closing and self.failure is None
+        """Accepting documents now: not closed, not failed, not waiting out a fault."""
+        return not self._closing and self.failure is None and self.unavailable is None
+
+    def paused_until(self) -> float | None:
+        """The last moment (monotonic) ``put`` callers were kept waiting: now while paused, else when it
+        ended (None: never). Liveness checks do not count that time as a stuck reader or handler."""
+        return time.monotonic() if self.paused_since is not None else self.resumed_at
 
     def set_webhooks(self, webhooks: Sequence[WebhookConfig]) -> None:
         """Route documents put from now on by these endpoints' filters (a reload)."""
@@ -77,13 +121,16 @@ class OutboxWriter:
         """Store ``documents``; returns only once they are durably committed: the endpoints that got
         new rows (in this commit, which may hold other callers' documents too).
 
-        Raises ``OutboxError`` if the outbox failed (ingestion must stop) and ``OutboxClosedError``
-        after ``close``. Many greenlets may call this at once: their documents share one commit.
+        Waits while a transient fault lasts. Raises ``OutboxError`` if the outbox failed for good (or
+        stayed unavailable past the shutdown deadline) and ``OutboxClosedError`` after ``close``.
+        Many greenlets may call this at once: their documents share one commit.
         """
         if self.failure is not None:
             raise self.failure
         if self._closing:
             raise OutboxClosedError("the outbox writer is closed")
+        if self._give_up_at is not None and self.unavailable is not None:
+            raise self.unavailable  # shutting down: no more waiting
         entries = [e for e in (entry_for(d, self._webhooks) for d in documents) if e.endpoints]
         if not entries:
             return frozenset()
@@ -94,18 +141,25 @@ class OutboxWriter:
         return created
 
     def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``fn`` (an ``Outbox`` method) on the outbox thread; an ``OutboxError`` fails the writer."""
-        try:
-            result: T = self._pool.apply(fn, args, kwargs)
-        except OutboxError as exc:
-            self._fail(exc)
-            raise
+        """Run ``fn`` (an ``Outbox`` method) on the outbox thread. An ``OutboxError`` is raised to the
+        caller; one that cannot clear fails the writer too (a transient one is the caller's to retry)."""
+        failed, value = self._pool.apply(_outcome, (fn, args, kwargs))
+        if failed:
+            if isinstance(value, OutboxError) and not value.transient:
+                self._fail(value)
+            raise value
+        result: T = value
         return result
+
+    def fail(self, exc: OutboxError) -> None:
+        """A fault that cannot clear was found beside the writer (a deferred integrity check)."""
+        self._fail(exc)
 
     def _fail(self, exc: OutboxError) -> None:
         if self.failure is None:
             self.failure = exc
             log.critical("outbox.failed", error=str(exc), code=exc.code, path=str(self.outbox.path))
+            self.changed.set()
 
     def _commit_loop(self) -> None:
         while True:
@@ -117,27 +171,76 @@ class OutboxWriter:
             elif self._closing:
                 return
 
-    def _commit(self, batch: list[tuple[list[Entry], gevent.event.AsyncResult]]) -> None:
+    def _commit(self, batch: list[tuple[list[Entry], Waiter]]) -> None:
+        """Commit the batch, waiting out transient faults; then answer every waiter."""
         entries = [entry for entries, _ in batch for entry in entries]
-        try:
-            if self.failure is not None:
-                raise self.failure
-            created = self.call(self.outbox.put, entries, self._clock())
-        except OutboxError as exc:
-            for _, waiter in batch:
-                waiter.set_exception(exc)
-            return
+        failures = 0
+        while True:
+            try:
+                if self.failure is not None:
+                    raise self.failure
+                created = self.call(self.outbox.put, entries, self._clock())
+            except OutboxError as exc:
+                if exc.transient and not self._giving_up():
+                    self._wait_out(exc, failures, len(entries))
+                    failures += 1
+                    continue
+                for _, waiter in batch:
+                    waiter.set_exception(exc)
+                return
+            break
+        if self.unavailable is not None:
+            self._recovered(failures)
         endpoints = frozenset(created)
         for _, waiter in batch:
             waiter.set(endpoints)
 
-    def close(self) -> None:
-        """Refuse new documents, commit those already offered, close the file."""
+    def _giving_up(self) -> bool:
+        return self._give_up_at is not None and time.monotonic() >= self._give_up_at
+
+    def _wait_out(self, exc: OutboxError, failures: int, documents: int) -> None:
+        initial, cap = self._retry
+        delay = reconnect_delay(failures, initial=initial, cap=cap, rand=self._rand)
+        if self.unavailable is None:
+            self.paused_since = time.monotonic()
+            log.error("outbox.unavailable", error=str(exc), code=exc.code, path=str(self.outbox.path),
+                      documents_waiting=documents, retry_in_s=round(delay, 2),
+                      note="ingestion paused (FreeSWITCH queues the events); resumes by itself")
+            self.changed.set()
+        self.unavailable = exc
+        if self._give_up_at is not None:
+            delay = min(delay, max(self._give_up_at - time.monotonic(), 0.0))
+        self._retry_now.wait(delay)
+        self._retry_now.clear()
+
+    def _recovered(self, failures: int) -> None:
+        since = self.paused_since or time.monotonic()
+        self.resumed_at = time.monotonic()
+        log.info("outbox.recovered", unavailable_for_s=round(self.resumed_at - since, 2), retries=failures,
+                 code=self.unavailable.code if self.unavailable else "")
+        self.unavailable = None
+        self.paused_since = None
+        self.changed.set()
+
+    def give_up_after(self, deadline_s: float) -> None:
+        """Shutting down: stop waiting out a fault ``deadline_s`` from now; later puts then fail at once.
+
+        What could not be committed is raised to the callers (the pipeline logs each document).
+        """
+        self._give_up_at = time.monotonic() + deadline_s
+        self._retry_now.set()  # recompute the wait against the deadline
+        self._wake.set()
+
+    def close(self, deadline_s: float = 10.0) -> None:
+        """Refuse new documents, commit those already offered (waiting out a fault at most
+        ``deadline_s``), close the file."""
+        if self._give_up_at is None:
+            self.give_up_after(deadline_s)
         self._closing = True
         self._wake.set()
         self._committer.join()
         try:
-            self._pool.apply(self.outbox.close)
+            self.call(self.outbox.close)
         except OutboxError as exc:
             self._fail(exc)
         finally:

@@ -139,6 +139,7 @@ class HealthServer:
 
     def __init__(self, host: str, port: int, app: HealthApp) -> None:
         error_log = logging.getLogger("listener.service.health")
+        self.host, self.requested_port = host, port
         self.server = gevent.pywsgi.WSGIServer((host, port), app, log=None, error_log=error_log)
 
     def start(self) -> None:

@@ -17,12 +17,17 @@ import gevent
 import gevent.event
 
 from listener.config.settings import HealthConfig
+from listener.core.errors import ListenerError
 from listener.esl.source import ESLSource
 from listener.service import systemd
 from listener.service.health import Check, HealthApp, HealthServer, Liveness, Readiness
 from listener.service.metrics import Metrics
 
 GRACE_S = 5.0
+
+
+class PortInUseError(ListenerError):
+    """The health port is taken (another daemon, or another program): exit 75 (EX_TEMPFAIL)."""
 
 
 def status_line(sources: Sequence[ESLSource]) -> str:
@@ -32,14 +37,21 @@ def status_line(sources: Sequence[ESLSource]) -> str:
     return f"{connected}/{len(sources)} nodes connected: {states}"
 
 
-def source_problem(source: ESLSource, now: float) -> str | None:
-    """What is stuck in one node's ESL source, if anything."""
+def source_problem(source: ESLSource, now: float, paused_until: float | None = None) -> str | None:
+    """What is stuck in one node's ESL source, if anything.
+
+    Time spent waiting on purpose (an outbox fault waited out, a stalled log output: ingestion paused
+    until ``paused_until``) is not a stuck reader or handler: it counts from the end of the pause.
+    """
     settings, stats = source.settings, source.stats
-    silent, limit = now - stats.last_received, settings.liveness_timeout + settings.command_timeout + GRACE_S
+    since = max(stats.last_received, paused_until or 0.0)
+    silent, limit = now - since, settings.liveness_timeout + settings.command_timeout + GRACE_S
     if source.state == "connected" and silent > limit:
         return f"{source.node.name}: connected but nothing read for {silent:.0f}s (reader stuck)"
-    if stats.handling_since is not None and now - stats.handling_since > settings.liveness_timeout:
-        return f"{source.node.name}: one event handled for {now - stats.handling_since:.0f}s (handler stuck)"
+    if stats.handling_since is not None:
+        handling = now - max(stats.handling_since, paused_until or 0.0)
+        if handling > settings.liveness_timeout:
+            return f"{source.node.name}: one event handled for {handling:.0f}s (handler stuck)"
     return None
 
 
@@ -56,11 +68,16 @@ class Service:
         self.readiness.add("nodes", self.nodes)
         self.liveness.add("esl", self.esl_problem)
         self.loops: dict[str, gevent.Greenlet] = {}
+        self.pauses: list[Callable[[], float | None]] = []
+        """Each says until when (monotonic; now while it lasts) ingestion was paused on purpose."""
+        self.notes: list[Callable[[], str | None]] = []
+        """Each adds a note to STATUS= while something needs the operator's eye (outbox unavailable)."""
         app = HealthApp(self.liveness, self.readiness, metrics)
         self.server = HealthServer(health.host, health.port, app) if health.enabled else None
         self._stopped = gevent.event.Event()
         self._watchdog: gevent.Greenlet | None = None
         self._withheld = False
+        self._listening = False
         metrics.watch_ready(self.readiness.ready)
 
     # -- checks -------------------------------------------------------------------------------
@@ -82,32 +99,48 @@ class Service:
         if ended:
             return f"ESL loop ended for {', '.join(ended)}"
         now = self.clock()
-        problems = [p for p in (source_problem(s, now) for s in self.sources) if p]
+        paused = max((mark for mark in (pause() for pause in self.pauses) if mark is not None), default=None)
+        problems = [p for p in (source_problem(s, now, paused) for s in self.sources) if p]
         return "; ".join(problems) or None
 
+    def status(self) -> str:
+        """The STATUS= line: every node's state, then any note (outbox unavailable, ...)."""
+        notes = [note for note in (n() for n in self.notes) if note]
+        return "; ".join([status_line(self.sources), *notes])
+
+    def refresh_status(self) -> None:
+        systemd.status(self.status())
+
     # -- life ---------------------------------------------------------------------------------
+    def listen(self) -> None:
+        """Open the health listener (first, before anything starts); ``PortInUseError`` if it is taken."""
+        if self.server is not None and not self._listening:
+            self._listen(self.server)
+            self._listening = True
+
     def start(self, loops: Mapping[str, gevent.Greenlet]) -> None:
-        """Watch the node loops, open the health listener, then tell systemd we are ready."""
+        """Watch the node loops, open the health listener (if not yet), then tell systemd we are ready."""
         self.loops = dict(loops)
         for source in self.sources:
             source.on_state = self.state_changed
-        if self.server is not None:
-            self._listen(self.server)
+        self.listen()
         interval = systemd.watchdog_interval()
         if interval is not None:
             self._watchdog = gevent.spawn(self._watch, interval)
-        systemd.ready(status_line(self.sources))
+        systemd.ready(self.status())
 
     def _listen(self, server: HealthServer) -> None:
         try:
             server.start()
         except OSError as exc:
-            self.log.error("health.listen_failed", reason=exc.strerror or str(exc))
-            raise
+            self.log.error("health.listen_failed", reason=exc.strerror or str(exc), host=server.host,
+                           port=server.requested_port)
+            raise PortInUseError(f"cannot listen on {server.host}:{server.requested_port} for health and "
+                                 f"metrics: {exc.strerror or exc}") from exc
         self.log.info("health.listening", host=server.server.server_host, port=server.port)
 
     def state_changed(self, _source: ESLSource) -> None:
-        systemd.status(status_line(self.sources))
+        self.refresh_status()
 
     def _watch(self, interval: float) -> None:
         while not self._stopped.wait(timeout=interval):
