@@ -149,8 +149,10 @@ class Pipeline:
                 self.log.info("call.classified", call=self.redact(document) if self.redact else document)
 
     def _not_stored(self, ready: list[Document], exc: OutboxError) -> None:
-        """The outbox refused the batch: each document logged whole (never lost silently)."""
+        """The outbox refused the batch: each document logged whole (never lost silently), masked as the
+        ``call.classified`` line would be."""
         for document in ready:
-            self.log.error("outbox.write_failed", reason=str(exc), call=document)
+            self.log.error("outbox.write_failed", reason=str(exc), call=self.redact(document) if self.redact
+                           else document)
         if self.on_outbox_failure is not None:
             self.on_outbox_failure(exc)
