@@ -2,8 +2,9 @@
 
 The ESL source hands each batch of event frames, as read, to its node's ``Pipeline``; everything a
 hangup goes through happens here, in order, and the source learns of it only through the ``Tally``
-returned. A frame that holds no usable event is rejected alone (``esl.event_rejected``), an event
-whose handling raises is skipped alone (``call.handler_failed``); the rest of the batch goes on.
+returned. A frame that holds no usable event is rejected alone (``esl.event_rejected``) and kept:
+in the outbox's ``rejected`` table, or without one in that line; an event whose handling raises is
+skipped alone (``call.handler_failed``); the rest of the batch goes on.
 The batch's documents are committed to the outbox together (one transaction, when webhooks are
 configured) and only then logged, one ``call.classified`` line per call; the delivery loops of the
 endpoints that got rows are woken. If the outbox cannot take them, each is logged whole
@@ -13,7 +14,7 @@ endpoints that got rows are woken. If the outbox cannot take them, each is logge
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from listener.config.settings import Node
 from listener.core import document as documents
@@ -21,6 +22,7 @@ from listener.core.classifier import Classifier
 from listener.core.errors import EventError, OutboxError
 from listener.core.event import HANGUP_COMPLETE, HEARTBEAT, HangupEvent
 from listener.core.frame import Frame
+from listener.core.rejection import Rejection
 from listener.esl.connection import TimeSlice
 from listener.esl.source import Tally
 from listener.service import logs
@@ -33,6 +35,13 @@ class Store(Protocol):
     """Where documents go before they count as handled (``listener.outbox.writer.OutboxWriter``)."""
 
     def put(self, documents: Sequence[Mapping[str, Any]]) -> frozenset[str]: ...
+
+
+@runtime_checkable
+class RejectionStore(Protocol):
+    """A store that also keeps rejected frames (``listener.outbox.writer.OutboxWriter``)."""
+
+    def reject(self, rejection: Rejection) -> int: ...
 
 
 class Wakeable(Protocol):
@@ -101,13 +110,37 @@ class Pipeline:
             event = parse(frame)
         except EventError as exc:  # framing intact: skip this event, keep the connection
             tally.rejected += 1
-            self.log.error("esl.event_rejected", reason=str(exc), content_type=frame.content_type)
+            self._reject(Rejection.of(frame, self.node.name, str(exc)))
             return None
         tally.received[event.event_name] += 1
         core_uuid = event.core_uuid
         if core_uuid and (not tally.core_uuids or tally.core_uuids[-1] != core_uuid):
             tally.core_uuids.append(core_uuid)
         return event
+
+    def _reject(self, rejection: Rejection) -> None:
+        """Account for a frame that held no event: kept in the outbox, else its body in the line."""
+        fields = {"reason": rejection.reason, "content_type": rejection.content_type, "id": rejection.id,
+                  "size": len(rejection.body), "node": rejection.node}
+        if not isinstance(self.store, RejectionStore):
+            self.log.error("esl.event_rejected", **fields, kept="log", **self._body_of(rejection))
+            return
+        try:
+            dropped = self.store.reject(rejection)
+        except OutboxError as exc:
+            self.log.error("esl.event_rejected", **fields, kept="log", outbox_error=str(exc),
+                           **self._body_of(rejection))
+            if self.on_outbox_failure is not None:
+                self.on_outbox_failure(exc)
+            return
+        self.log.error("esl.event_rejected", **fields, kept="outbox", rejected_dropped=dropped)
+
+    def _body_of(self, rejection: Rejection) -> dict[str, Any]:
+        """The body for a line that is its only record; withheld while numbers are masked (it holds them)."""
+        if self.redact is not None and getattr(self.redact, "mode", "unknown") != "none":
+            return {"body_withheld": "masking on"}
+        text, cut = rejection.preview()
+        return {"body": text, "body_truncated": True} if cut else {"body": text}
 
     def take(self, event: HangupEvent, tally: Tally, ready: list[Document]) -> None:
         """A hangup becomes its document; a heartbeat is counted; any other event is only counted."""

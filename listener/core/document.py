@@ -7,6 +7,7 @@ Schema; a test validates every document the real captures produce against that s
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from datetime import UTC, date, datetime
 from functools import lru_cache
@@ -16,7 +17,8 @@ from listener.core.classifier import Classification
 from listener.core.event import HangupEvent
 
 SCHEMA_VERSION = 1
-#: uuid5 namespace for document ids: id = uuid5(NAMESPACE, "<Core-UUID>/<Unique-ID>").
+#: uuid5 namespace for document ids: id = uuid5(NAMESPACE, "<Core-UUID>/<Unique-ID>"), or, for an
+#: event lacking either, uuid5(NAMESPACE, "sha256:<hex SHA-256 of the event's bytes>").
 ID_NAMESPACE = uuid.UUID("6f1c0c8e-3a4b-5d7e-9f10-2b3c4d5e6f70")
 _NAMESPACE_BYTES = ID_NAMESPACE.bytes
 #: A uuid's variant nibble from the hash's: the top two bits become ``10`` (RFC 4122).
@@ -34,6 +36,36 @@ def document_id(core_uuid: str, unique_id: str) -> str:
     return (
         f"{digest[:8]}-{digest[8:12]}-5{digest[13:16]}-{_VARIANT[digest[16]]}{digest[17:20]}-{digest[20:32]}"
     )
+
+
+def content_digest(content: bytes | str) -> str:
+    """Hex SHA-256 of an event's bytes (text as UTF-8): what an event with no Unique-ID is known by."""
+    data = content if isinstance(content, bytes) else content.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()
+
+
+def content_id(digest: str) -> str:
+    """The id of the content whose SHA-256 is ``digest``: never one of ``document_id``'s (no ``/``)."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"sha256:{digest}"))
+
+
+def event_id(event: HangupEvent) -> str:
+    """The document id of ``event``: from its Core-UUID and Unique-ID, else from its content.
+
+    Without either, ids made from the rest would be shared by unrelated events (``"<core>/"`` or
+    ``"/<uuid an application chose>"``) and the receiver would drop all but the first.
+    """
+    core_uuid, unique_id = event.core_uuid, event.unique_id
+    if core_uuid and unique_id:
+        return document_id(core_uuid, unique_id)
+    return content_id(content_digest(_content(event)))
+
+
+def _content(event: HangupEvent) -> bytes | str:
+    """The bytes ``event`` was parsed from; for one built from a mapping, its headers and body as JSON."""
+    if event.raw is not None:
+        return event.raw
+    return json.dumps([sorted(event.headers.items()), event.body], ensure_ascii=False)
 
 
 def iso_utc(epoch_us: int | None) -> str | None:
@@ -99,7 +131,7 @@ def build(event: HangupEvent, outcome: Classification, node_name: str) -> dict[s
     core_uuid, unique_id, direction = event.core_uuid, event.unique_id, event.direction
     return {
         "schema_version": SCHEMA_VERSION,
-        "id": document_id(core_uuid, unique_id),
+        "id": event_id(event),
         "status": outcome.status,
         "status_label": outcome.status_label,
         "status_definition": outcome.status_definition,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote
@@ -181,10 +181,12 @@ def _sip_code(value: str | None) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class HangupEvent:
-    """One ESL event's decoded headers (a read-only mapping) and its inner body, if any."""
+    """One ESL event's decoded headers (a read-only mapping), its inner body if any, and the frame
+    body it was parsed from (``raw``: what an event with no Unique-ID is identified by)."""
 
     headers: Mapping[str, str]
     body: str | None = None
+    raw: bytes | str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str], body: str | None = None) -> HangupEvent:
@@ -194,13 +196,14 @@ class HangupEvent:
     @classmethod
     def from_plain(cls, body: bytes | str) -> HangupEvent:
         """Build an event from a ``text/event-plain`` body (values decoded lazily, read-only)."""
-        return cls(*parse_plain(body))
+        headers, inner = parse_plain(body)
+        return cls(headers, inner, body)
 
     @classmethod
     def from_json(cls, body: bytes | str) -> HangupEvent:
         """Build an event from a ``text/event-json`` body (its fresh dict frozen without a copy)."""
         headers, inner = parse_json(body)
-        return cls(MappingProxyType(headers), inner)
+        return cls(MappingProxyType(headers), inner, body)
 
     # -- generic access -------------------------------------------------------------------
     def header(self, name: str) -> str | None:

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from listener.config.settings import OutboxConfig
 from listener.core.errors import OutboxError
-from listener.outbox.store import DEAD, PENDING, Outbox
+from listener.outbox.store import DEAD, PENDING, Outbox, RejectedFrame
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -36,6 +36,9 @@ def add_outbox_parser(subparsers: Any) -> argparse.ArgumentParser:
     _add_selectors(listing)
     listing.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
     listing.add_argument("--json", action="store_true", help="one JSON object per row")
+    listing.add_argument("--rejected", action="store_true",
+                         help="list the frames that held no usable event instead, newest first;"
+                              " with --id, print their bodies as received")
     retry = commands.add_parser("retry", help="make dead deliveries pending again, due now")
     _add_selectors(retry)
     retry.add_argument("--all", action="store_true", help="every dead delivery")
@@ -58,6 +61,8 @@ def run_outbox_command(args: argparse.Namespace, outbox_config: OutboxConfig, *,
     """Run the parsed ``outbox`` sub-command on the configured file; returns the exit code."""
     out, err = out or sys.stdout, err or sys.stderr
     command = args.outbox_command
+    if command == "list" and args.rejected:
+        return _run_rejected(args, outbox_config, out, err)
     if command in ("retry", "purge") and not (args.all or args.endpoint or args.ids):
         print(f"outbox {command}: give --all, --endpoint or --id", file=err)
         return EXIT_USAGE
@@ -131,6 +136,48 @@ def _purge(outbox: Outbox, args: argparse.Namespace, out: TextIO, err: TextIO, n
     progress = _progress(err, "purged")
     count = outbox.purge(state=state, endpoint=args.endpoint, event_ids=args.ids, progress=progress)
     print(f"{count} {state} deliveries purged", file=out)
+
+
+def _run_rejected(args: argparse.Namespace, outbox_config: OutboxConfig, out: TextIO, err: TextIO) -> int:
+    """``outbox list --rejected``: the kept frames that held no usable event; with ``--id``, their bodies."""
+    if args.endpoint or args.state != "all":
+        print("outbox list --rejected: --state and --endpoint select deliveries, not frames", file=err)
+        return EXIT_USAGE
+    if not outbox_config.path.exists():
+        print(f"no outbox at {outbox_config.path}", file=err)
+        return EXIT_FAILED
+    try:
+        outbox = Outbox.open(outbox_config.path, synchronous=outbox_config.synchronous)
+        try:
+            rows = outbox.rejected(ids=args.ids, limit=len(args.ids) or args.limit, bodies=bool(args.ids))
+        finally:
+            outbox.close()
+    except OutboxError as exc:
+        print(f"outbox list failed: {exc}", file=err)
+        return EXIT_FAILED
+    for row in rows:
+        _print_rejected(row, args, out)
+    missing = [i for i in args.ids if i not in {row.id for row in rows}]
+    for event_id in missing:
+        print(f"no rejected frame {event_id}", file=err)
+    return EXIT_FAILED if missing else EXIT_OK
+
+
+def _print_rejected(row: RejectedFrame, args: argparse.Namespace, out: TextIO) -> None:
+    """One rejected frame: a line (or JSON object) about it; its body exactly as received with ``--id``."""
+    fields = {"id": row.id, "received_at": _when(row.received_at), "node": row.node,
+              "content_type": row.content_type, "size": row.size, "reason": row.reason}
+    if args.json:
+        body = {"body": row.body.decode("utf-8", "replace")} if args.ids else {}
+        print(json.dumps({**fields, **body}), file=out)
+    elif not args.ids:
+        print("  ".join(str(v) for v in fields.values()), file=out)
+    elif (raw := getattr(out, "buffer", None)) is not None:
+        out.flush()
+        raw.write(row.body)
+        raw.flush()
+    else:
+        out.write(row.body.decode("utf-8", "replace"))
 
 
 _COMMANDS: dict[str, Callable[[Outbox, argparse.Namespace, TextIO, TextIO, float], None]] = {

@@ -30,6 +30,7 @@ import structlog
 
 from listener.config.settings import OutboxConfig, WebhookConfig
 from listener.core.errors import OutboxClosedError, OutboxError
+from listener.core.rejection import Rejection
 from listener.core.retry import reconnect_delay
 from listener.core.signing import render
 from listener.outbox.store import Entry, Outbox
@@ -139,6 +140,15 @@ class OutboxWriter:
         self._wake.set()
         created: frozenset[str] = waiter.get()
         return created
+
+    def reject(self, rejection: Rejection) -> int:
+        """Keep a frame that held no usable event (the store's bounded ``rejected`` table), on the
+        outbox thread; returns how many older ones that dropped. Raises as ``put`` does."""
+        if self.failure is not None:
+            raise self.failure
+        if self._closing:
+            raise OutboxClosedError("the outbox writer is closed")
+        return self.call(self.outbox.reject, (rejection,), self._clock())
 
     def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` (an ``Outbox`` method) on the outbox thread. An ``OutboxError`` is raised to the
