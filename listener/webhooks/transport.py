@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import re
+import select
 import socket
 import ssl
 import time
@@ -41,7 +42,7 @@ from urllib.parse import urlsplit
 
 import gevent
 import gevent.lock
-import gevent.select
+import gevent.monkey
 import gevent.socket
 import gevent.ssl
 
@@ -57,6 +58,9 @@ _UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters bu
 _PEER_GONE = (BrokenPipeError, ConnectionResetError)
 IDLE_CHECK_S = 1.0
 """A pooled connection idle this long is checked for data or EOF before it carries a request."""
+_poll = gevent.monkey.get_original("select", "poll")
+"""The system's poll(), even after monkey-patching: with a zero timeout it never blocks, and unlike
+select() (gevent's calls it first) it takes descriptors from 1024 on, which LimitNOFILE allows."""
 
 
 class _NotSentError(Exception):
@@ -188,11 +192,12 @@ class Transport:
 
 def _quiet(sock: Socket) -> bool:
     """Nothing to read on an idle connection: no stray bytes, no EOF."""
+    poller = _poll()
     try:
-        readable, _, _ = gevent.select.select([sock], [], [], 0)
+        poller.register(sock, select.POLLIN)  # hang-ups and errors are reported whatever the mask
+        return not poller.poll(0)
     except (OSError, ValueError):
         return False
-    return not readable
 
 
 def _write(sock: Socket, data: bytes) -> None:
