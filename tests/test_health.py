@@ -207,7 +207,7 @@ def test_the_watchdog_is_withheld_while_a_liveness_check_fails_and_resumes_after
 @pytest.fixture
 def bounded() -> Iterator[HealthServer]:
     server = HealthServer("127.0.0.1", 0, HealthApp(Liveness(), Readiness(), Metrics()),
-                          max_connections=4, head_timeout_s=0.5)
+                          max_connections=4, head_timeout_s=1.0)
     server.start()
     yield server
     server.stop()
@@ -240,11 +240,11 @@ def test_a_connection_beyond_the_cap_is_closed_at_once_idle_ones_at_the_head_tim
     idle = [connect(bounded.port) for _ in range(4)]
     extra = connect(bounded.port)
     closed_by_server(extra)
-    assert time.monotonic() - started < 0.4  # at once, not after the head timeout
+    assert time.monotonic() - started < 0.8  # at once, not after the head timeout
     assert bounded.refused == 1
     for sock in idle:
         closed_by_server(sock)
-    assert 0.45 < time.monotonic() - started < 2.0
+    assert 0.95 < time.monotonic() - started < 3.0
     assert fetch(bounded.port, "/livez")[0] == 200
     assert bounded.refused == 1
 
@@ -261,7 +261,7 @@ def test_a_request_head_still_trickling_in_is_closed_at_the_head_timeout(bounded
     sender = gevent.spawn(trickle)
     started = time.monotonic()
     closed_by_server(sock)
-    assert 0.4 < time.monotonic() - started < 2.0  # the whole head would take 6 s
+    assert 0.9 < time.monotonic() - started < 3.0  # the whole head would take 6 s
     sender.kill()
 
 
@@ -276,4 +276,4 @@ def test_a_keep_alive_connection_left_idle_after_an_answer_is_closed_at_the_head
     assert answer.startswith(b"HTTP/1.1 200 OK")
     started = time.monotonic()
     closed_by_server(sock)
-    assert 0.4 < time.monotonic() - started < 2.0
+    assert 0.9 < time.monotonic() - started < 3.0

@@ -56,10 +56,10 @@ def check_dropped_and_not_reused(server: HostileServer, transport: Transport) ->
 def test_a_flood_is_read_at_most_64_kib_then_dropped_the_status_read_stands(
     served: HostileServer, outcome: object
 ) -> None:
-    t = Transport(config(served.url(), timeout=2.0, connect_timeout=2.0))
+    t = Transport(config(served.url(), timeout=5.0, connect_timeout=5.0))
     started = time.monotonic()
     assert send(t, 1) == outcome  # a 200 with a body too big is delivered: never sent again
-    assert time.monotonic() - started < 1.0  # not ended by the 4 s deadline: by the read limit
+    assert time.monotonic() - started < 3.0  # ended by the read limit (in ms), not the 10 s deadline
     check_dropped_and_not_reused(served, t)
 
 
@@ -71,5 +71,5 @@ def test_a_body_trickled_past_the_deadline_is_cut_off_at_the_deadline_its_status
     t = Transport(config(served.url(), timeout=0.5, connect_timeout=0.5))  # deadline 1 s
     started = time.monotonic()
     assert send(t, 1) == Delivered(200)
-    assert 0.9 < time.monotonic() - started < 1.5
+    assert 0.9 < time.monotonic() - started < 2.0
     check_dropped_and_not_reused(served, t)
