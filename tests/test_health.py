@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import resource
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,14 @@ from structlog.testing import capture_logs
 from listener.app import App
 from listener.config.settings import Config, ESLSettings, HealthConfig, Node
 from listener.esl.source import ESLSource, Tally
-from listener.service.health import Check, HealthApp, Liveness, Readiness
+from listener.service.health import (
+    Check,
+    HealthApp,
+    HealthServer,
+    Liveness,
+    Readiness,
+    connection_cap,
+)
 from listener.service.metrics import Metrics
 from listener.service.runtime import source_problem, status_line
 from tests.daemon import fetch
@@ -189,3 +199,81 @@ def test_the_watchdog_is_withheld_while_a_liveness_check_fails_and_resumes_after
     events = [e["event"] for e in logs]
     assert events == ["watchdog.ping_withheld", "watchdog.ping_resumed"]
     assert logs[0]["problems"] == ["delivery: loop stuck"]
+
+
+# -- bounded: a cap on connections, a deadline for each request's head -------------------------
+
+
+@pytest.fixture
+def bounded() -> Iterator[HealthServer]:
+    server = HealthServer("127.0.0.1", 0, HealthApp(Liveness(), Readiness(), Metrics()),
+                          max_connections=4, head_timeout_s=1.0)
+    server.start()
+    yield server
+    server.stop()
+
+
+def connect(port: int) -> gevent.socket.socket:
+    return gevent.socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def closed_by_server(sock: gevent.socket.socket) -> None:
+    """Read until the server closes ``sock`` (EOF or reset); at most 5 s."""
+    sock.settimeout(5)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    sock.close()
+
+
+def test_the_cap_is_a_quarter_of_the_open_file_limit_and_at_most_64() -> None:
+    assert [connection_cap(n) for n in (1, 8, 128, 1024, 65536)] == [1, 2, 32, 64, 64]
+    assert connection_cap(resource.RLIM_INFINITY) == 64
+
+
+def test_a_connection_beyond_the_cap_is_closed_at_once_idle_ones_at_the_head_timeout(
+    bounded: HealthServer,
+) -> None:
+    started = time.monotonic()
+    idle = [connect(bounded.port) for _ in range(4)]
+    extra = connect(bounded.port)
+    closed_by_server(extra)
+    assert time.monotonic() - started < 0.8  # at once, not after the head timeout
+    assert bounded.refused == 1
+    for sock in idle:
+        closed_by_server(sock)
+    assert 0.95 < time.monotonic() - started < 3.0
+    assert fetch(bounded.port, "/livez")[0] == 200
+    assert bounded.refused == 1
+
+
+def test_a_request_head_still_trickling_in_is_closed_at_the_head_timeout(bounded: HealthServer) -> None:
+    sock = connect(bounded.port)
+
+    def trickle() -> None:
+        with contextlib.suppress(OSError):
+            for byte in b"GET /livez HTTP/1.1\r\nx-slow: " + b"a" * 100:
+                sock.sendall(bytes([byte]))
+                gevent.sleep(0.05)  # the client's pace: each byte well within any read timeout
+
+    sender = gevent.spawn(trickle)
+    started = time.monotonic()
+    closed_by_server(sock)
+    assert 0.9 < time.monotonic() - started < 3.0  # the whole head would take 6 s
+    sender.kill()
+
+
+def test_a_keep_alive_connection_left_idle_after_an_answer_is_closed_at_the_head_timeout(
+    bounded: HealthServer,
+) -> None:
+    sock = connect(bounded.port)
+    sock.sendall(b"GET /livez HTTP/1.1\r\nHost: h\r\n\r\n")
+    answer = b""
+    while not answer.endswith(b'{"live": true}\n'):
+        answer += sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    started = time.monotonic()
+    closed_by_server(sock)
+    assert 0.9 < time.monotonic() - started < 3.0

@@ -4,6 +4,8 @@ timeouts told apart, answers mapped as before, close()."""
 from __future__ import annotations
 
 import queue
+import resource
+import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -242,3 +244,23 @@ def test_an_idle_connection_the_server_wrote_to_is_dropped_unused(
     assert send(transport, 2) == Delivered(200)  # not the stray 408, and not a failed attempt
     seen = [wait(server.requests), wait(server.requests)]
     assert [(s.connection, s.head["webhook-id"]) for s in seen] == [(0, "evt-1"), (1, "evt-2")]
+
+
+def test_the_idle_check_works_for_a_descriptor_above_1024(server: WireServer, transport: Transport) -> None:
+    """select() refuses descriptors from FD_SETSIZE (1024) on; under LimitNOFILE=65536 the daemon may
+    hold such a one, and the check must neither fail nor drop a good connection."""
+    transport.idle_check_s = 0.0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1100:
+        pytest.skip(f"the open-file limit ({hard}) leaves no descriptor above 1024")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1100), hard))
+    filler = [socket.socket() for _ in range(1030)]
+    try:
+        assert [send(transport, 1), send(transport, 2)] == [Delivered(200)] * 2
+        seen = [wait(server.requests), wait(server.requests)]
+        assert seen[0].connection == seen[1].connection == 0  # checked, found quiet, reused
+        assert server.accepted == 1
+    finally:
+        for sock in filler:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

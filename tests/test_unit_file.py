@@ -46,6 +46,15 @@ def test_the_unit_has_a_dynamic_user_a_state_directory_credentials_and_hardening
         assert key in unit, key
 
 
+def test_the_unit_raises_the_open_file_limit_so_the_health_cap_is_its_64_and_webhooks_have_room() -> None:
+    from listener.service.health import MAX_CONNECTIONS, connection_cap  # noqa: PLC0415
+
+    (limit,) = directives()["LimitNOFILE"]
+    assert ":" not in limit  # one value: soft and hard alike
+    assert int(limit) >= 65536
+    assert connection_cap(int(limit)) == MAX_CONNECTIONS
+
+
 def _exposure(output: str) -> float:
     match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", output)
     assert match, output

@@ -16,10 +16,14 @@ Invariants:
   wrote to it or closed it meanwhile (say, an unsolicited ``408`` before an idle close), it is
   dropped unused, so that answer is never read as ours. Under load connections are reused within
   milliseconds and skip the check (a select() per request costs as much as a tenth of the request).
-- The whole request, a resend included, takes at most ``connect_timeout + timeout``.
+- The whole request, a resend included, takes at most ``connect_timeout + timeout``: one monotonic
+  deadline, checked before every read, and a ``gevent.Timeout`` for every wait.
+- A response is read with every part bounded (``listener.webhooks.response``): its head in size,
+  lines and time; its body at most 64 KiB, else the connection is closed, never reused. The status
+  of a well-formed head is the outcome, whatever its body does: a 200 whose body never ends is
+  delivered, and not sent again.
 
-The response is read by geventhttpclient's C-backed parser; sockets and TLS are gevent's, so the
-transport is cooperative with or without monkey-patching.
+Sockets and TLS are gevent's, so the transport is cooperative with or without monkey-patching.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import re
+import select
 import socket
 import ssl
 import time
@@ -37,13 +42,13 @@ from urllib.parse import urlsplit
 
 import gevent
 import gevent.lock
-import gevent.select
+import gevent.monkey
 import gevent.socket
 import gevent.ssl
-from geventhttpclient.response import HTTPConnectionClosed, HTTPSocketResponse
 
 from listener.config.settings import WebhookConfig
 from listener.core.signing import DeliveryOutcome, Request, Retry, outcome_of_response
+from listener.webhooks.response import ClosedBeforeAnswerError, DeadlineExceededError, read_response
 
 Clock = Callable[[], float]
 Socket = Any  # gevent's socket or SSLSocket (gevent ships no type information)
@@ -53,10 +58,9 @@ _UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters bu
 _PEER_GONE = (BrokenPipeError, ConnectionResetError)
 IDLE_CHECK_S = 1.0
 """A pooled connection idle this long is checked for data or EOF before it carries a request."""
-
-
-class _DeadlineExceededError(TimeoutError):
-    """The whole request took longer than connect_timeout + timeout."""
+_poll = gevent.monkey.get_original("select", "poll")
+"""The system's poll(), even after monkey-patching: with a zero timeout it never blocks, and unlike
+select() (gevent's calls it first) it takes descriptors from 1024 on, which LimitNOFILE allows."""
 
 
 class _NotSentError(Exception):
@@ -104,19 +108,20 @@ class Transport:
         self._closed = False
 
     def send(self, request: Request, clock: Clock) -> DeliveryOutcome:
-        """POST ``request`` and read the whole answer, within connect_timeout + timeout."""
+        """POST ``request`` and read the answer, within connect_timeout + timeout."""
         cfg = self.config
+        budget = cfg.timeout + cfg.connect_timeout
         try:
-            with gevent.Timeout(cfg.timeout + cfg.connect_timeout, _DeadlineExceededError):
+            with gevent.Timeout(budget, DeadlineExceededError):
                 head = request_head(self.origin.authority, request)
-                status, retry_after = self._exchange(head + request.body)
+                status, retry_after = self._exchange(head + request.body, time.monotonic() + budget)
         except _NotSentError as exc:
             return outcome_of_error(exc.__cause__ or exc, connected=False)
         except Exception as exc:  # noqa: BLE001 - every transport failure is an outcome, mapped there
             return outcome_of_error(exc, connected=True)
         return outcome_of_response(status, retry_after, clock())
 
-    def _exchange(self, data: bytes) -> tuple[int, str | None]:
+    def _exchange(self, data: bytes, deadline: float) -> tuple[int, str | None]:
         """Within one of the ``max_concurrency`` slots: a connection, the request, its response."""
         try:
             self._slots.acquire()
@@ -125,12 +130,12 @@ class Transport:
         try:
             pooled = self._pooled()
             if pooled is None:
-                return self._roundtrip(self._connect(), data)
+                return self._roundtrip(self._connect(), data, deadline)
             try:
-                return self._roundtrip(pooled, data)
-            except HTTPConnectionClosed:
+                return self._roundtrip(pooled, data, deadline)
+            except ClosedBeforeAnswerError:
                 pass  # closed by the server while idle: once more, on a new connection
-            return self._roundtrip(self._connect(), data)
+            return self._roundtrip(self._connect(), data, deadline)
         finally:
             self._slots.release()
 
@@ -143,23 +148,19 @@ class Transport:
             sock.close()  # the server wrote or closed while it was idle: never read that as our answer
         return None
 
-    def _roundtrip(self, sock: Socket, data: bytes) -> tuple[int, str | None]:
-        """Write ``data``, read the response to its end; keep the socket only if it may be reused."""
+    def _roundtrip(self, sock: Socket, data: bytes, deadline: float) -> tuple[int, str | None]:
+        """Write ``data``, read the response (bounded); keep the socket only if it may be reused."""
         try:
             _write(sock, data)
-            response = HTTPSocketResponse(sock, method="POST")
-            response.read()
+            response = read_response(sock, deadline)
         except BaseException:
             sock.close()
             raise
-        if response.should_close() or self._closed:
-            sock.close()
-        else:
+        if response.reusable and not self._closed:
             self._idle.append((sock, time.monotonic()))
-        retry_after = response.get("retry-after")
-        if isinstance(retry_after, list):
-            retry_after = retry_after[0] if retry_after else None
-        return response.status_code, retry_after
+        else:
+            sock.close()
+        return response.status, response.retry_after
 
     def _connect(self) -> Socket:
         """A new connection, TLS for https; any failure is a ``_NotSentError``."""
@@ -191,11 +192,12 @@ class Transport:
 
 def _quiet(sock: Socket) -> bool:
     """Nothing to read on an idle connection: no stray bytes, no EOF."""
+    poller = _poll()
     try:
-        readable, _, _ = gevent.select.select([sock], [], [], 0)
+        poller.register(sock, select.POLLIN)  # hang-ups and errors are reported whatever the mask
+        return not poller.poll(0)
     except (OSError, ValueError):
         return False
-    return not readable
 
 
 def _write(sock: Socket, data: bytes) -> None:
