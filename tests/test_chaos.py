@@ -5,7 +5,9 @@ A fake FreeSWITCH sends ~150 CHANNEL_HANGUP_COMPLETE events a second (``event js
 subscribes) to the daemon (a real subprocess with an outbox and one webhook endpoint). Meanwhile,
 chosen at random (seeded; the seed is printed): the ESL connection is reset (TCP RST), ended with a
 disconnect-notice, or ended after a burst of 300 events; the endpoint answers 500, stalls past the
-webhook timeout, or refuses connections, for a while; the daemon is SIGKILLed and restarted.
+webhook timeout, or refuses connections, for a while; another SQLite client holds the outbox's write
+lock past the daemon's busy timeout (ingestion pauses, FreeSWITCH queues); the daemon is SIGKILLed
+and restarted.
 
 What "read" means here, precisely. An event counts as *read* by the daemon once its
 ``call.classified`` line was written: the daemon writes it only after the document is committed to
@@ -34,6 +36,7 @@ import os
 import queue
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -209,7 +212,7 @@ class Chaos:
     # -- actions --------------------------------------------------------------------------------
     def act(self) -> None:
         name = self.rng.choice(["esl_reset", "esl_notice", "esl_burst_close", "hook_500", "hook_stall",
-                                "hook_refuse", "kill", "kill"])
+                                "hook_refuse", "outbox_lock", "kill", "kill"])
         self.actions[name] += 1
         getattr(self, name)()
 
@@ -247,6 +250,16 @@ class Chaos:
 
     def hook_refuse(self) -> None:
         self._endpoint_down_for_a_while(self.receiver.refuse, self.receiver.listen_again)
+
+    def outbox_lock(self) -> None:
+        """An operator's shell, a backup or a VACUUM holds the write lock past the 5 s busy timeout."""
+        other = sqlite3.connect(self.config.parent / "outbox.sqlite3", isolation_level=None, timeout=10)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            gevent.sleep(self.rng.uniform(5.5, 8.0))  # the outage itself: the stream goes on meanwhile
+            other.execute("COMMIT")
+        finally:
+            other.close()
 
     def kill(self) -> None:
         self.kills += 1
