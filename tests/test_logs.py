@@ -19,6 +19,7 @@ import pytest
 import structlog
 
 from listener.service import logs
+from listener.service.metrics import Metrics
 
 
 @pytest.fixture
@@ -330,6 +331,17 @@ def test_configuring_again_without_a_stream_keeps_the_daemon_output(pipe: Pipe) 
     logs.configure("debug")  # a reload
     structlog.get_logger().debug("after the reload")
     assert pipe.read_until(lambda entry: True)[0]["event"] == "after the reload"
+
+
+def test_dropped_lines_are_a_prometheus_counter(pipe: Pipe) -> None:
+    pipe.fill()
+    logs.buffer_output("drop", fd=pipe.write, capacity=1 << 10)
+    logs.configure("info")
+    for n in range(100):
+        structlog.get_logger().info("call.classified", n=n)
+    assert logs.dropped_total() > 0
+    body = Metrics().render().decode()
+    assert f"hangup_listener_log_lines_dropped_total {float(logs.dropped_total())}" in body
 
 
 def test_wait_mode_lines_outside_held_runs_are_dropped_and_counted_beyond_twice_the_cap(pipe: Pipe) -> None:
