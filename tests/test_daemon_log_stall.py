@@ -1,0 +1,72 @@
+"""The whole daemon with a stdout nobody reads: with webhooks configured, calls are still read,
+stored and delivered, ``/livez`` still answers; the log lines that did not fit are dropped, counted
+and reported once stdout is read again."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import gevent
+import pytest
+from webhook_receiver import Receiver
+
+from listener.service import logs
+from tests.daemon import Daemon, fetch
+from tests.fakeesl import FakeFreeSWITCH
+from tests.test_daemon_webhooks import bodies, expected_ids, send, verified_ids, write_config
+
+CALLS = 4_500
+"""More ``call.classified`` lines (about 1.1 KB each) than the pipe (64 KiB) and the buffer hold."""
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def dropped_total(port: int) -> float:
+    status, body = fetch(port, "/metrics")
+    assert status == 200
+    found = re.search(rb"^hangup_listener_log_lines_dropped_total (\S+)$", body, re.MULTILINE)
+    assert found, "no hangup_listener_log_lines_dropped_total"
+    return float(found.group(1))
+
+
+@pytest.mark.slow
+def test_with_webhooks_a_stdout_nobody_reads_drops_log_lines_never_calls(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    assert CALLS * 1_000 > logs.CAPACITY + (64 << 10)
+    events = bodies(CALLS)
+    with FakeFreeSWITCH() as fake:
+        daemon = Daemon(write_config(tmp_path, fake, receiver.url()))
+        try:
+            port = daemon.expect("health.listening")["port"]
+            session = fake.next_session(timeout=15)
+            if not any('"esl.connected"' in line for line in daemon.output):  # either may come first
+                daemon.expect("esl.connected")
+            started = time.monotonic()
+            sending = gevent.spawn(send, session, events)  # from now on nobody reads the daemon's stdout
+            for _ in events:
+                receiver.get(timeout=15)
+            delivered_in = time.monotonic() - started
+            sending.get(timeout=5)
+            assert fetch(port, "/livez")[0] == 200
+            dropped = dropped_total(port)
+            assert dropped > 0
+            report = daemon.expect("log.lines_dropped")  # stdout is read again
+            assert report["count"] == dropped
+            daemon.send(signal.SIGTERM)
+            assert daemon.finish() == 0
+        finally:
+            daemon.kill()
+    assert set(verified_ids(receiver)) == expected_ids(events)
+    logged = sum('"call.classified"' in line for line in daemon.output)
+    assert logged + dropped == CALLS
+    print(f"{CALLS} calls delivered in {delivered_in:.1f}s with stdout unread; {dropped:.0f} lines dropped")
