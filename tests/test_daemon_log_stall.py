@@ -1,9 +1,11 @@
-"""The whole daemon with a stdout nobody reads: with webhooks configured, calls are still read,
+"""The whole daemon with a stdout nobody reads. With webhooks configured, calls are still read,
 stored and delivered, ``/livez`` still answers; the log lines that did not fit are dropped, counted
-and reported once stdout is read again."""
+and reported once stdout is read again. Without webhooks (the log is the only output), ingestion
+pauses while ``/livez`` still answers, and once stdout is read again no line is missing."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import time
@@ -16,7 +18,7 @@ from webhook_receiver import Receiver
 
 from listener.service import logs
 from tests.daemon import Daemon, fetch
-from tests.fakeesl import FakeFreeSWITCH
+from tests.fakeesl import FakeFreeSWITCH, Session
 from tests.test_daemon_webhooks import bodies, expected_ids, send, verified_ids, write_config
 
 CALLS = 4_500
@@ -30,12 +32,30 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
+def metric(port: int, name: str) -> float:
+    """The sum of a metric's samples in ``/metrics`` (0 without any)."""
+    status, body = fetch(port, "/metrics")
+    assert status == 200
+    found = re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$".encode(), body, re.MULTILINE)
+    return sum(float(value) for value in found)
+
+
 def dropped_total(port: int) -> float:
     status, body = fetch(port, "/metrics")
     assert status == 200
     found = re.search(rb"^hangup_listener_log_lines_dropped_total (\S+)$", body, re.MULTILINE)
     assert found, "no hangup_listener_log_lines_dropped_total"
     return float(found.group(1))
+
+
+def started_daemon(config: Path, fake: FakeFreeSWITCH) -> tuple[Daemon, int, Session]:
+    """The daemon, its health port and its ESL session, its start-up lines read."""
+    daemon = Daemon(config)
+    port = daemon.expect("health.listening")["port"]
+    session = fake.next_session(timeout=15)
+    if not any('"esl.connected"' in line for line in daemon.output):  # either may come first
+        daemon.expect("esl.connected")
+    return daemon, port, session
 
 
 @pytest.mark.slow
@@ -45,12 +65,8 @@ def test_with_webhooks_a_stdout_nobody_reads_drops_log_lines_never_calls(
     assert CALLS * 1_000 > logs.CAPACITY + (64 << 10)
     events = bodies(CALLS)
     with FakeFreeSWITCH() as fake:
-        daemon = Daemon(write_config(tmp_path, fake, receiver.url()))
+        daemon, port, session = started_daemon(write_config(tmp_path, fake, receiver.url()), fake)
         try:
-            port = daemon.expect("health.listening")["port"]
-            session = fake.next_session(timeout=15)
-            if not any('"esl.connected"' in line for line in daemon.output):  # either may come first
-                daemon.expect("esl.connected")
             started = time.monotonic()
             sending = gevent.spawn(send, session, events)  # from now on nobody reads the daemon's stdout
             for _ in events:
@@ -70,3 +86,35 @@ def test_with_webhooks_a_stdout_nobody_reads_drops_log_lines_never_calls(
     logged = sum('"call.classified"' in line for line in daemon.output)
     assert logged + dropped == CALLS
     print(f"{CALLS} calls delivered in {delivered_in:.1f}s with stdout unread; {dropped:.0f} lines dropped")
+
+
+@pytest.mark.slow
+def test_without_webhooks_a_stdout_nobody_reads_pauses_ingestion_and_loses_no_line(tmp_path: Path) -> None:
+    calls = 6_000
+    fit = (logs.CAPACITY + (64 << 10)) // 1_200  # fewer than the call.classified lines that fit
+    events = bodies(calls)
+    with FakeFreeSWITCH() as fake:
+        config = tmp_path / "listener.toml"
+        config.write_text(f'[[freeswitch]]\nname = "lab"\nport = {fake.port}\n[health]\nport = 0\n')
+        daemon, port, session = started_daemon(config, fake)
+        try:
+            sending = gevent.spawn(send, session, events)  # from now on nobody reads the daemon's stdout
+            with gevent.Timeout(30, AssertionError("the daemon never filled its log buffer")):
+                while metric(port, "hangup_listener_calls_classified_total") < fit:
+                    pass
+            assert fetch(port, "/livez")[0] == 200
+            assert metric(port, "hangup_listener_calls_classified_total") < calls  # paused
+            classified = 0
+            while classified < calls:  # stdout is read again
+                daemon.expect("call.classified")
+                classified += 1
+            sending.get(timeout=5)
+            assert dropped_total(port) == 0
+            daemon.send(signal.SIGTERM)
+            assert daemon.finish() == 0
+        finally:
+            daemon.kill()
+    assert not [line for line in daemon.output if '"log.lines_dropped"' in line]
+    entries = [json.loads(line) for line in daemon.output if '"call.classified"' in line]
+    logged = [entry["call"]["channel_uuid"] for entry in entries]
+    assert len(set(logged)) == len(logged) == calls
