@@ -14,9 +14,8 @@ Its invariants:
 * The lines of one ``held`` run (one commit's) enter the buffer together and leave it in one write.
 * Mode ``drop`` (webhooks configured: the outbox is the durable record): lines that find the buffer
   full are dropped and counted, and so is every line after them until the writer has brought the
-  buffer down to half; the gap is then in one place, and a ``log.lines_dropped`` line (count,
-  since, reason) is written where it is. ``dropped_total`` feeds
-  ``hangup_listener_log_lines_dropped_total``.
+  buffer down to half: the gap is in one place, and a ``log.lines_dropped`` line (count, since,
+  reason) is the first line after it. ``dropped_total`` feeds ``hangup_listener_log_lines_dropped_total``.
 * Mode ``wait`` (no webhooks: the log is the only output): a ``held`` run (the pipeline's commit,
   its ``call.classified`` lines) that finds the buffer full waits cooperatively until there is
   room, so the pipeline pauses, its ESL queue fills and the reader stops reading FreeSWITCH, as
