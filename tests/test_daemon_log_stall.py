@@ -11,6 +11,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import gevent
 import pytest
@@ -48,6 +49,11 @@ def dropped_total(port: int) -> float:
     return float(found.group(1))
 
 
+def readiness(port: int) -> dict[str, Any]:
+    report: dict[str, Any] = json.loads(fetch(port, "/readyz")[1])
+    return report
+
+
 def started_daemon(config: Path, fake: FakeFreeSWITCH) -> tuple[Daemon, int, Session]:
     """The daemon, its health port and its ESL session, its start-up lines read."""
     daemon = Daemon(config)
@@ -74,6 +80,10 @@ def test_with_webhooks_a_stdout_nobody_reads_drops_log_lines_never_calls(
             delivered_in = time.monotonic() - started
             sending.get(timeout=5)
             assert fetch(port, "/livez")[0] == 200
+            ready = readiness(port)
+            assert ready["ready"] is True
+            assert not ready["log"]["ok"]
+            assert "log lines dropped" in ready["log"]["details"]
             dropped = dropped_total(port)
             assert dropped > 0
             report = daemon.expect("log.lines_dropped")  # stdout is read again
@@ -104,6 +114,9 @@ def test_without_webhooks_a_stdout_nobody_reads_pauses_ingestion_and_loses_no_li
                     pass
             assert fetch(port, "/livez")[0] == 200
             assert metric(port, "hangup_listener_calls_classified_total") < calls  # paused
+            ready = readiness(port)
+            assert ready["ready"] is False
+            assert "ingestion paused" in ready["log"]["details"]
             classified = 0
             while classified < calls:  # stdout is read again
                 daemon.expect("call.classified")
