@@ -84,6 +84,10 @@ class App:
             self.sources.append(ESLSource(node, config.esl, pipeline, self.log))
         self.metrics.watch_sources(self.sources)
         self.service = Service(self.sources, config.health, self.metrics, self.log)
+        self.service.pauses.append(logs.paused_until)  # without webhooks a stuck stdout pauses ingestion
+        self.service.notes.append(logs.stall_note)
+        self.service.readiness.add("log", lambda: Check(ok=logs.stalled_since() is None,
+                                   details=logs.stall_note()), required=self.writer is None)
         if self.writer is not None and self.sink is not None:
             self._watch_delivery(self.writer, self.sink)
             self.service.pauses.append(self.writer.paused_until)

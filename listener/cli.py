@@ -76,6 +76,16 @@ def _load(path: Path | None, err: TextIO) -> object | None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """The daemon; then what its log output still holds, written within a deadline (stdout may be stuck)."""
+    from listener.service import logs  # noqa: PLC0415 - imported after monkey-patching
+
+    try:
+        return _serve(args)
+    finally:
+        logs.close(logs.CLOSE_S)
+
+
+def _serve(args: argparse.Namespace) -> int:
     import structlog  # noqa: PLC0415 - imported after monkey-patching
 
     from listener import app  # noqa: PLC0415
@@ -87,6 +97,8 @@ def _run(args: argparse.Namespace) -> int:
     cfg = _load(args.config, sys.stderr)
     if not isinstance(cfg, Config):
         return EX_CONFIG
+    # with webhooks the outbox is the durable record: a stuck stdout then drops log lines, never calls
+    logs.buffer_output("drop" if cfg.webhooks else "wait")
     logs.configure(cfg.log.level)
     log = structlog.get_logger("listener")
     app.warn_removed(log, cfg)

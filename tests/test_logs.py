@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
-from collections.abc import Iterator
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
+import gevent
+import gevent.socket
 import pytest
 import structlog
 
 from listener.service import logs
+from listener.service.metrics import Metrics
 
 
 @pytest.fixture
@@ -100,3 +109,247 @@ def test_held_lines_are_flushed_when_the_run_fails() -> None:
     with pytest.raises(RuntimeError):
         fail()
     assert "before the failure" in out.flushed[-1]
+
+
+# -- the daemon's output: a stuck stdout never blocks the daemon ----------------------------------
+
+
+@dataclass
+class Pipe:
+    """An ``os.pipe()`` as the daemon's stdout; the test is its reader, and reads only when it says so."""
+
+    read: int
+    write: int
+    _partial: bytes = b""
+    _unread: list[dict[str, Any]] = field(default_factory=list)
+
+    def fill(self) -> None:
+        """Fill the pipe's buffer (64 KiB) with a line nobody reads: from now on a write blocks."""
+        os.set_blocking(self.write, False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(self.write, b"filler\n")
+        os.set_blocking(self.write, True)
+
+    def read_until(self, last: Callable[[dict[str, Any]], bool], timeout: float = 10) -> list[dict[str, Any]]:
+        """Read as a reader that resumes, until a JSON line satisfies ``last``; the JSON lines up to it."""
+        os.set_blocking(self.read, False)
+        with gevent.Timeout(timeout, AssertionError(f"no such line; got {self._unread[-3:]}")):
+            while not any(last(entry) for entry in self._unread):
+                gevent.socket.wait_read(self.read)
+                *complete, self._partial = (self._partial + os.read(self.read, 1 << 16)).split(b"\n")
+                self._unread += [json.loads(line) for line in complete if line.startswith(b"{")]
+        end = next(n for n, entry in enumerate(self._unread) if last(entry)) + 1
+        entries, self._unread = self._unread[:end], self._unread[end:]
+        return entries
+
+
+@pytest.fixture
+def pipe() -> Iterator[Pipe]:
+    read, write = os.pipe()
+    p = Pipe(read, write)
+    yield p
+    logs.close(0)
+    structlog.reset_defaults()
+    for handler in list(logging.getLogger().handlers):
+        if isinstance(handler, logs.StdlibBridge):
+            logging.getLogger().removeHandler(handler)
+    os.close(p.read)  # a write still blocked fails (EPIPE) and its thread ends
+    os.close(p.write)
+
+
+@contextlib.contextmanager
+def within(seconds: float) -> Iterator[None]:
+    """Fail instead of hanging when the block takes longer, even if it blocks the whole thread."""
+    def expire(_signum: int, _frame: Any) -> None:
+        raise TimeoutError(f"still running after {seconds:g}s: the thread was blocked")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_drop_mode_a_stuck_reader_costs_a_log_call_nothing_lines_beyond_the_buffer_are_dropped_and_counted(
+    pipe: Pipe,
+) -> None:
+    pipe.fill()
+    logs.buffer_output("drop", fd=pipe.write, capacity=64 << 10)
+    logs.configure("info")
+    log = structlog.get_logger()
+    with within(5):
+        started = time.monotonic()
+        for n in range(10_000):
+            log.info("call.classified", n=n)
+        took = time.monotonic() - started
+    assert took < 1.0
+    dropped = logs.dropped_total()
+    assert 0 < dropped < 10_000
+    entries = pipe.read_until(lambda entry: entry["event"] == "log.lines_dropped")
+    kept = [entry["n"] for entry in entries if entry["event"] == "call.classified"]
+    assert kept == list(range(10_000 - dropped))  # in order up to the gap; the report stands at the gap
+    report = entries[-1]
+    assert (report["count"], report["level"]) == (dropped, "warning")
+    assert report["since"].endswith("Z")
+    assert "stdout not read" in report["reason"]
+    log.info("call.classified", n="after")
+    assert pipe.read_until(lambda entry: True)[-1]["n"] == "after"
+    assert logs.stalled_since() is None
+
+
+def test_wait_mode_a_full_buffer_pauses_the_logging_greenlet_only_and_nothing_is_lost(pipe: Pipe) -> None:
+    pipe.fill()
+    logs.buffer_output("wait", fd=pipe.write, capacity=16 << 10)
+    logs.configure("info")
+    log = structlog.get_logger()
+    turns = 0
+
+    def spin() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            gevent.sleep(0)
+
+    def produce() -> None:  # as the pipeline commits: one held run per batch
+        for n in range(2_000):
+            with logs.held():
+                log.info("call.classified", n=n)
+
+    with within(10):
+        spinner, producer = gevent.spawn(spin), gevent.spawn(produce)
+        gevent.sleep(0)  # both ran their first turn: the producer filled the buffer and waits
+        assert logs.paused_until() == pytest.approx(time.monotonic(), abs=1.0)  # now, while it lasts
+        assert "ingestion paused" in str(logs.stall_note())
+        before = turns
+        for _ in range(100):
+            gevent.sleep(0)
+        assert turns >= before + 100  # the other greenlets run meanwhile
+        assert not producer.dead
+        entries = pipe.read_until(lambda entry: entry["n"] == 1_999)
+        producer.join()
+        log.info("call.classified", n="after")  # written once the writer has taken stock of the last write
+        pipe.read_until(lambda entry: entry["n"] == "after")
+    spinner.kill()
+    assert [entry["n"] for entry in entries] == list(range(2_000))
+    assert logs.dropped_total() == 0
+    assert logs.stalled_since() is None
+    assert logs.stall_note() is None
+
+
+def test_held_lines_enter_the_daemon_buffer_together_when_the_run_ends(pipe: Pipe) -> None:
+    output = logs.buffer_output("drop", fd=pipe.write)
+    logs.configure("info")
+    log = structlog.get_logger()
+    with logs.held():
+        log.info("one")
+        log.info("two")
+        assert output.size == 0
+    assert output.size > 0
+    entries = pipe.read_until(lambda entry: entry["event"] == "two")
+    assert [entry["event"] for entry in entries] == ["one", "two"]
+
+
+def test_close_writes_what_is_buffered_then_returns(pipe: Pipe) -> None:
+    logs.buffer_output("wait", fd=pipe.write)
+    logs.configure("info")
+    structlog.get_logger().info("last words")
+    assert logs.close(5) is True
+    assert json.loads(os.read(pipe.read, 1 << 16))["event"] == "last words"
+
+
+def test_close_gives_up_on_a_stuck_reader_at_its_deadline(pipe: Pipe) -> None:
+    pipe.fill()
+    logs.buffer_output("wait", fd=pipe.write)
+    logs.configure("info")
+    structlog.get_logger().info("never read")
+    with within(5):
+        started = time.monotonic()
+        assert logs.close(0.2) is False
+        assert time.monotonic() - started < 1.0
+
+
+def test_a_reader_gone_loses_the_lines_counted_and_never_fails_the_caller(pipe: Pipe) -> None:
+    output = logs.buffer_output("wait", fd=pipe.write)
+    logs.configure("info")
+    os.close(pipe.read)
+    pipe.read, _ = os.pipe()  # the fixture closes a pipe's read end either way
+    structlog.get_logger().info("nobody reads this")
+    assert logs.close(5) is True
+    assert output.dropped_total == 1
+
+
+def test_wait_mode_a_line_outside_a_held_run_never_waits_it_is_kept_over_the_cap(pipe: Pipe) -> None:
+    pipe.fill()
+    output = logs.buffer_output("wait", fd=pipe.write, capacity=4 << 10)
+    logs.configure("info")
+    log = structlog.get_logger()
+    with logs.held():
+        log.info("call.classified", pad="x" * 4000)  # now the buffer is full
+    with within(5):
+        log.info("listener.signal_received", signal="SIGTERM")  # returns at once
+        gevent.get_hub().loop.run_callback(log.info, "loop.blocked")  # from the hub, as the monitor's
+        gevent.sleep(0)
+    assert output.size > output.capacity
+    assert logs.dropped_total() == 0
+    events = [entry["event"] for entry in pipe.read_until(lambda entry: entry["event"] == "loop.blocked")]
+    assert events == ["call.classified", "listener.signal_received", "loop.blocked"]
+
+
+def test_wait_mode_a_held_run_whose_wait_is_cut_short_is_kept(pipe: Pipe) -> None:
+    pipe.fill()
+    logs.buffer_output("wait", fd=pipe.write, capacity=1 << 10)
+    logs.configure("info")
+    log = structlog.get_logger()
+
+    def commit(n: int) -> None:
+        with logs.held():
+            log.info("call.classified", n=n, pad="x" * 600)
+
+    with within(5):
+        commit(0)
+        waiting = gevent.spawn(commit, 1)
+        gevent.sleep(0)
+        assert not waiting.dead
+        waiting.kill()  # as the app's group at the stop deadline
+        assert [entry["n"] for entry in pipe.read_until(lambda entry: entry["n"] == 1)] == [0, 1]
+    assert logs.dropped_total() == 0
+
+
+def test_a_line_logged_on_another_thread_is_handed_to_the_hub(pipe: Pipe) -> None:
+    logs.buffer_output("drop", fd=pipe.write)
+    logs.configure("info")
+    gevent.get_hub().threadpool.apply(structlog.get_logger().info, ("from a thread",))
+    assert pipe.read_until(lambda entry: True)[0]["event"] == "from a thread"
+
+
+def test_configuring_again_without_a_stream_keeps_the_daemon_output(pipe: Pipe) -> None:
+    logs.buffer_output("drop", fd=pipe.write)
+    logs.configure("info")
+    logs.configure("debug")  # a reload
+    structlog.get_logger().debug("after the reload")
+    assert pipe.read_until(lambda entry: True)[0]["event"] == "after the reload"
+
+
+def test_dropped_lines_are_a_prometheus_counter(pipe: Pipe) -> None:
+    pipe.fill()
+    logs.buffer_output("drop", fd=pipe.write, capacity=1 << 10)
+    logs.configure("info")
+    for n in range(100):
+        structlog.get_logger().info("call.classified", n=n)
+    assert logs.dropped_total() > 0
+    body = Metrics().render().decode()
+    assert f"hangup_listener_log_lines_dropped_total {float(logs.dropped_total())}" in body
+
+
+def test_wait_mode_lines_outside_held_runs_are_dropped_and_counted_beyond_twice_the_cap(pipe: Pipe) -> None:
+    pipe.fill()
+    output = logs.buffer_output("wait", fd=pipe.write, capacity=1 << 10)
+    logs.configure("info")
+    with within(5):
+        for n in range(100):
+            structlog.get_logger().info("esl.event_rejected", n=n)
+    assert output.size <= logs.OVER_CAP * output.capacity
+    assert logs.dropped_total() > 0

@@ -19,6 +19,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from listener.esl.source import ESLSource
+from listener.service import logs
 from listener.webhooks.endpoint import Attempted
 
 PREFIX = "hangup_listener"
@@ -122,6 +123,15 @@ class ProviderCollector(Collector):
         yield from (pending, dead, oldest)
 
 
+class LogCollector(Collector):
+    """Log lines the daemon's output dropped (``listener.service.logs``), read at scrape time."""
+
+    def collect(self) -> Iterator[Metric]:
+        dropped = _counter("log_lines_dropped", "Log lines dropped: stdout not read in time, or failing", [])
+        dropped.add_metric([], logs.dropped_total())
+        yield dropped
+
+
 class Metrics:
     """The daemon's metrics; ``render()`` is the body of ``GET /metrics``."""
 
@@ -129,6 +139,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.providers = ProviderCollector()
         self.registry.register(self.providers)
+        self.registry.register(LogCollector())
         self.calls = Counter(
             f"{PREFIX}_calls_classified", "Call legs classified, by node, status and bye reason",
             ["node", "status", "bye_reason"], registry=self.registry,
