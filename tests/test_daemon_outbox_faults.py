@@ -74,8 +74,8 @@ def test_another_client_holding_the_write_lock_pauses_ingestion_and_nothing_is_l
             status, body = fetch(port, "/readyz")
             assert status == 503
             assert json.loads(body)["outbox"]["details"]["state"] == "unavailable"
-            status, _ = fetch(port, "/livez")
-            assert status == 200  # a pause is not a stuck daemon: the watchdog keeps being fed
+            status, live = fetch(port, "/livez")
+            assert status == 200, live  # a pause is not a stuck daemon: the watchdog keeps being fed
             operator.execute("COMMIT")
             operator.close()
             daemon.expect("outbox.recovered", timeout=30)
