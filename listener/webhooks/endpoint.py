@@ -37,6 +37,8 @@ from listener.outbox.store import Delivery, Outbox
 from listener.webhooks.transport import Transport
 
 Clock = Callable[[], float]
+Pause = Callable[[gevent.event.Event, float], bool]
+"""How the loop waits for its wake-up event, at most so many seconds; True if it was set (woken)."""
 log = structlog.get_logger("listener.webhooks")
 PREFETCH = 256
 """Rows an endpoint holds ready beyond its request slots, claimed in one turn: a turn that waits behind
@@ -105,8 +107,9 @@ class EndpointDelivery:
 
     def __init__(self, config: WebhookConfig, writer: Writer, *, clock: Clock, rng: Random,
                  poll_interval_s: float, counts: Counter[tuple[str, str, str]],
-                 metrics: DeliveryMetrics | None = None) -> None:
+                 metrics: DeliveryMetrics | None = None, pause: Pause | None = None) -> None:
         self.config = config
+        self._pause = pause or _wait
         self._writer = writer
         self._clock = clock
         self._rng = rng
@@ -131,12 +134,17 @@ class EndpointDelivery:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not answered yet."""
+        return self._running
+
     def run(self) -> None:
         """Loop until ``stopping``; an outbox failure ends it (the writer is failed, ingestion stops)."""
         try:
             while not self.stopping:
                 self._turn(claim=True)
-                self._wake.wait(self._wait_s())
+                self._pause(self._wake, self._wait_s())
                 self._wake.clear()
         except OutboxError as exc:
             self.crashed = exc
@@ -286,6 +294,10 @@ class EndpointDelivery:
             self.crashed = exc
         self._transport.close()
         return bool(done)
+
+
+def _wait(event: gevent.event.Event, seconds: float) -> bool:
+    return bool(event.wait(seconds))
 
 
 def _iso(epoch: float) -> str:
