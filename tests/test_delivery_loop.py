@@ -1,0 +1,131 @@
+"""One endpoint's delivery loop on virtual time: when it wakes, and how it rides out outbox faults.
+
+The loop's clock and its way of waiting are injected (``VirtualTime``): a wait the loop asks for
+passes at once in virtual time unless a request is in flight (then the loop really waits for the
+request's answer, which wakes it). Requests go to real sockets on 127.0.0.1; the outbox is a real
+SQLite file.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gevent
+import gevent.event
+import pytest
+from webhook_receiver import refused_url
+
+from listener.config.settings import WebhookConfig
+from listener.config.webhooks import decode_secret
+from listener.core.retry import RetrySchedule
+from listener.outbox.store import PENDING, Outbox
+from listener.outbox.writer import OutboxWriter
+from listener.webhooks.endpoint import Attempted, EndpointDelivery
+
+KEY = decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw") or b""
+START = 1_800_000_000.0
+REAL_WAIT_S = 5.0
+"""The longest a test waits in real time for a request in flight to be answered."""
+
+
+class VirtualTime:
+    """The loop's clock and its ``pause``: time passes only while the loop sleeps with nothing in flight.
+
+    ``wakeups`` are the virtual times at which a sleep ended by its timeout (the loop woke by itself).
+    After ``until`` (or too many wake-ups at one instant: a busy loop) the loop is told to stop.
+    """
+
+    def __init__(self, until: float) -> None:
+        self.now = START
+        self.until = START + until
+        self.wakeups: list[float] = []
+        self.endpoint: EndpointDelivery | None = None
+
+    def __call__(self) -> float:
+        return self.now
+
+    def pause(self, event: gevent.event.Event, seconds: float) -> bool:
+        assert self.endpoint is not None
+        if event.is_set():
+            return True
+        if self.endpoint.in_flight:  # the answer wakes the loop; no virtual time passes meanwhile
+            return bool(event.wait(REAL_WAIT_S))
+        self.now += seconds
+        self.wakeups.append(round(self.now - START, 3))
+        spinning = len(self.wakeups) > 50 and self.wakeups[-50] == self.wakeups[-1]
+        if self.now >= self.until or spinning:
+            self.endpoint.stopping = True
+        return False
+
+
+class Recorder:
+    """The loop's metrics: every attempt once its outcome is recorded."""
+
+    def __init__(self) -> None:
+        self.attempts: list[Attempted] = []
+
+    def delivery_attempted(self, attempt: Attempted) -> None:
+        self.attempts.append(attempt)
+
+
+def hook(url: str, delays: tuple[float, ...] = (5.0, 300.0, 1800.0)) -> WebhookConfig:
+    return WebhookConfig(name="crm", url=url, key=KEY, timeout=2.0, connect_timeout=2.0,
+                         retry=RetrySchedule(delays=delays, jitter=0.0))
+
+
+def doc(n: int) -> dict[str, Any]:
+    return {"id": f"call-{n}", "status": "answered", "leg": "a", "direction": "inbound"}
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[Callable[..., OutboxWriter]]:
+    made: list[OutboxWriter] = []
+
+    def make(config: WebhookConfig, clock: Callable[[], float], busy_timeout_s: float = 5.0) -> OutboxWriter:
+        outbox = Outbox.open(tmp_path / "outbox.sqlite3", busy_timeout_s=busy_timeout_s)
+        made.append(OutboxWriter(outbox, [config], clock=clock))
+        return made[-1]
+
+    yield make
+    for w in made:
+        w.close()
+
+
+def loop(config: WebhookConfig, writer: Any, time: VirtualTime, *, max_sleep_s: float = 60.0,
+         metrics: Recorder | None = None) -> EndpointDelivery:
+    endpoint = EndpointDelivery(config, writer, clock=time, rng=lambda: 0.5, max_sleep_s=max_sleep_s,
+                                counts=Counter(), metrics=metrics, pause=time.pause)
+    time.endpoint = endpoint
+    return endpoint
+
+
+def run(endpoint: EndpointDelivery, timeout: float = 20.0) -> None:
+    """Run the loop until it stops (``VirtualTime`` stops it), within ``timeout`` real seconds."""
+    greenlet = gevent.spawn(endpoint.run)
+    try:
+        greenlet.join(timeout=timeout)
+        assert greenlet.dead, "the loop did not stop in time"
+    finally:
+        greenlet.kill(block=True, timeout=1.0)
+        endpoint.finish(1.0)
+
+
+def test_a_down_receiver_with_rows_pending_wakes_the_loop_only_at_due_and_probe_times(writer: Any) -> None:
+    time = VirtualTime(until=600.0)
+    config = hook(refused_url())
+    w = writer(config, time)
+    w.put([doc(1), doc(2), doc(3)])
+    endpoint = loop(config, w, time)
+    run(endpoint)
+    assert endpoint.crashed is None
+    # rng 0.5: probes 0.75, 1.5, 3, 6, 12, 22.5 s apart; each row is retried 5 s, then 300 s after its attempt
+    due_or_probe = [5.0, 6.5, 9.5, 305.0, 317.0, 339.5]
+    safety_net = [69.5, 129.5, 189.5, 249.5, 399.5, 459.5, 519.5, 579.5, 639.5]  # 60 s without anything due
+    assert time.wakeups == sorted(due_or_probe + safety_net)
+    rows = w.call(w.outbox.list)
+    assert [r.attempts for r in rows] == [3, 3, 3]
+    assert all(r.state == PENDING for r in rows)
+
