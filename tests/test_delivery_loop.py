@@ -8,6 +8,8 @@ SQLite file.
 
 from __future__ import annotations
 
+import sqlite3
+import time as wall_clock
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,13 +18,17 @@ from typing import Any
 import gevent
 import gevent.event
 import pytest
-from webhook_receiver import refused_url
+from structlog.testing import capture_logs
+from webhook_receiver import Receiver, refused_url
 
 from listener.config.settings import WebhookConfig
 from listener.config.webhooks import decode_secret
+from listener.core.clock import SteadyClock
+from listener.core.errors import OutboxError
 from listener.core.retry import RetrySchedule
+from listener.core.signing import Delivered
 from listener.outbox.store import PENDING, Outbox
-from listener.outbox.writer import OutboxWriter
+from listener.outbox.writer import OutboxWriter, entry_for
 from listener.webhooks.endpoint import Attempted, EndpointDelivery
 
 KEY = decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw") or b""
@@ -129,3 +135,110 @@ def test_a_down_receiver_with_rows_pending_wakes_the_loop_only_at_due_and_probe_
     assert [r.attempts for r in rows] == [3, 3, 3]
     assert all(r.state == PENDING for r in rows)
 
+
+class FlakyWriter:
+    """An ``OutboxWriter`` stand-in running each call at once on a real outbox; it fails the calls
+    numbered in ``failing`` (1 is the first) with ``error``, and notes what the loop showed meanwhile."""
+
+    def __init__(self, outbox: Outbox, failing: range, error: OutboxError) -> None:
+        self.outbox = outbox
+        self.failing = failing
+        self.error = error
+        self.calls = 0
+        self.unavailable_since: list[float | None] = []
+        self.endpoint: EndpointDelivery | None = None
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        assert self.endpoint is not None
+        self.unavailable_since.append(self.endpoint.outbox_unavailable_since)
+        if self.calls in self.failing:
+            raise self.error
+        return fn(*args, **kwargs)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def flaky(tmp_path: Path, config: WebhookConfig, failing: range, code: str) -> FlakyWriter:
+    outbox = Outbox.open(tmp_path / "outbox.sqlite3")
+    outbox.put([entry_for(doc(n), [config]) for n in (1, 2, 3)], START)
+    return FlakyWriter(outbox, failing, OutboxError("outbox settle failed: database is locked", code))
+
+
+def test_a_busy_outbox_pauses_the_loop_with_backoff_and_loses_no_outcome(
+        tmp_path: Path, receiver: Receiver) -> None:
+    config = hook(receiver.url())
+    w = flaky(tmp_path, config, range(2, 5), "SQLITE_BUSY")  # the claim works; the next 3 turns fail
+    time, metrics = VirtualTime(until=120.0), Recorder()
+    with capture_logs() as logs:
+        endpoint = loop(config, w, time, metrics=metrics)
+        w.endpoint = endpoint
+        run(endpoint)
+    assert endpoint.crashed is None
+    assert w.unavailable_since[:5] == [None, None, START, START, START]  # shown while it lasts
+    assert endpoint.outbox_unavailable_since is None
+    assert sorted(r.webhook_id for r in receiver.received) == ["call-1", "call-2", "call-3"]  # each once
+    assert [a.outcome for a in metrics.attempts] == [Delivered(200)] * 3  # recorded after it came back
+    assert w.outbox.list() == ()
+    events = [e for e in logs if e["event"].startswith("webhook.outbox_")]
+    assert [e["event"] for e in events] == ["webhook.outbox_unavailable", "webhook.outbox_recovered"]
+    assert events[0]["code"] == "SQLITE_BUSY"
+    assert events[0]["retry_in_s"] == pytest.approx(0.375, abs=0.01)  # rng 0.5: 0.375, 0.75, 1.5 s
+    assert events[1]["unavailable_for_s"] == pytest.approx(2.6)
+    assert events[1]["failed_turns"] == 3
+
+
+def test_a_permanent_outbox_fault_still_ends_the_loop(tmp_path: Path, receiver: Receiver) -> None:
+    config = hook(receiver.url())
+    w = flaky(tmp_path, config, range(2, 1000), "SQLITE_CORRUPT")
+    time = VirtualTime(until=120.0)
+    endpoint = loop(config, w, time)
+    w.endpoint = endpoint
+    run(endpoint)
+    assert isinstance(endpoint.crashed, OutboxError)
+    assert endpoint.crashed.code == "SQLITE_CORRUPT"
+    assert w.calls <= 3  # the failed turn, and the last one of ``finish``: no retries
+
+
+def test_a_write_lock_held_by_another_client_delays_the_settlement_and_loses_nothing(
+        tmp_path: Path, writer: Any, receiver: Receiver) -> None:
+    config = hook(receiver.url())
+    w = writer(config, wall_clock.time, busy_timeout_s=0.05)
+    w.put([doc(1), doc(2), doc(3)])
+    other = sqlite3.connect(tmp_path / "outbox.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # an operator's client holding the write lock
+    waiting, recorded, metrics = gevent.event.Event(), gevent.event.Event(), Recorder()
+
+    def pause(event: gevent.event.Event, seconds: float) -> bool:
+        if endpoint.outbox_unavailable_since is not None:
+            waiting.set()
+        if len(metrics.attempts) == 3:
+            recorded.set()
+        return bool(event.wait(seconds))
+
+    endpoint = EndpointDelivery(config, w, clock=SteadyClock.anchored(wall_clock.time, wall_clock.monotonic),
+                                rng=lambda: 0.5, max_sleep_s=60.0, counts=Counter(), metrics=metrics,
+                                pause=pause)
+    greenlet = gevent.spawn(endpoint.run)
+    try:
+        assert waiting.wait(REAL_WAIT_S)
+        assert sorted(receiver.get().webhook_id for _ in range(3)) == ["call-1", "call-2", "call-3"]
+        assert metrics.attempts == []  # sent, not recorded yet
+        other.execute("ROLLBACK")
+        assert recorded.wait(REAL_WAIT_S)
+        assert endpoint.outbox_unavailable_since is None
+    finally:
+        other.close()
+        endpoint.stopping = True
+        endpoint.wake()
+        greenlet.join(timeout=REAL_WAIT_S)
+        endpoint.finish(1.0)
+    assert endpoint.crashed is None
+    assert [a.outcome for a in metrics.attempts] == [Delivered(200)] * 3
+    assert len(receiver.received) == 3  # none sent twice
+    assert w.call(w.outbox.list) == ()

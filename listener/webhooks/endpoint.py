@@ -13,7 +13,11 @@ Invariants:
    while the circuit is open not before the probe time), at most ``max_sleep_s``; a commit
    (``wake``) or an answer wakes it sooner. Every time is read from one clock (``SteadyClock``
    by default: a wall-clock step moves no due time nor probe); the wall clock only signs.
-2. An outbox failure ends the loop (``crashed``).
+2. An outcome is learned once (the circuit, the retry delay) and kept until the outbox recorded
+   it; its row stays claimed meanwhile, so it is not sent again. Recording twice is harmless
+   (an ack deletes, a reschedule or burial sets the same values).
+3. A transient outbox fault (busy, locked, full, I/O) pauses the loop: it retries with a capped,
+   jittered backoff, and resumes where it was. Only a permanent fault ends it (``crashed``).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import structlog
 from listener.config.settings import WebhookConfig
 from listener.core.circuit import UNREACHABLE, Circuit
 from listener.core.errors import OutboxError
-from listener.core.retry import Random, next_delay
+from listener.core.retry import Random, next_delay, reconnect_delay
 from listener.core.signing import (
     Delivered,
     DeliveryOutcome,
@@ -52,6 +56,9 @@ log = structlog.get_logger("listener.webhooks")
 MAX_SLEEP_S = 60.0
 """The longest the loop sleeps unwoken: due rows and probes are timed and commits wake it, so this only
 catches rows another process changed (``outbox retry`` from the operator's shell)."""
+OUTBOX_RETRY_INITIAL_S = 0.5
+OUTBOX_RETRY_MAX_S = 30.0
+"""The backoff (equal jitter, doubling) of a loop whose outbox turn failed with a transient fault."""
 PREFETCH = 256
 """Rows an endpoint holds ready beyond its request slots, claimed in one turn: a turn that waits behind
 the daemon's commits never leaves the request slots without work."""
@@ -154,6 +161,8 @@ class EndpointDelivery:
         self._room = max(PREFETCH, 2 * config.max_concurrency)
         self._batch = max(config.max_concurrency, 16)
         self._probing = False
+        self._unavailable_since: float | None = None
+        self._outbox_failures = 0
         self.circuit = Circuit(rng)
         self._requests = gevent.pool.Group()
         self._wake = gevent.event.Event()
@@ -169,17 +178,50 @@ class EndpointDelivery:
         """Requests sent and not answered yet."""
         return self._running
 
+    @property
+    def outbox_unavailable_since(self) -> float | None:
+        """Since when (the loop's clock) a transient outbox fault keeps this loop waiting; None: it is not."""
+        return self._unavailable_since
+
     def run(self) -> None:
-        """Loop until ``stopping``; an outbox failure ends it (the writer is failed, ingestion stops)."""
+        """Loop until ``stopping``; a transient outbox fault is waited out, a permanent one ends it."""
         try:
             while not self.stopping:
-                self._turn(claim=True)
-                self._sleep(self._wait_s(), wakeable=True)
-        except OutboxError as exc:
+                retry_in = self._outbox_turn()
+                if retry_in is None:
+                    self._sleep(self._wait_s(), wakeable=True)
+                else:
+                    self._sleep(retry_in, wakeable=False)
+        except OutboxError as exc:  # permanent: the writer is failed, ingestion stops
             self.crashed = exc
         except Exception as exc:  # noqa: BLE001 - a bug: recorded, logged, seen by `healthy`
             self.crashed = exc
             self._log.exception("webhook.loop_crashed")
+
+    def _outbox_turn(self) -> float | None:
+        """One turn; after a transient outbox fault, the seconds to wait before the next try."""
+        try:
+            self._turn(claim=True)
+        except OutboxError as exc:
+            if not exc.transient:
+                raise
+            return self._unavailable(exc)
+        if self._unavailable_since is not None:
+            self._log.info("webhook.outbox_recovered", failed_turns=self._outbox_failures,
+                           unavailable_for_s=round(self._clock() - self._unavailable_since, 1))
+            self._unavailable_since, self._outbox_failures = None, 0
+        return None
+
+    def _unavailable(self, exc: OutboxError) -> float:
+        """Logged once per outage; the backoff grows with each failed turn, capped and jittered."""
+        delay = reconnect_delay(self._outbox_failures, initial=OUTBOX_RETRY_INITIAL_S,
+                                cap=OUTBOX_RETRY_MAX_S, rand=self._rng)
+        self._outbox_failures += 1
+        if self._unavailable_since is None:
+            self._unavailable_since = self._clock()
+            self._log.warning("webhook.outbox_unavailable", code=exc.code, error=str(exc),
+                              retry_in_s=round(delay, 2), unrecorded=len(self._settlement.results))
+        return delay
 
     def _sleep(self, seconds: float, *, wakeable: bool) -> None:
         """Wait ``seconds``, or less when stopping; a wake-up ends it too if ``wakeable``."""
@@ -337,7 +379,10 @@ class EndpointDelivery:
         try:
             self._turn(claim=False)
         except OutboxError as exc:
-            self.crashed = exc
+            if not exc.transient:
+                self.crashed = exc
+            self._log.error("webhook.outcomes_unrecorded", outcomes=len(self._settlement.results),
+                            code=exc.code, error=str(exc))
         self._transport.close()
         return bool(done)
 

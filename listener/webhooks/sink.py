@@ -105,14 +105,21 @@ class WebhookSink:
         return tuple(name for name, e in self.endpoints.items() if e.crashed is not None)
 
     @property
+    def outbox_unavailable_since(self) -> float | None:
+        """Since when (``clock``) a transient outbox fault keeps a loop waiting; None: none waits."""
+        return min((s for e in self.endpoints.values() if (s := e.outbox_unavailable_since) is not None),
+                   default=None)
+
+    @property
     def healthy(self) -> bool:
         """No loop crashed and the outbox has not failed."""
         return self._writer.failure is None and all(e.crashed is None for e in self.endpoints.values())
 
     @property
     def ready(self) -> bool:
-        """Started, not stopping, healthy, and the writer accepts documents."""
-        return self._started and not self._stopping and self.healthy and self._writer.ready
+        """Started, not stopping, healthy, the writer accepts documents and no loop waits for the outbox."""
+        return (self._started and not self._stopping and self.healthy and self._writer.ready
+                and self.outbox_unavailable_since is None)
 
     def stop(self, deadline_s: float) -> bool:
         """Claim nothing new, let requests in flight finish within ``deadline_s``; True if all did."""
