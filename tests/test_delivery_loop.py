@@ -242,3 +242,19 @@ def test_a_write_lock_held_by_another_client_delays_the_settlement_and_loses_not
     assert [a.outcome for a in metrics.attempts] == [Delivered(200)] * 3
     assert len(receiver.received) == 3  # none sent twice
     assert w.call(w.outbox.list) == ()
+
+
+def test_stopped_while_the_outbox_is_busy_it_says_what_was_not_recorded_and_is_not_crashed(
+        tmp_path: Path, receiver: Receiver) -> None:
+    config = hook(receiver.url())
+    w = flaky(tmp_path, config, range(2, 1000), "SQLITE_BUSY")
+    time = VirtualTime(until=60.0)
+    with capture_logs() as logs:
+        endpoint = loop(config, w, time)
+        w.endpoint = endpoint
+        run(endpoint)  # stopped (after 60 s of retries) with the 2xx of all three unrecorded
+    assert endpoint.crashed is None
+    (unrecorded,) = [e for e in logs if e["event"] == "webhook.outcomes_unrecorded"]
+    assert (unrecorded["outcomes"], unrecorded["code"]) == (3, "SQLITE_BUSY")
+    rows = w.outbox.list()
+    assert [(r.state, r.attempts) for r in rows] == [(PENDING, 0)] * 3  # sent again after a restart
