@@ -25,10 +25,14 @@ from bench.corpus import Corpus, Expected
 from bench.harness import ROOT
 
 FULL = {"events": 100_000, "latency_rate": 1000.0, "latency_seconds": 60.0, "memory_events": 1_000_000,
-        "backlog_new_rate": 1000.0, "steady_rate": 200.0, "steady_seconds": 60.0}
+        "backlog_new_rate": 1000.0, "steady_rate": 200.0, "steady_seconds": 60.0, "idle_rows": 5,
+        "idle_seconds": 300.0}
 QUICK = {"events": 20_000, "latency_rate": 1000.0, "latency_seconds": 10.0, "memory_events": 100_000,
-         "backlog_new_rate": 1000.0, "steady_rate": 200.0, "steady_seconds": 10.0}
+         "backlog_new_rate": 1000.0, "steady_rate": 200.0, "steady_seconds": 10.0, "idle_rows": 5,
+         "idle_seconds": 60.0}
 ALL = ("ingest", "e2e", "latency", "memory", "steady")
+"""The scenarios run by default; ``idle`` waits for minutes doing nothing: asked for by ``--only idle``."""
+SCENARIOS = (*ALL, "idle")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -41,9 +45,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backlog-new-rate", type=float, help="events/s written while the backlog drains")
     parser.add_argument("--steady-rate", type=float, help="events/s of the steady CPU measure")
     parser.add_argument("--steady-seconds", type=float, help="how long the steady rate lasts")
+    parser.add_argument("--idle-rows", type=int, help="rows pending while the receiver is down (idle)")
+    parser.add_argument("--idle-seconds", type=float, help="how long the idle CPU is measured")
     parser.add_argument("--synchronous", choices=("full", "normal"), default="full")
     parser.add_argument("--concurrency", type=int, default=16, help="the endpoint's max_concurrency")
-    parser.add_argument("--only", nargs="+", choices=ALL, default=list(ALL))
+    parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=list(ALL))
     parser.add_argument("--out", type=Path, help="results JSON (default: bench/results/<mode>.json)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, outbox)")
     args = parser.parse_args(argv)
@@ -81,8 +87,9 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "memory": ("memory", lambda: scenarios.memory(settings, args.memory_events)),
         "steady": ("steady", lambda: scenarios.steady(
             settings, args.steady_rate, args.steady_seconds, expected)),
+        "idle": ("idle", lambda: scenarios.idle_down(settings, args.idle_rows, args.idle_seconds, expected)),
     }
-    for name in ALL:
+    for name in SCENARIOS:
         if name in args.only:
             key, measure = steps[name]
             steal = steal_s()
@@ -144,6 +151,11 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     f"daemon {st['daemon_cpu_ms_per_event']} ms, bare greenswitch "
                     f"{st['bare_greenswitch_cpu_ms_per_event']} ms = {st['ratio']}x; "
                     f"peak RSS {st['peak_rss_mb']} MB", "<= 4.4x", _met(st["ratio"] <= 4.4)))
+    if "idle" in results:
+        i = results["idle"]["idle_down"]
+        out.append((f"idle CPU, receiver down, {i['rows']} rows pending, {i['seconds']:g} s",
+                    f"{i['cpu_s_per_minute']} CPU s per minute ({i['core_share'] * 100:.2f}% of a core); "
+                    f"per minute: {', '.join(map(str, i['cpu_s_each_slice']))}", "(no busy loop)", ""))
     return out
 
 

@@ -1,4 +1,5 @@
-"""The measurements of issue 6 (and the steady CPU measure), each with its reference taken in the same run.
+"""The measurements of issue 6 (and the steady CPU measure), each with its reference taken in the same run;
+the idle CPU of a daemon whose receiver is down (issue 15).
 
 Each scenario starts its own processes (fake FreeSWITCH, receiver, daemon) in a fresh temporary
 folder and stops them; the daemon is the real thing, ``python -m listener run --config``.
@@ -293,6 +294,53 @@ def outbox_emptied(path: Path, timeout: float) -> int:
     finally:
         db.close()
     return left
+
+
+def idle_down(settings: Settings, rows: int, seconds: float, expected: Expected) -> Result:
+    """The daemon's CPU while its receiver is down (refused) with a few rows pending: a quiet night.
+
+    ``rows`` hangups are ingested with the receiver refusing connections, then nothing happens for
+    ``seconds``: the daemon's circuit is open and its rows wait for their next retry. Its CPU time
+    (user + system, all threads) is read at the start and then every minute (or ``seconds``, if
+    shorter). Checked: every row is still pending (none lost, none sent: the receiver never listened).
+    """
+    with setup(settings, "idle", listening=False) as s:
+        s.fake.ask("connected", settings.timeout)
+        idle = s.daemon.settled()
+        s.fake.ask(f"burst {rows}", settings.timeout)
+        s.daemon.wait_count(rows, settings.timeout)
+        started, cpu = time.monotonic(), s.daemon.cpu_s()
+        slices, last = [], cpu
+        step = min(60.0, seconds)
+        while (mark := started + step * (len(slices) + 1)) <= started + seconds + 0.001:
+            time.sleep(max(mark - time.monotonic(), 0.0))
+            now = s.daemon.cpu_s()
+            slices.append(round(now - last, 2))
+            last = now
+        wall = time.monotonic() - started
+        pending, attempts = outbox_rows(s.folder / "outbox.sqlite3")
+        checks, hooks = _verified(s, expected, 0, rows)
+        checks["webhooks"] = {"received": hooks.seen, "ok": hooks.seen == 0}  # the receiver never listened
+    total = last - cpu
+    checks["outbox"] = {"pending": pending, "expected": rows, "ok": pending == rows}
+    return {
+        "idle_down": {"rows": rows, "seconds": round(wall, 1), "daemon_cpu_s": round(total, 2),
+                      "cpu_s_per_minute": round(total / wall * 60, 2),
+                      "core_share": round(total / wall, 4), "cpu_s_each_slice": slices,
+                      "slice_s": step, "attempts": attempts, "idle_rss_mb": _mb(idle["VmRSS"])},
+        "checks": checks,
+    }
+
+
+def outbox_rows(path: Path) -> tuple[int, int]:
+    """Pending delivery rows in the outbox and the attempts made on all rows so far."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    try:
+        pending, attempts = db.execute(
+            "SELECT sum(state = 'pending'), coalesce(sum(attempts), 0) FROM delivery").fetchone()
+    finally:
+        db.close()
+    return int(pending or 0), int(attempts)
 
 
 def quick_corpus(run: int) -> tuple[Corpus, Expected]:

@@ -37,3 +37,11 @@ def test_any_answer_closes_it_and_says_for_how_long_it_was_open() -> None:
     assert circuit.reached() == 50.0
     assert not circuit.open
     assert circuit.reached() is None
+
+
+def test_a_row_may_be_sent_when_due_but_while_open_not_before_the_probe_time() -> None:
+    circuit = Circuit(lambda: 1.0, initial=1.0, cap=30.0)
+    assert circuit.next_send_at(105.0) == 105.0  # closed: when due
+    circuit.unreachable(100.0, probe=False)  # the probe at 101
+    assert circuit.next_send_at(100.5) == 101.0  # due before the probe: at the probe
+    assert circuit.next_send_at(300.0) == 300.0  # due after it: no need to wake at the probe

@@ -22,6 +22,7 @@ from listener.core.signing import Delivered, GiveUp, Retry
 from listener.outbox.store import DEAD, PENDING
 from listener.outbox.writer import OutboxWriter
 from listener.webhooks import endpoint as delivery
+from listener.webhooks import sink as sink_module
 from listener.webhooks.endpoint import Attempted
 from listener.webhooks.sink import WebhookSink
 
@@ -59,8 +60,8 @@ class Harness:
         self.clock = FakeClock()
         self.writer = OutboxWriter.open(OutboxConfig(path), webhooks, clock=self.clock)
         self.attempts: gevent.queue.Queue[Attempted] = gevent.queue.Queue()
-        self.sink = WebhookSink(self.writer, webhooks, clock=self.clock, rng=lambda: 0.5, poll_interval_s=5.0,
-                                metrics=self)
+        self.sink = WebhookSink(self.writer, webhooks, clock=self.clock, wall=self.clock, rng=lambda: 0.5,
+                                max_sleep_s=5.0, metrics=self)
 
     def delivery_attempted(self, attempt: Attempted) -> None:
         self.attempts.put(attempt)
@@ -327,3 +328,54 @@ def test_with_more_rows_than_an_endpoint_holds_ready_each_row_is_sent_once(
     h.sink.stop(1.0)
     assert len(receiver.received) == 60  # nothing sent twice
     assert h.rows() == ()
+
+
+class SteppingTime:
+    """The ``time`` module as the sink sees it: a wall clock that steps when told, a monotonic one."""
+
+    def __init__(self) -> None:
+        self.wall = float(int(time.time()))
+        self.mono = 1000.0
+
+    def time(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+
+def test_a_wall_clock_step_back_stalls_neither_the_retry_nor_the_probe(
+        tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    clocks = SteppingTime()
+    monkeypatch.setattr(sink_module, "time", clocks)
+    hook = endpoint("crm", receiver.url())
+    writer = OutboxWriter.open(OutboxConfig(tmp_path / "outbox.sqlite3"), [hook], clock=clocks.time)
+    attempts: gevent.queue.Queue[Attempted] = gevent.queue.Queue()
+    sink = WebhookSink(writer, [hook], rng=lambda: 0.5, metrics=Recording(attempts))  # the default clock
+    try:
+        sink.start()
+        receiver.refuse()
+        sink.wake(writer.put([doc(1)]))
+        assert attempts.get(timeout=5.0).outcome == Retry("connection_refused")  # circuit open, retry in 5 s
+        clocks.wall -= 3600.0  # NTP steps the wall clock back an hour
+        receiver.listen_again()
+        clocks.advance(5.0)
+        sink.wake()
+        assert attempts.get(timeout=2.0).outcome == Delivered(200)  # 5 s later, not an hour and 5 s
+        (request,) = receiver.received
+        assert int(request.headers["webhook-timestamp"]) == int(clocks.wall)  # signed with the wall clock
+    finally:
+        sink.stop(1.0)
+        writer.close()
+
+
+class Recording:
+    def __init__(self, attempts: gevent.queue.Queue[Attempted]) -> None:
+        self.attempts = attempts
+
+    def delivery_attempted(self, attempt: Attempted) -> None:
+        self.attempts.put(attempt)

@@ -42,6 +42,10 @@ class Circuit:
     def may_probe(self, now: float) -> bool:
         return self.opened_at is not None and now >= self.probe_at
 
+    def next_send_at(self, due: float) -> float:
+        """When a row due at ``due`` may be sent: then, but while open not before the probe time."""
+        return max(due, self.probe_at) if self.opened_at is not None else due
+
     def unreachable(self, now: float, *, probe: bool) -> bool:
         """A request could not reach the endpoint; True when this opened the circuit."""
         if self.opened_at is not None and not probe:

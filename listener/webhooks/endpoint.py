@@ -6,14 +6,27 @@ rows as it has free request slots. A row stays claimed (excluded from the next c
 outcome is recorded. Metrics and log lines see an outcome after it is recorded. While the
 endpoint cannot be reached at all its ``Circuit`` is open: one probe at a time, the rest stays
 pending (``listener.core.circuit``).
+
+Invariants:
+
+1. No busy loop. Between turns the loop sleeps until the next row may be sent (its due time, and
+   while the circuit is open not before the probe time), at most ``max_sleep_s``; a commit
+   (``wake``) or an answer wakes it sooner. Every time is read from one clock (``SteadyClock``
+   by default: a wall-clock step moves no due time nor probe); the wall clock only signs.
+2. An outcome is learned once (the circuit, the retry delay) and kept until the outbox recorded
+   it; its row stays claimed meanwhile, so it is not sent again. Recording twice is harmless
+   (an ack deletes, a reschedule or burial sets the same values).
+3. A transient outbox fault (busy, locked, full, I/O) pauses the loop: it retries with a capped,
+   jittered backoff, and resumes where it was. Only a permanent fault ends it (``crashed``).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -25,7 +38,7 @@ import structlog
 from listener.config.settings import WebhookConfig
 from listener.core.circuit import UNREACHABLE, Circuit
 from listener.core.errors import OutboxError
-from listener.core.retry import Random, next_delay
+from listener.core.retry import Random, next_delay, reconnect_delay
 from listener.core.signing import (
     Delivered,
     DeliveryOutcome,
@@ -37,7 +50,15 @@ from listener.outbox.store import Delivery, Outbox
 from listener.webhooks.transport import Transport
 
 Clock = Callable[[], float]
+Pause = Callable[[gevent.event.Event, float], bool]
+"""How the loop waits for its wake-up event, at most so many seconds; True if it was set (woken)."""
 log = structlog.get_logger("listener.webhooks")
+MAX_SLEEP_S = 60.0
+"""The longest the loop sleeps unwoken: due rows and probes are timed and commits wake it, so this only
+catches rows another process changed (``outbox retry`` from the operator's shell)."""
+OUTBOX_RETRY_INITIAL_S = 0.5
+OUTBOX_RETRY_MAX_S = 30.0
+"""The backoff (equal jitter, doubling) of a loop whose outbox turn failed with a transient fault."""
 PREFETCH = 256
 """Rows an endpoint holds ready beyond its request slots, claimed in one turn: a turn that waits behind
 the daemon's commits never leaves the request slots without work."""
@@ -85,42 +106,63 @@ class _Result:
 
 @dataclass(slots=True)
 class _Settlement:
-    """The outbox changes of one turn, and what to log once they are recorded."""
+    """Outcomes learned and not yet recorded: the outbox changes, and what to log once recorded."""
 
-    acks: list[int]
-    reschedules: list[tuple[int, int, float, str]]
-    buries: list[tuple[int, int, str]]
-    delays: dict[int, float]
+    results: list[_Result] = field(default_factory=list)
+    acks: list[int] = field(default_factory=list)
+    reschedules: list[tuple[int, int, float, str]] = field(default_factory=list)
+    buries: list[tuple[int, int, str]] = field(default_factory=list)
+    retries: dict[int, tuple[float, float]] = field(default_factory=dict)
+    """Row id -> (delay, next attempt's time) of each rescheduled row."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Exchanged:
+    rows: tuple[Delivery, ...]
+    next_due_at: float | None
+    """When the earliest pending row the loop does not hold is due; None: none, or not looked up."""
 
 
 def _exchange(outbox: Outbox, settlement: _Settlement, endpoint: str, now: float, *, limit: int,
-              claimed: tuple[int, ...]) -> tuple[Delivery, ...]:
-    """On the writer's thread: record the outcomes, then claim up to ``limit`` due rows."""
+              held: tuple[int, ...], look_ahead: bool) -> _Exchanged:
+    """On the writer's thread: record the outcomes, claim up to ``limit`` due rows, then (unless the
+    claim took all it could, and a finished request wakes the loop) look up the next due time."""
     outbox.settle(settlement.acks, settlement.reschedules, settlement.buries, now)
-    return outbox.due(endpoint, now, limit, claimed) if limit > 0 else ()
+    rows = outbox.due(endpoint, now, limit, held) if limit > 0 else ()
+    if not look_ahead or 0 < limit == len(rows):
+        return _Exchanged(rows, None)
+    after = outbox.due(endpoint, math.inf, 1, (*held, *(row.id for row in rows)))
+    return _Exchanged(rows, after[0].next_at if after else None)
 
 
 class EndpointDelivery:
     """The delivery loop of one endpoint: claim due rows, POST them, record the outcomes in batches."""
 
     def __init__(self, config: WebhookConfig, writer: Writer, *, clock: Clock, rng: Random,
-                 poll_interval_s: float, counts: Counter[tuple[str, str, str]],
-                 metrics: DeliveryMetrics | None = None) -> None:
+                 max_sleep_s: float, counts: Counter[tuple[str, str, str]],
+                 metrics: DeliveryMetrics | None = None, wall: Clock = time.time,
+                 pause: Pause | None = None) -> None:
         self.config = config
         self._writer = writer
         self._clock = clock
+        self._wall = wall
         self._rng = rng
-        self._poll = poll_interval_s
+        self._max_sleep = max_sleep_s
         self._counts = counts
         self._metrics = metrics
+        self._pause = pause or _wait
         self._transport = Transport(config)
         self._claimed: set[int] = set()
         self._ready: deque[Delivery] = deque()
         self._results: list[_Result] = []
+        self._settlement = _Settlement()
+        self._next_due: float | None = None
         self._running = 0
         self._room = max(PREFETCH, 2 * config.max_concurrency)
         self._batch = max(config.max_concurrency, 16)
         self._probing = False
+        self._unavailable_since: float | None = None
+        self._outbox_failures = 0
         self.circuit = Circuit(rng)
         self._requests = gevent.pool.Group()
         self._wake = gevent.event.Event()
@@ -131,38 +173,93 @@ class EndpointDelivery:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not answered yet."""
+        return self._running
+
+    @property
+    def outbox_unavailable_since(self) -> float | None:
+        """Since when (the loop's clock) a transient outbox fault keeps this loop waiting; None: it is not."""
+        return self._unavailable_since
+
     def run(self) -> None:
-        """Loop until ``stopping``; an outbox failure ends it (the writer is failed, ingestion stops)."""
+        """Loop until ``stopping``; a transient outbox fault is waited out, a permanent one ends it."""
         try:
             while not self.stopping:
-                self._turn(claim=True)
-                self._wake.wait(self._wait_s())
-                self._wake.clear()
-        except OutboxError as exc:
+                retry_in = self._outbox_turn()
+                if retry_in is None:
+                    self._sleep(self._wait_s(), wakeable=True)
+                else:
+                    self._sleep(retry_in, wakeable=False)
+        except OutboxError as exc:  # permanent: the writer is failed, ingestion stops
             self.crashed = exc
         except Exception as exc:  # noqa: BLE001 - a bug: recorded, logged, seen by `healthy`
             self.crashed = exc
             self._log.exception("webhook.loop_crashed")
 
+    def _outbox_turn(self) -> float | None:
+        """One turn; after a transient outbox fault, the seconds to wait before the next try."""
+        try:
+            self._turn(claim=True)
+        except OutboxError as exc:
+            if not exc.transient:
+                raise
+            return self._unavailable(exc)
+        if self._unavailable_since is not None:
+            self._log.info("webhook.outbox_recovered", failed_turns=self._outbox_failures,
+                           unavailable_for_s=round(self._clock() - self._unavailable_since, 1))
+            self._unavailable_since, self._outbox_failures = None, 0
+        return None
+
+    def _unavailable(self, exc: OutboxError) -> float:
+        """Logged once per outage; the backoff grows with each failed turn, capped and jittered."""
+        delay = reconnect_delay(self._outbox_failures, initial=OUTBOX_RETRY_INITIAL_S,
+                                cap=OUTBOX_RETRY_MAX_S, rand=self._rng)
+        self._outbox_failures += 1
+        if self._unavailable_since is None:
+            self._unavailable_since = self._clock()
+            self._log.warning("webhook.outbox_unavailable", code=exc.code, error=str(exc),
+                              retry_in_s=round(delay, 2), unrecorded=len(self._settlement.results))
+        return delay
+
+    def _sleep(self, seconds: float, *, wakeable: bool) -> None:
+        """Wait ``seconds``, or less when stopping; a wake-up ends it too if ``wakeable``."""
+        until = self._clock() + seconds
+        while not self.stopping:
+            woken = self._pause(self._wake, max(until - self._clock(), 0.0))
+            self._wake.clear()
+            if not woken or wakeable or self._clock() >= until:
+                return
+
     def _wait_s(self) -> float:
-        if self.circuit.open and not self._probing:
-            return max(min(self.circuit.probe_at - self._clock(), self._poll), 0.0)
-        return self._poll
+        """Until the next row may be sent (invariant 1); a busy loop waits for its answers instead."""
+        if self._next_due is None or self._probing or self._running >= self.config.max_concurrency:
+            return self._max_sleep
+        at = self.circuit.next_send_at(self._next_due)
+        return min(max(at - self._clock(), 0.0), self._max_sleep)
 
     def _turn(self, *, claim: bool) -> None:
-        """Record what came back, then claim what the free slots (and the circuit) allow."""
-        results, self._results = self._results, []
+        """Record what came back (and what an earlier turn could not), then claim what the free slots
+        (and the circuit) allow. If the outbox fails, the outcomes stay for the next turn."""
         now = self._clock()
-        settlement = self._settle(results, now)
-        limit = self._capacity(now) if claim else 0
-        rows = self._writer.call(_exchange, self._writer.outbox, settlement, self.config.name, now,
-                                 limit=limit, claimed=tuple(self._claimed))
-        for result in results:
-            self._claimed.discard(result.row.id)
-            self._report(result, settlement, now)
+        fresh, self._results = self._results, []
+        for result in fresh:
+            self._settle(result, now)
         if self.circuit.open:
             self._release_ready()
-        self._claim(rows)
+        limit = self._capacity(now) if claim else 0
+        settled = self._settlement
+        held = self._claimed.difference(r.row.id for r in settled.results)
+        look_ahead = claim and not self._probing and (limit > 0 or self.circuit.open)
+        turn = self._writer.call(_exchange, self._writer.outbox, settled, self.config.name, now,
+                                 limit=limit, held=tuple(held), look_ahead=look_ahead)
+        self._settlement = _Settlement()
+        for result in settled.results:
+            self._claimed.discard(result.row.id)
+            self._report(result, settled)
+        self._next_due = turn.next_due_at
+        self._claim(turn.rows)
 
     def _claim(self, rows: Sequence[Delivery]) -> None:
         """Hold ``rows`` ready (excluded from claims until settled) and fill the free request slots."""
@@ -203,32 +300,31 @@ class EndpointDelivery:
                 self._wake.set()
 
     def _attempt(self, row: Delivery, probe: bool) -> _Result:
+        """One request, signed with the wall clock's time (the receiver checks it against its own)."""
         cfg = self.config
-        request = build_request(cfg.url, cfg.key, row.event_id, row.body, int(self._clock()))
+        request = build_request(cfg.url, cfg.key, row.event_id, row.body, int(self._wall()))
         started = time.monotonic()
-        outcome = self._transport.send(request, self._clock)
+        outcome = self._transport.send(request, self._wall)
         return _Result(row, outcome, time.monotonic() - started, probe)
 
-    def _settle(self, results: list[_Result], now: float) -> _Settlement:
-        """The outbox changes for these outcomes; the circuit learns from each."""
-        settlement = _Settlement([], [], [], {})
-        for r in results:
-            self._learn(r, now)
-            attempt, outcome = r.row.attempts + 1, r.outcome
-            if isinstance(outcome, Delivered):
-                settlement.acks.append(r.row.id)
-            elif isinstance(outcome, GiveUp):
-                settlement.buries.append((r.row.id, attempt, _error(outcome.reason, outcome.status)))
+    def _settle(self, r: _Result, now: float) -> None:
+        """Learn from an outcome (the circuit), and add its outbox change to the settlement."""
+        self._learn(r, now)
+        settlement, attempt, outcome = self._settlement, r.row.attempts + 1, r.outcome
+        settlement.results.append(r)
+        if isinstance(outcome, Delivered):
+            settlement.acks.append(r.row.id)
+        elif isinstance(outcome, GiveUp):
+            settlement.buries.append((r.row.id, attempt, _error(outcome.reason, outcome.status)))
+        else:
+            delay = next_delay(self.config.retry, attempt, retry_after=outcome.retry_after, rng=self._rng)
+            if delay is None:
+                reason = f"schedule_exhausted after {outcome.reason}"
+                settlement.buries.append((r.row.id, attempt, _error(reason, outcome.status)))
             else:
-                delay = next_delay(self.config.retry, attempt, retry_after=outcome.retry_after, rng=self._rng)
-                if delay is None:
-                    reason = f"schedule_exhausted after {outcome.reason}"
-                    settlement.buries.append((r.row.id, attempt, _error(reason, outcome.status)))
-                else:
-                    settlement.delays[r.row.id] = delay
-                    error = _error(outcome.reason, outcome.status)
-                    settlement.reschedules.append((r.row.id, attempt, now + delay, error))
-        return settlement
+                settlement.retries[r.row.id] = (delay, now + delay)
+                error = _error(outcome.reason, outcome.status)
+                settlement.reschedules.append((r.row.id, attempt, now + delay, error))
 
     def _learn(self, result: _Result, now: float) -> None:
         if result.probe:
@@ -242,7 +338,7 @@ class EndpointDelivery:
             opened = self.circuit.reached()
             self._log.info("webhook.circuit_closed", unreachable_for_s=round(now - (opened or now), 1))
 
-    def _report(self, r: _Result, settlement: _Settlement, now: float) -> None:
+    def _report(self, r: _Result, settlement: _Settlement) -> None:
         """Counters, the log line and the metrics, once the outcome is recorded."""
         attempt, outcome, name = r.row.attempts + 1, r.outcome, self.config.name
         latency_ms = round(r.latency_s * 1000, 1)
@@ -251,11 +347,11 @@ class EndpointDelivery:
             self._log.debug("webhook.delivered", webhook_id=r.row.event_id, attempt=attempt,
                             status=outcome.status, latency_ms=latency_ms)
         else:
-            self._report_failure(r, attempt, settlement.delays.get(r.row.id), now)
+            self._report_failure(r, attempt, settlement.retries.get(r.row.id))
         if self._metrics is not None:
             self._metrics.delivery_attempted(Attempted(name, r.row.event_id, attempt, outcome, r.latency_s))
 
-    def _report_failure(self, r: _Result, attempt: int, delay: float | None, now: float) -> None:
+    def _report_failure(self, r: _Result, attempt: int, retry: tuple[float, float] | None) -> None:
         outcome, name = r.outcome, self.config.name
         log_ = self._log.bind(webhook_id=r.row.event_id, attempt=attempt)
         if isinstance(outcome, GiveUp):
@@ -264,14 +360,14 @@ class EndpointDelivery:
             return
         assert isinstance(outcome, Retry)
         self._counts[(name, "failed", outcome.reason)] += 1
-        if delay is None:
+        if retry is None:
             self._counts[(name, "gave_up", "schedule_exhausted")] += 1
             log_.error("webhook.gave_up", reason=f"schedule_exhausted after {outcome.reason}",
                        status=outcome.status)
         else:
             log_.warning("webhook.delivery_failed", reason=outcome.reason, status=outcome.status,
                          latency_ms=round(r.latency_s * 1000, 1), retry_after=outcome.retry_after,
-                         next_attempt_in_s=round(delay, 1), next_attempt_at=_iso(now + delay))
+                         next_attempt_in_s=round(retry[0], 1), next_attempt_at=_iso(retry[1]))
 
     def finish(self, deadline_s: float) -> bool:
         """Wait up to ``deadline_s`` for requests in flight (the rest stay pending); record the outcomes."""
@@ -283,9 +379,16 @@ class EndpointDelivery:
         try:
             self._turn(claim=False)
         except OutboxError as exc:
-            self.crashed = exc
+            if not exc.transient:
+                self.crashed = exc
+            self._log.error("webhook.outcomes_unrecorded", outcomes=len(self._settlement.results),
+                            code=exc.code, error=str(exc))
         self._transport.close()
         return bool(done)
+
+
+def _wait(event: gevent.event.Event, seconds: float) -> bool:
+    return bool(event.wait(seconds))
 
 
 def _iso(epoch: float) -> str:

@@ -2,9 +2,10 @@
 
 Each loop (``listener.webhooks.endpoint``) has its own keep-alive connection pool and at most
 ``max_concurrency`` requests in flight, so a slow or dead endpoint delays no other. The pipeline
-wakes the loops whose endpoints just got rows; otherwise they look for due rows on their own.
+wakes the loops whose endpoints just got rows; otherwise each sleeps until its next row is due.
 A row leaves the outbox only after its endpoint answered 2xx. The clock and the randomness are
-injected so tests never sleep for retry timing.
+injected so tests never sleep for retry timing; by default the clock is a ``SteadyClock`` (epoch
+seconds that no wall-clock step moves), which the outbox writer stamping new rows must share.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import gevent.pool
 import structlog
 
 from listener.config.settings import WebhookConfig
+from listener.core.clock import SteadyClock
 from listener.core.retry import Random
 from listener.core.signing import safe_url
 from listener.outbox.writer import OutboxWriter
-from listener.webhooks.endpoint import DeliveryMetrics, EndpointDelivery
+from listener.webhooks.endpoint import MAX_SLEEP_S, DeliveryMetrics, EndpointDelivery
 
 Clock = Callable[[], float]
 log = structlog.get_logger("listener.webhooks")
@@ -31,16 +33,18 @@ log = structlog.get_logger("listener.webhooks")
 class WebhookSink:
     """Owns one ``EndpointDelivery`` loop per endpoint; ``start`` once, ``stop`` once."""
 
-    def __init__(self, writer: OutboxWriter, webhooks: Sequence[WebhookConfig], *, clock: Clock = time.time,
-                 rng: Random | None = None, poll_interval_s: float = 1.0,
+    def __init__(self, writer: OutboxWriter, webhooks: Sequence[WebhookConfig], *, clock: Clock | None = None,
+                 wall: Clock | None = None, rng: Random | None = None, max_sleep_s: float = MAX_SLEEP_S,
                  metrics: DeliveryMetrics | None = None) -> None:
+        """``clock`` times retries and probes (the writer's, shared); ``wall`` only signs requests."""
         self._writer = writer
         self.counts: Counter[tuple[str, str, str]] = Counter()
         """(endpoint, result, reason) -> attempts: delivered/ok, failed/<reason>, gave_up/<reason>."""
         self._metrics = metrics
         self._rng = rng or random.Random().random  # noqa: S311 - jitter, not cryptography
-        self._clock = clock
-        self._poll = poll_interval_s
+        self.clock = clock or SteadyClock.anchored(time.time, time.monotonic)
+        self._wall = wall or time.time
+        self._max_sleep = max_sleep_s
         self.endpoints = {w.name: self._endpoint(w) for w in webhooks}
         self._loops = gevent.pool.Group()
         self._loop_of: dict[str, gevent.Greenlet] = {}
@@ -48,8 +52,8 @@ class WebhookSink:
         self._stopping = False
 
     def _endpoint(self, config: WebhookConfig) -> EndpointDelivery:
-        return EndpointDelivery(config, self._writer, clock=self._clock, rng=self._rng,
-                                poll_interval_s=self._poll, counts=self.counts, metrics=self._metrics)
+        return EndpointDelivery(config, self._writer, clock=self.clock, wall=self._wall, rng=self._rng,
+                                max_sleep_s=self._max_sleep, counts=self.counts, metrics=self._metrics)
 
     def _spawn(self, endpoint: EndpointDelivery) -> None:
         self._loop_of[endpoint.config.name] = self._loops.spawn(endpoint.run)
@@ -101,14 +105,21 @@ class WebhookSink:
         return tuple(name for name, e in self.endpoints.items() if e.crashed is not None)
 
     @property
+    def outbox_unavailable_since(self) -> float | None:
+        """Since when (``clock``) a transient outbox fault keeps a loop waiting; None: none waits."""
+        return min((s for e in self.endpoints.values() if (s := e.outbox_unavailable_since) is not None),
+                   default=None)
+
+    @property
     def healthy(self) -> bool:
         """No loop crashed and the outbox has not failed."""
         return self._writer.failure is None and all(e.crashed is None for e in self.endpoints.values())
 
     @property
     def ready(self) -> bool:
-        """Started, not stopping, healthy, and the writer accepts documents."""
-        return self._started and not self._stopping and self.healthy and self._writer.ready
+        """Started, not stopping, healthy, the writer accepts documents and no loop waits for the outbox."""
+        return (self._started and not self._stopping and self.healthy and self._writer.ready
+                and self.outbox_unavailable_since is None)
 
     def stop(self, deadline_s: float) -> bool:
         """Claim nothing new, let requests in flight finish within ``deadline_s``; True if all did."""
