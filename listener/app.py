@@ -71,7 +71,8 @@ class App:
         self._watcher: gevent.Greenlet | None = None
         self.sink: WebhookSink | None = None
         if self.writer is not None:
-            self.sink = WebhookSink(self.writer, config.webhooks, metrics=self.metrics)
+            self.sink = WebhookSink(self.writer, config.webhooks, clock=self.writer.clock,  # one steady clock
+                                    metrics=self.metrics)
         self.sources: list[ESLSource] = []
         self.pipelines: list[Pipeline] = []
         redact = _redactor(config)
@@ -145,7 +146,8 @@ class App:
 
     def _watch_delivery(self, writer: OutboxWriter, sink: WebhookSink) -> None:
         """Readiness, liveness and metrics of the outbox and the endpoints' delivery loops."""
-        self.service.readiness.add("outbox", lambda: Check(ok=writer.ready, details=_outbox_details(writer)))
+        self.service.readiness.add("outbox", lambda: Check(
+            ok=writer.ready and sink.outbox_unavailable_since is None, details=_outbox_details(writer, sink)))
         self.service.readiness.add("endpoints", lambda: Check(
             ok=sink.healthy,
             details={name: {"crashed": name in sink.crashed} for name in sink.endpoints}),
@@ -307,13 +309,18 @@ def outbox_action(path: Path, exc: OutboxError) -> str:
             f"`sqlite3 <moved file> .recover | sqlite3 {path}`, then start again ({guide})")
 
 
-def _outbox_details(writer: OutboxWriter) -> dict[str, Any]:
+def _outbox_details(writer: OutboxWriter, sink: WebhookSink) -> dict[str, Any]:
+    """The outbox as ingestion (the writer) and delivery (the endpoints' loops) find it."""
     fault = writer.failure or writer.unavailable
-    state = "failed" if writer.failure else "unavailable" if writer.unavailable else "available"
-    since = writer.paused_since
+    delivery = sink.outbox_unavailable_since
+    unavailable = writer.unavailable is not None or delivery is not None
+    state = "failed" if writer.failure else "unavailable" if unavailable else "available"
+    durations = [time.monotonic() - writer.paused_since if writer.paused_since is not None else None,
+                 sink.clock() - delivery if delivery is not None else None]  # each on its own clock
+    longest = max((d for d in durations if d is not None), default=None)
     return {"state": state, "writable": writer.ready, "code": fault.code if fault else None,
             "error": str(fault) if fault else None,
-            "unavailable_for_s": round(time.monotonic() - since, 1) if since is not None else None}
+            "unavailable_for_s": round(longest, 1) if longest is not None else None}
 
 
 def _outbox_note(writer: OutboxWriter | None) -> str | None:

@@ -351,3 +351,18 @@ class _NullLog:
         self.lines.append((event, kw))
 
     info = warning = error = critical = _log
+
+
+def test_the_writer_stamping_rows_and_the_delivery_loops_read_one_steady_clock(
+        tmp_path: Path, made: Any) -> None:
+    from listener.app import App  # noqa: PLC0415
+    from listener.config.settings import Config, HealthConfig  # noqa: PLC0415
+    from listener.core.clock import SteadyClock  # noqa: PLC0415
+
+    writer = writer_at(tmp_path / "outbox.sqlite3", made)
+    app = App(Config(webhooks=(HOOK,), health=HealthConfig(enabled=False)), writer)
+    assert app.sink is not None
+    assert app.sink.clock is writer.clock  # a wall-clock step since start moves neither apart
+    assert isinstance(writer.clock, SteadyClock)
+    if app.reader is not None:
+        app.reader.close()

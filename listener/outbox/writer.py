@@ -29,6 +29,7 @@ import gevent.threadpool
 import structlog
 
 from listener.config.settings import OutboxConfig, WebhookConfig
+from listener.core.clock import SteadyClock
 from listener.core.errors import OutboxClosedError, OutboxError
 from listener.core.rejection import Rejection
 from listener.core.retry import reconnect_delay
@@ -68,13 +69,14 @@ class OutboxWriter:
     """The daemon's only door to the outbox file: group-committed puts and serialized calls."""
 
     def __init__(
-        self, outbox: Outbox, webhooks: Sequence[WebhookConfig], *, clock: Clock = time.time,
+        self, outbox: Outbox, webhooks: Sequence[WebhookConfig], *, clock: Clock | None = None,
         rand: Callable[[], float] = random.random, retry_initial_s: float = RETRY_INITIAL_S,
         retry_max_s: float = RETRY_MAX_S,
     ) -> None:
         self.outbox = outbox
         self._webhooks = tuple(webhooks)
-        self._clock = clock
+        self.clock: Clock = clock or SteadyClock.anchored(time.time, time.monotonic)
+        """Stamps new rows (``next_at``, ``created_at``); the delivery loops read the same clock."""
         self._rand = rand
         self._retry = (retry_initial_s, retry_max_s)
         self._pool = gevent.threadpool.ThreadPool(1)
@@ -94,7 +96,7 @@ class OutboxWriter:
         self._committer = gevent.spawn(self._commit_loop)
 
     @classmethod
-    def open(cls, config: OutboxConfig, webhooks: Sequence[WebhookConfig], *, clock: Clock = time.time,
+    def open(cls, config: OutboxConfig, webhooks: Sequence[WebhookConfig], *, clock: Clock | None = None,
              ) -> OutboxWriter:
         """Open the outbox file of ``config`` (on the writer's thread) and wrap it."""
         pool = gevent.threadpool.ThreadPool(1)
@@ -148,7 +150,7 @@ class OutboxWriter:
             raise self.failure
         if self._closing:
             raise OutboxClosedError("the outbox writer is closed")
-        return self.call(self.outbox.reject, (rejection,), self._clock())
+        return self.call(self.outbox.reject, (rejection,), self.clock())
 
     def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` (an ``Outbox`` method) on the outbox thread. An ``OutboxError`` is raised to the
@@ -189,7 +191,7 @@ class OutboxWriter:
             try:
                 if self.failure is not None:
                     raise self.failure
-                created = self.call(self.outbox.put, entries, self._clock())
+                created = self.call(self.outbox.put, entries, self.clock())
             except OutboxError as exc:
                 if exc.transient and not self._giving_up():
                     self._wait_out(exc, failures, len(entries))
