@@ -1,2 +1,3 @@
-"""The sink: HTTP transport with bounded reads (``transport``), one endpoint's delivery loop
-(``endpoint``), and every endpoint together (``sink``)."""
+"""The sink: one HTTP/1.1 response read with every part bounded (``response``), the keep-alive
+transport (``transport``), one endpoint's delivery loop (``endpoint``), and every endpoint together
+(``sink``)."""
