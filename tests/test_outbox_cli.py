@@ -62,13 +62,13 @@ def test_retry_by_id_then_all(config: OutboxConfig) -> None:
 
 def test_retry_and_purge_need_a_selection(config: OutboxConfig) -> None:
     code, _, err = run(config, "retry")
-    assert code == 2
+    assert code == 64  # EX_USAGE
     assert "--all" in err
 
 
 def test_purge_removes_dead_only_unless_pending_is_confirmed(config: OutboxConfig) -> None:
     assert run(config, "purge", "--endpoint", "billing")[:2] == (0, "2 dead deliveries purged\n")
-    assert run(config, "purge", "--pending", "--all")[0] == 2
+    assert run(config, "purge", "--pending", "--all")[0] == 64
     code, out, err = run(config, "purge", "--pending", "--all", "--yes")
     assert (code, out) == (0, "4 pending deliveries purged\n")
     assert err == "purged 4...\n"
@@ -77,6 +77,6 @@ def test_purge_removes_dead_only_unless_pending_is_confirmed(config: OutboxConfi
 
 def test_a_missing_outbox_file_is_an_error_not_a_new_file(tmp_path: Path) -> None:
     code, _, err = run(OutboxConfig(tmp_path / "nope.sqlite3"), "stats")
-    assert code == 1
+    assert code == 66  # EX_NOINPUT
     assert "no outbox at" in err
     assert not (tmp_path / "nope.sqlite3").exists()

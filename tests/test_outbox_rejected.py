@@ -182,11 +182,11 @@ def test_list_rejected_with_an_id_prints_the_body_as_received(config: OutboxConf
 
 def test_list_rejected_with_an_unknown_id_says_so(config: OutboxConfig) -> None:
     code, out, err = run(config, "list", "--rejected", "--id", "nope")
-    assert (code, out) == (1, "")
+    assert (code, out) == (66, "")
     assert "no rejected frame nope" in err
 
 
 def test_list_rejected_refuses_delivery_filters(config: OutboxConfig) -> None:
     code, _, err = run(config, "list", "--rejected", "--endpoint", "crm")
-    assert code == 2
+    assert code == 64
     assert "--rejected" in err

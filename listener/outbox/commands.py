@@ -17,11 +17,13 @@ from typing import Any, TextIO
 
 from listener.config.settings import OutboxConfig
 from listener.core.errors import OutboxError
+from listener.core.exits import EX_IOERR, EX_NOINPUT, EX_OK, EX_TEMPFAIL, EX_USAGE
 from listener.outbox.store import DEAD, PENDING, Outbox, RejectedFrame
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+
+def failed(exc: OutboxError) -> int:
+    """The exit code of a command the outbox failed: 75 if the fault can clear (try again), else 74."""
+    return EX_TEMPFAIL if exc.transient else EX_IOERR
 
 
 def add_outbox_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -65,13 +67,13 @@ def run_outbox_command(args: argparse.Namespace, outbox_config: OutboxConfig, *,
         return _run_rejected(args, outbox_config, out, err)
     if command in ("retry", "purge") and not (args.all or args.endpoint or args.ids):
         print(f"outbox {command}: give --all, --endpoint or --id", file=err)
-        return EXIT_USAGE
+        return EX_USAGE
     if command == "purge" and args.pending and not args.yes:
         print("outbox purge --pending deletes undelivered messages: add --yes", file=err)
-        return EXIT_USAGE
+        return EX_USAGE
     if not outbox_config.path.exists():
         print(f"no outbox at {outbox_config.path}", file=err)
-        return EXIT_FAILED
+        return EX_NOINPUT
     try:
         outbox = Outbox.open(outbox_config.path, synchronous=outbox_config.synchronous)
         try:
@@ -80,8 +82,8 @@ def run_outbox_command(args: argparse.Namespace, outbox_config: OutboxConfig, *,
             outbox.close()
     except OutboxError as exc:
         print(f"outbox {command} failed: {exc}", file=err)
-        return EXIT_FAILED
-    return EXIT_OK
+        return failed(exc)
+    return EX_OK
 
 
 def _stats(outbox: Outbox, args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> None:
@@ -142,10 +144,10 @@ def _run_rejected(args: argparse.Namespace, outbox_config: OutboxConfig, out: Te
     """``outbox list --rejected``: the kept frames that held no usable event; with ``--id``, their bodies."""
     if args.endpoint or args.state != "all":
         print("outbox list --rejected: --state and --endpoint select deliveries, not frames", file=err)
-        return EXIT_USAGE
+        return EX_USAGE
     if not outbox_config.path.exists():
         print(f"no outbox at {outbox_config.path}", file=err)
-        return EXIT_FAILED
+        return EX_NOINPUT
     try:
         outbox = Outbox.open(outbox_config.path, synchronous=outbox_config.synchronous)
         try:
@@ -154,13 +156,13 @@ def _run_rejected(args: argparse.Namespace, outbox_config: OutboxConfig, out: Te
             outbox.close()
     except OutboxError as exc:
         print(f"outbox list failed: {exc}", file=err)
-        return EXIT_FAILED
+        return failed(exc)
     for row in rows:
         _print_rejected(row, args, out)
     missing = [i for i in args.ids if i not in {row.id for row in rows}]
     for event_id in missing:
         print(f"no rejected frame {event_id}", file=err)
-    return EXIT_FAILED if missing else EXIT_OK
+    return EX_NOINPUT if missing else EX_OK
 
 
 def _print_rejected(row: RejectedFrame, args: argparse.Namespace, out: TextIO) -> None:
