@@ -366,3 +366,92 @@ def test_the_writer_stamping_rows_and_the_delivery_loops_read_one_steady_clock(
     assert isinstance(writer.clock, SteadyClock)
     if app.reader is not None:
         app.reader.close()
+
+
+# -- start-up waits a fault out only so long; the pause is no hang; metrics never scan on the commit thread --
+
+def test_an_outbox_locked_through_the_start_up_wait_fails_as_a_fault_that_can_clear(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    make_outbox(path, 1)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA locking_mode=EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")  # not even readable: the open itself cannot proceed
+    log = _NullLog()
+    try:
+        with pytest.raises(OutboxError) as caught:
+            open_outbox(OutboxConfig(path), [HOOK], log, wait_s=0.5)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert caught.value.transient  # run exits 75 (EX_TEMPFAIL): free it and start again
+    assert "outbox.unavailable" in log.events
+    OutboxLock.acquire(path).release()
+
+
+def test_status_and_liveness_say_paused_not_stuck_while_a_fault_is_waited_out(
+        tmp_path: Path, made: Any) -> None:
+    from listener.app import App  # noqa: PLC0415
+    from listener.config.settings import Config, HealthConfig, Node  # noqa: PLC0415
+    from listener.service.runtime import source_problem  # noqa: PLC0415
+
+    path = tmp_path / "outbox.sqlite3"
+    writer = writer_at(path, made, busy_timeout_s=0.05)
+    app = App(Config(nodes=(Node("pbx1"),), webhooks=(HOOK,), health=HealthConfig(enabled=False)), writer)
+    operator = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    operator.execute("BEGIN IMMEDIATE")
+    try:
+        waiting = gevent.spawn(_raised, writer.put, [doc(1)])
+        wait_changed(writer)
+        assert "outbox unavailable (SQLITE_BUSY), ingestion paused" in app.service.status()
+        assert not app.service.readiness.ready()
+        source = app.sources[0]
+        source._state = "connected"
+        source.stats.last_received = time.monotonic() - 3600  # nothing read for an hour: the pause
+        source.stats.handling_since = time.monotonic() - 3600
+        assert app.service.esl_problem() is None
+        assert source_problem(source, time.monotonic()) is not None  # without the pause: stuck
+    finally:
+        operator.execute("ROLLBACK")
+        operator.close()
+    assert waiting.get(timeout=5) is None
+    assert app.service.esl_problem() is None  # just resumed: counted from the end of the pause
+    if app.reader is not None:
+        app.reader.close()
+
+
+def test_metrics_never_scan_the_outbox_on_the_commit_thread_and_at_a_bounded_rate(
+        tmp_path: Path, made: Any) -> None:
+    from listener.app import App  # noqa: PLC0415
+    from listener.config.settings import Config, HealthConfig  # noqa: PLC0415
+
+    writer = writer_at(tmp_path / "outbox.sqlite3", made)
+    writer.put([doc(n) for n in range(3)])
+
+    def on_the_commit_thread(*_: Any) -> Any:
+        raise AssertionError("a scrape scanned the outbox on the thread that commits hangups")
+
+    writer.outbox.stats = on_the_commit_thread  # type: ignore[method-assign]
+    app = App(Config(webhooks=(HOOK,), health=HealthConfig(enabled=False)), writer)
+    assert app.reader is not None
+    try:
+        scrapes = [app.metrics.render().decode() for _ in range(50)]
+        assert 'hangup_listener_outbox_pending_messages{endpoint="crm"} 3.0' in scrapes[-1]
+        assert app.reader.refreshes == 1  # 50 scrapes within 2 s: one scan, on the reader's own thread
+    finally:
+        app.reader.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root creates files for another user")
+def test_a_file_root_creates_for_an_outbox_belongs_to_the_folders_owner(tmp_path: Path) -> None:
+    import pwd  # noqa: PLC0415
+
+    nobody = pwd.getpwnam("nobody")
+    folder = tmp_path / "state"
+    folder.mkdir()
+    os.chown(folder, nobody.pw_uid, nobody.pw_gid)
+    Outbox.open(folder / "outbox.sqlite3").close()  # an `outbox` command run with sudo on a new file
+    OutboxLock.acquire(folder / "outbox.sqlite3").release()
+    for name in ("outbox.sqlite3", "outbox.sqlite3.lock"):
+        st = (folder / name).stat()
+        assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid), name
+        assert stat.S_IMODE(st.st_mode) == 0o600, name

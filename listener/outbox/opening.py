@@ -28,6 +28,7 @@ from listener.core.errors import OutboxError
 from listener.core.retry import reconnect_delay
 from listener.outbox.lock import OutboxLock, foreign_wal
 from listener.outbox.store import Outbox, with_endpoints
+from listener.outbox.writer import on_thread
 
 WAIT_S = 30.0
 CHECK_S = 10.0
@@ -56,9 +57,9 @@ def open_outbox(config: OutboxConfig, webhooks: Sequence[WebhookConfig], log: An
             try:
                 lock.holding(path)
                 checked = _check(pool, outbox, log, check_s)
-                stats = with_endpoints(pool.apply(outbox.stats, (time.time(),)), [w.name for w in webhooks])
+                stats = with_endpoints(on_thread(pool, outbox.stats, time.time()), [w.name for w in webhooks])
             except BaseException:
-                pool.apply(outbox.close)
+                on_thread(pool, outbox.close)
                 raise
         finally:
             pool.kill()
@@ -85,15 +86,17 @@ def _open(pool: gevent.threadpool.ThreadPool, config: OutboxConfig, log: Any, wa
     deadline, failures = time.monotonic() + wait_s, 0
     while True:
         try:
-            outbox: Outbox = pool.apply(_opened, (config,))
+            outbox: Outbox = on_thread(pool, _opened, config)
             break
         except OutboxError as exc:
-            delay = reconnect_delay(failures, initial=0.25, cap=5.0, rand=rand)
-            if not exc.transient or time.monotonic() + delay > deadline:
+            if not exc.transient:
                 raise
+            delay = reconnect_delay(failures, initial=0.25, cap=5.0, rand=rand)
             if failures == 0:
                 log.error("outbox.unavailable", error=str(exc), code=exc.code, path=str(config.path),
                           retry_in_s=round(delay, 2), note=f"start-up waits for it up to {wait_s:g}s")
+            if time.monotonic() + delay > deadline:
+                raise
             failures += 1
             gevent.sleep(delay)
     if failures:
@@ -106,7 +109,7 @@ def _opened(config: OutboxConfig) -> Outbox:
 
 
 def _check(pool: gevent.threadpool.ThreadPool, outbox: Outbox, log: Any, check_s: float) -> bool:
-    findings = pool.apply(outbox.quick_check, (check_s,))
+    findings = on_thread(pool, outbox.quick_check, check_s)
     if findings is None:
         log.warning("outbox.check_deferred", path=str(outbox.path),
                     reason=f"quick_check did not finish within {check_s:g}s: it runs after start-up")

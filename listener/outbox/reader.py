@@ -21,6 +21,7 @@ import structlog
 
 from listener.core.errors import OutboxError
 from listener.outbox.store import EndpointStats, Outbox
+from listener.outbox.writer import on_thread
 
 log = structlog.get_logger(__name__)
 STATS_MAX_AGE_S = 2.0
@@ -43,11 +44,11 @@ class OutboxReader:
         self.refreshes = 0
 
     def _run(self, fn: Callable[[Outbox], object]) -> object:
-        def on_thread() -> object:
+        def work() -> object:
             if self._outbox is None:
                 self._outbox = Outbox.open_readonly(self.path)
             return fn(self._outbox)
-        return self._pool.apply(on_thread)
+        return on_thread(self._pool, work)
 
     def stats(self) -> tuple[EndpointStats, ...]:
         """The figures, refreshed first (on the reader's thread, waiting at most ``WAIT_S``) when they
@@ -85,7 +86,7 @@ class OutboxReader:
             self._refreshing.kill(block=True, timeout=1.0)
         try:
             if self._outbox is not None:
-                self._pool.apply(self._outbox.close)
+                on_thread(self._pool, self._outbox.close)
         except OutboxError:
             pass
         finally:

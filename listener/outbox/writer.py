@@ -45,6 +45,16 @@ RETRY_MAX_S = 10.0
 Waiter = Any  # gevent.event.AsyncResult (gevent ships no type information)
 
 
+def on_thread(pool: gevent.threadpool.ThreadPool, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """``fn(*args, **kwargs)`` on ``pool``'s thread, its exception raised here (and not also printed
+    to stderr by gevent, a traceback for each retry of a fault being waited out)."""
+    failed, value = pool.apply(_outcome, (fn, args, kwargs))
+    if failed:
+        raise value
+    result: T = value
+    return result
+
+
 def _outcome(fn: Callable[..., Any], args: Any, kwargs: Any) -> tuple[bool, Any]:
     """On the outbox thread: (False, the result) or (True, the exception), raised by the caller.
 
@@ -155,13 +165,12 @@ class OutboxWriter:
     def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` (an ``Outbox`` method) on the outbox thread. An ``OutboxError`` is raised to the
         caller; one that cannot clear fails the writer too (a transient one is the caller's to retry)."""
-        failed, value = self._pool.apply(_outcome, (fn, args, kwargs))
-        if failed:
-            if isinstance(value, OutboxError) and not value.transient:
-                self._fail(value)
-            raise value
-        result: T = value
-        return result
+        try:
+            return on_thread(self._pool, fn, *args, **kwargs)
+        except OutboxError as exc:
+            if not exc.transient:
+                self._fail(exc)
+            raise
 
     def fail(self, exc: OutboxError) -> None:
         """A fault that cannot clear was found beside the writer (a deferred integrity check)."""
