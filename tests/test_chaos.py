@@ -5,7 +5,8 @@ A fake FreeSWITCH sends ~150 CHANNEL_HANGUP_COMPLETE events a second (``event js
 subscribes) to the daemon (a real subprocess with an outbox and one webhook endpoint). Meanwhile,
 chosen at random (seeded; the seed is printed): the ESL connection is reset (TCP RST), ended with a
 disconnect-notice, or ended after a burst of 300 events; the endpoint answers 500, stalls past the
-webhook timeout, or refuses connections, for a while; another SQLite client holds the outbox's write
+webhook timeout, refuses connections, or answers 200 with a body that never ends, for a while;
+another SQLite client holds the outbox's write
 lock past the daemon's busy timeout (ingestion pauses, FreeSWITCH queues); the daemon is SIGKILLed
 and restarted.
 
@@ -51,7 +52,7 @@ import gevent
 import gevent.event
 import pytest
 from standardwebhooks.webhooks import Webhook
-from webhook_receiver import Receiver, Reply, Slow
+from webhook_receiver import Flood, Receiver, Reply, Slow
 
 from tests.fakeesl import FakeFreeSWITCH, Session, capture_bodies, frame
 
@@ -212,7 +213,7 @@ class Chaos:
     # -- actions --------------------------------------------------------------------------------
     def act(self) -> None:
         name = self.rng.choice(["esl_reset", "esl_notice", "esl_burst_close", "hook_500", "hook_stall",
-                                "hook_refuse", "outbox_lock", "kill", "kill"])
+                                "hook_refuse", "hook_flood", "outbox_lock", "kill", "kill"])
         self.actions[name] += 1
         getattr(self, name)()
 
@@ -246,6 +247,10 @@ class Chaos:
     def hook_stall(self) -> None:
         stall = Slow(WEBHOOK_TIMEOUT + 0.5)
         self._endpoint_down_for_a_while(lambda: setattr(self.receiver, "default", stall),
+                                        lambda: setattr(self.receiver, "default", Reply()))
+
+    def hook_flood(self) -> None:
+        self._endpoint_down_for_a_while(lambda: setattr(self.receiver, "default", Flood()),
                                         lambda: setattr(self.receiver, "default", Reply()))
 
     def hook_refuse(self) -> None:

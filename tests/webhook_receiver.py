@@ -1,7 +1,8 @@
 """A real HTTP receiver on 127.0.0.1 (port 0) with scripted failures, for webhook tests.
 
 Each path answers from its own script (then 200): ``Reply(status, headers)``, ``Slow(seconds)``
-(answers 200 after that long, or at close), ``Hold()`` (answers when ``release()`` is called).
+(answers 200 after that long, or at close), ``Hold()`` (answers when ``release()`` is called),
+``Flood()`` (answers 200 with a chunked body that never ends, until the client hangs up).
 Requests are recorded as they arrive. Waiting is done on queues with timeouts; from a gevent
 test the wait runs on gevent's thread pool so the hub keeps running meanwhile.
 Run as a script (``python tests/webhook_receiver.py``) it prints its URL and answers 200.
@@ -37,7 +38,14 @@ class Hold:
     status: int = 200
 
 
-Behaviour = Reply | Slow | Hold
+@dataclass(frozen=True)
+class Flood:
+    """200, then a chunked body that never ends (a broken receiver): the client must cut it short."""
+
+    limit_s: float = 30.0
+
+
+Behaviour = Reply | Slow | Hold | Flood
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif isinstance(behaviour, Hold):
             receiver.released.wait(30)
             status = behaviour.status
+        elif isinstance(behaviour, Flood):
+            self._flood(behaviour.limit_s)
+            self.close_connection = True
+            receiver.answers.put((self.headers.get("webhook-id", ""), status))
+            return
         try:
             self.send_response(status)
             for name, value in headers.items():
@@ -84,6 +97,21 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass  # the client gave up (timeout): nothing to answer
         receiver.answers.put((self.headers.get("webhook-id", ""), status))
+
+    def _flood(self, limit_s: float) -> None:
+        chunk = b"1000\r\n" + b"x" * 4096 + b"\r\n"
+        deadline = threading.Event()
+        timer = threading.Timer(limit_s, deadline.set)
+        timer.daemon = True
+        timer.start()
+        try:
+            self.send_response(200)
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            while not deadline.is_set() and not self.server.receiver.closing.is_set():
+                self.wfile.write(chunk)
+        except OSError:
+            pass  # the client hung up: as it should
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
