@@ -213,3 +213,31 @@ def test_a_taken_health_port_refuses_to_start_with_75(tmp_path: Path, receiver: 
     line = critical(daemon)
     assert line["event"] == "listener.port_in_use"
     OutboxLock.acquire(tmp_path / "outbox.sqlite3").release()
+
+
+def test_sigterm_while_the_outbox_is_locked_stops_within_the_deadline_and_logs_each_unstored_call(
+        tmp_path: Path, receiver: Receiver) -> None:
+    events = bodies(10)
+    with FakeFreeSWITCH() as fake:
+        config = write_config(tmp_path, fake, receiver.url())
+        daemon = Daemon(config)
+        operator = sqlite3.connect(tmp_path / "outbox.sqlite3", isolation_level=None)
+        try:
+            daemon.expect("listener.started")
+            session = fake.next_session(timeout=15)
+            operator.execute("BEGIN IMMEDIATE")
+            send(session, events)
+            daemon.expect("outbox.unavailable", timeout=20)
+            started = time.monotonic()
+            daemon.send(signal.SIGTERM)
+            assert daemon.finish(timeout=30) == 0
+            took = time.monotonic() - started
+        finally:
+            operator.execute("ROLLBACK")
+            operator.close()
+            daemon.kill()
+    assert took < 15  # the writer gives up waiting at half the 10 s stop deadline
+    lines = [json.loads(line) for line in daemon.output if line.startswith("{")]
+    unstored = [e for e in lines if e["event"] == "outbox.write_failed"]
+    assert {e["call"]["channel_uuid"] for e in unstored} == {f"call-{n:04d}" for n in range(10)}
+    assert not [e for e in lines if e["event"] == "call.classified"]
