@@ -16,6 +16,8 @@ import shutil
 import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -108,6 +110,10 @@ def test_a_second_daemon_on_the_same_outbox_refuses_to_start_naming_the_first(
             assert line["holder_pid"] == first.proc.pid
             assert line["path"] == str(tmp_path / "outbox.sqlite3.lock")
             assert "one daemon per outbox" in line["action"]
+            for command in ("outbox", "stats"), ("check-config",):
+                done = subprocess.run([sys.executable, "-m", "listener", command[0], "--config", str(config),
+                                       *command[1:]], capture_output=True, timeout=30, check=False)
+                assert done.returncode == 0, done.stderr  # never take the lock: safe beside the daemon
             assert first.proc.poll() is None  # the first one runs on, untouched
         finally:
             first.kill()

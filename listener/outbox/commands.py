@@ -71,13 +71,19 @@ def run_outbox_command(args: argparse.Namespace, outbox_config: OutboxConfig, *,
     if command == "purge" and args.pending and not args.yes:
         print("outbox purge --pending deletes undelivered messages: add --yes", file=err)
         return EX_USAGE
+    run = _COMMANDS[command]
+    return _on_outbox(outbox_config, command, err, lambda outbox: run(outbox, args, out, err, now()))
+
+
+def _on_outbox(outbox_config: OutboxConfig, command: str, err: TextIO, work: Callable[[Outbox], None]) -> int:
+    """Open the configured outbox (never creating one), do ``work`` on it, close it: the exit code."""
     if not outbox_config.path.exists():
         print(f"no outbox at {outbox_config.path}", file=err)
         return EX_NOINPUT
     try:
         outbox = Outbox.open(outbox_config.path, synchronous=outbox_config.synchronous)
         try:
-            _COMMANDS[command](outbox, args, out, err, now())
+            work(outbox)
         finally:
             outbox.close()
     except OutboxError as exc:
@@ -145,18 +151,14 @@ def _run_rejected(args: argparse.Namespace, outbox_config: OutboxConfig, out: Te
     if args.endpoint or args.state != "all":
         print("outbox list --rejected: --state and --endpoint select deliveries, not frames", file=err)
         return EX_USAGE
-    if not outbox_config.path.exists():
-        print(f"no outbox at {outbox_config.path}", file=err)
-        return EX_NOINPUT
-    try:
-        outbox = Outbox.open(outbox_config.path, synchronous=outbox_config.synchronous)
-        try:
-            rows = outbox.rejected(ids=args.ids, limit=len(args.ids) or args.limit, bodies=bool(args.ids))
-        finally:
-            outbox.close()
-    except OutboxError as exc:
-        print(f"outbox list failed: {exc}", file=err)
-        return failed(exc)
+    rows: list[RejectedFrame] = []
+
+    def read(outbox: Outbox) -> None:
+        rows.extend(outbox.rejected(ids=args.ids, limit=len(args.ids) or args.limit, bodies=bool(args.ids)))
+
+    code = _on_outbox(outbox_config, "list", err, read)
+    if code != EX_OK:
+        return code
     for row in rows:
         _print_rejected(row, args, out)
     missing = [i for i in args.ids if i not in {row.id for row in rows}]
