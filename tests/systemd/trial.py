@@ -21,12 +21,14 @@ and delivered, every webhook signed with the secret the service read from its cr
 directory; ``systemctl reload`` applies the configuration; the watchdog is pinged (with
 ``--watchdog``: a daemon frozen by SIGSTOP is killed and restarted); the unit runs one process, with
 no children, while it ingests and delivers; ``systemctl
-stop`` mid-burst ends with ``Result=success``, exit 0, ``listener.stopped`` last and no error line.
+stop`` mid-burst ends with ``Result=success``, exit 0, ``listener.stopped`` last and no error line;
+with another process holding the outbox's lock, the unit fails with 75 and is not restarted.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -224,6 +226,22 @@ class Trial:
         self.check("stop mid-burst", shown["Result"] == "success" and shown["ExecMainStatus"] == "0"
                    and lines[-1].get("event") == "listener.stopped" and not bad,
                    f"{shown}, last line {lines[-1].get('event')}, error lines {bad[:3]}")
+        self.refused()
+
+    def refused(self) -> None:
+        """Another process holds the outbox's lock: the unit fails with 75 and systemd does not restart it."""
+        before = self.show("NRestarts")["NRestarts"]
+        lock = Path("/var/lib/private") / STATE / "outbox.sqlite3.lock"
+        with lock.open("a") as held:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.ctl("start", UNIT, check=False)
+            wait_for("the unit failed", lambda: self.show("ActiveState")["ActiveState"] == "failed", 30)
+            shown = self.show("Result", "ExecMainStatus", "NRestarts")
+        locked = self.events("listener.outbox_locked")
+        self.check("a second holder of the outbox is refused with 75, not restarted",
+                   shown["ExecMainStatus"] == "75" and shown["NRestarts"] == before and locked == 1,
+                   f"{shown}, {locked} listener.outbox_locked line")
+        self.ctl("reset-failed", UNIT)
 
     def processes(self) -> list[int]:
         """The host PIDs of every process in the trial's namespace but systemd and our systemctl calls."""
