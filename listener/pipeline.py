@@ -165,21 +165,28 @@ class Pipeline:
                 self.log.exception("call.handler_failed", channel_uuid=document.get("channel_uuid"),
                                    event_name=HANGUP_COMPLETE)
 
-    def commit(self, ready: list[Document]) -> None:
-        """Store the documents in one outbox commit, then write one line per call (never before)."""
+    def commit(self, ready: list[Document]) -> int:
+        """Store the documents in one outbox commit, then write one line per call (never before).
+
+        A leg taken before, from either source (the Event Socket, a CDR file), is neither stored nor
+        logged again. Returns how many documents were new."""
         if self.store is not None:
             try:
                 created = self.store.put(ready)
             except OutboxError as exc:
                 self._not_stored(ready, exc)
-                return
+                return 0
             if created and self.delivery is not None:
                 self.delivery.wake(created)
+            duplicates: frozenset[str] = getattr(created, "duplicates", frozenset())  # a writer's Stored
+            if duplicates:
+                ready = [document for document in ready if document.get("id") not in duplicates]
         with logs.held():  # the batch's lines in one write, flushed when it ends
             for document in ready:
                 if self.metrics is not None:
                     self.metrics.call_classified(self.node.name, document)
                 self.log.info("call.classified", call=self.redact(document) if self.redact else document)
+        return len(ready)
 
     def _not_stored(self, ready: list[Document], exc: OutboxError) -> None:
         """The outbox refused the batch: each document logged whole (never lost silently), masked as the

@@ -140,7 +140,7 @@ def test_a_fault_that_cannot_clear_fails_the_writer_for_good(tmp_path: Path, mad
     def damaged(*_: Any) -> Any:
         raise OutboxError("outbox put failed: database disk image is malformed", "SQLITE_CORRUPT")
 
-    writer.outbox.put = damaged  # type: ignore[method-assign]
+    writer.outbox.take = damaged  # type: ignore[method-assign]
     with pytest.raises(OutboxError):
         writer.put([doc(1)])
     assert writer.failure is not None

@@ -34,7 +34,7 @@ from listener.core.errors import OutboxClosedError, OutboxError
 from listener.core.rejection import Rejection
 from listener.core.retry import reconnect_delay
 from listener.core.signing import render
-from listener.outbox.store import Entry, Outbox
+from listener.outbox.store import Entry, Leg, Outbox
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -67,6 +67,29 @@ def _outcome(fn: Callable[..., Any], args: Any, kwargs: Any) -> tuple[bool, Any]
         return True, exc
 
 
+class Stored(frozenset[str]):
+    """What ``put`` returns: the endpoints that got new rows (a frozenset of their names), and in
+    ``duplicates`` the ids of the documents that were taken before, from either source: those were
+    not stored again and are not to be logged again."""
+
+    duplicates: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, endpoints: frozenset[str], duplicates: frozenset[str]) -> Stored:
+        stored = cls(endpoints)
+        stored.duplicates = duplicates
+        return stored
+
+
+def leg_of(document: Mapping[str, Any]) -> Leg:
+    """The leg a document is of: its id, its channel's Unique-ID, its node's name."""
+    node = document.get("node")
+    name = node.get("name") if isinstance(node, Mapping) else None
+    unique_id = document.get("channel_uuid")
+    return Leg(str(document["id"]), unique_id if isinstance(unique_id, str) else "",
+               name if isinstance(name, str) else "")
+
+
 def entry_for(document: Mapping[str, Any], webhooks: Sequence[WebhookConfig]) -> Entry:
     """The outbox entry of one document: its id, its body, the endpoints whose filters accept it."""
     event_id = document.get("id")
@@ -90,7 +113,7 @@ class OutboxWriter:
         self._rand = rand
         self._retry = (retry_initial_s, retry_max_s)
         self._pool = gevent.threadpool.ThreadPool(1)
-        self._queue: list[tuple[list[Entry], Waiter]] = []
+        self._queue: list[tuple[list[Entry], list[Leg], Waiter]] = []
         self._wake = gevent.event.Event()
         self._retry_now = gevent.event.Event()
         self._closing = False
@@ -144,13 +167,13 @@ class OutboxWriter:
             raise OutboxClosedError("the outbox writer is closed")
         if self._give_up_at is not None and self.unavailable is not None:
             raise self.unavailable  # shutting down: no more waiting
-        entries = [e for e in (entry_for(d, self._webhooks) for d in documents) if e.endpoints]
-        if not entries:
-            return frozenset()
+        if not documents:
+            return Stored()
+        entries = [entry_for(d, self._webhooks) for d in documents]  # every leg is remembered as taken
         waiter = gevent.event.AsyncResult()
-        self._queue.append((entries, waiter))
+        self._queue.append((entries, [leg_of(d) for d in documents], waiter))
         self._wake.set()
-        created: frozenset[str] = waiter.get()
+        created: Stored = waiter.get()
         return created
 
     def reject(self, rejection: Rejection) -> int:
@@ -192,29 +215,30 @@ class OutboxWriter:
             elif self._closing:
                 return
 
-    def _commit(self, batch: list[tuple[list[Entry], Waiter]]) -> None:
+    def _commit(self, batch: list[tuple[list[Entry], list[Leg], Waiter]]) -> None:
         """Commit the batch, waiting out transient faults; then answer every waiter."""
-        entries = [entry for entries, _ in batch for entry in entries]
+        entries = [entry for entries, _, _ in batch for entry in entries]
+        legs = [leg for _, legs, _ in batch for leg in legs]
         failures = 0
         while True:
             try:
                 if self.failure is not None:
                     raise self.failure
-                created = self.call(self.outbox.put, entries, self.clock())
+                created, duplicates = self.call(self.outbox.take, legs, entries, self.clock())
             except OutboxError as exc:
                 if exc.transient and not self._giving_up():
                     self._wait_out(exc, failures, len(entries))
                     failures += 1
                     continue
-                for _, waiter in batch:
+                for _, _, waiter in batch:
                     waiter.set_exception(exc)
                 return
             break
         if self.unavailable is not None:
             self._recovered(failures)
-        endpoints = frozenset(created)
-        for _, waiter in batch:
-            waiter.set(endpoints)
+        stored = Stored.of(frozenset(created), duplicates)
+        for _, _, waiter in batch:
+            waiter.set(stored)
 
     def _giving_up(self) -> bool:
         return self._give_up_at is not None and time.monotonic() >= self._give_up_at
