@@ -14,6 +14,7 @@ endpoints that got rows are woken. If the outbox cannot take them, each is logge
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from listener.config.settings import Node
@@ -141,6 +142,18 @@ class Pipeline:
             return {"body_withheld": "masking on"}
         text, cut = rejection.preview()
         return {"body": text, "body_truncated": True} if cut else {"body": text}
+
+    def recover(self, events: Sequence[HangupEvent]) -> int:
+        """Hangups read from another source (CDR files) through the same chain; how many were new
+        (a leg the Event Socket delivered already is neither stored nor logged again)."""
+        tally, ready = Tally(), list[Document]()
+        for event in events:
+            self.take(event, tally, ready)
+        return self.commit(ready) if ready else 0
+
+    def reject_file(self, path: Path, body: bytes, reason: str) -> None:
+        """A CDR file that is complete JSON but not a CDR: said once; the file itself stays where it is."""
+        self.log.error("cdr.file_rejected", file=str(path), reason=reason, size=len(body))
 
     def take(self, event: HangupEvent, tally: Tally, ready: list[Document]) -> None:
         """A hangup becomes its document; a heartbeat is counted; any other event is only counted."""

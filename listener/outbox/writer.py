@@ -34,12 +34,15 @@ from listener.core.errors import OutboxClosedError, OutboxError
 from listener.core.rejection import Rejection
 from listener.core.retry import reconnect_delay
 from listener.core.signing import render
-from listener.outbox.store import Entry, Leg, Outbox
+from listener.outbox.store import BATCH, Entry, Leg, Outbox
 
 P = ParamSpec("P")
 T = TypeVar("T")
 Clock = Callable[[], float]
 log = structlog.get_logger(__name__)
+TAKEN_RETENTION_S = 7 * 86400.0
+FORGET_EVERY_S = 3600.0
+"""How often legs taken longer ago than the retention are forgotten (in batches, beside the commits)."""
 RETRY_INITIAL_S = 0.25
 RETRY_MAX_S = 10.0
 Waiter = Any  # gevent.event.AsyncResult (gevent ships no type information)
@@ -104,7 +107,8 @@ class OutboxWriter:
     def __init__(
         self, outbox: Outbox, webhooks: Sequence[WebhookConfig], *, clock: Clock | None = None,
         rand: Callable[[], float] = random.random, retry_initial_s: float = RETRY_INITIAL_S,
-        retry_max_s: float = RETRY_MAX_S,
+        retry_max_s: float = RETRY_MAX_S, taken_retention_s: float = TAKEN_RETENTION_S,
+        forget_every_s: float = FORGET_EVERY_S,
     ) -> None:
         self.outbox = outbox
         self._webhooks = tuple(webhooks)
@@ -126,7 +130,9 @@ class OutboxWriter:
         self.resumed_at: float | None = None
         self.changed = gevent.event.Event()
         """Set at each change of state (unavailable, recovered, failed); the watcher clears it."""
+        self.taken_retention_s = taken_retention_s
         self._committer = gevent.spawn(self._commit_loop)
+        self._forgetter = gevent.spawn(self._forget_loop, forget_every_s)
 
     @classmethod
     def open(cls, config: OutboxConfig, webhooks: Sequence[WebhookConfig], *, clock: Clock | None = None,
@@ -205,6 +211,34 @@ class OutboxWriter:
             log.critical("outbox.failed", error=str(exc), code=exc.code, path=str(self.outbox.path))
             self.changed.set()
 
+    def taken_unique_ids(self, unique_ids: Sequence[str]) -> frozenset[str]:
+        """Which of these channel Unique-IDs are of legs already taken (``Outbox.taken_unique_ids``)."""
+        if not unique_ids:
+            return frozenset()
+        return self.call(self.outbox.taken_unique_ids, unique_ids)
+
+    def last_taken_at(self, node: str) -> float | None:
+        """When the newest leg of ``node`` was taken, by this writer's clock (None: none remembered)."""
+        return self.call(self.outbox.last_taken_at, node)
+
+    def forget_old(self) -> int:
+        """Forget the legs taken longer ago than the retention; how many. A fault is left for next time."""
+        forgotten, before = 0, self.clock() - self.taken_retention_s
+        while True:
+            try:
+                count = self.call(self.outbox.forget_taken, before)
+            except OutboxError as exc:
+                log.info("outbox.forget_deferred", error=str(exc), code=exc.code)
+                return forgotten
+            forgotten += count
+            if count < BATCH:
+                return forgotten
+
+    def _forget_loop(self, every_s: float) -> None:
+        while True:
+            self.forget_old()
+            gevent.sleep(every_s)
+
     def _commit_loop(self) -> None:
         while True:
             self._wake.wait()
@@ -282,6 +316,7 @@ class OutboxWriter:
         if self._give_up_at is None:
             self.give_up_after(deadline_s)
         self._closing = True
+        self._forgetter.kill(block=True, timeout=1.0)
         self._wake.set()
         self._committer.join()
         try:
