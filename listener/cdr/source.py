@@ -34,9 +34,9 @@ from typing import Any, Protocol
 
 import gevent
 import gevent.event
-from listener.core.cdr import event_from_cdr, unique_id_from_name
 
 from listener.cdr.inotify import IN_CREATE, InotifyError, Watcher
+from listener.core.cdr import event_from_cdr, unique_id_from_name
 from listener.core.errors import CDRIncompleteError, EventError, OutboxError
 from listener.core.event import HangupEvent
 from listener.esl.connection import TimeSlice

@@ -270,9 +270,11 @@ class OutboxWriter:
             break
         if self.unavailable is not None:
             self._recovered(failures)
-        stored = Stored.of(frozenset(created), duplicates)
-        for _, _, waiter in batch:
-            waiter.set(stored)
+        endpoints, seen = frozenset(created), set[str]()
+        for _, legs, waiter in batch:  # a leg twice in one commit (both sources at once) is new for one
+            ids = {leg.id for leg in legs}
+            waiter.set(Stored.of(endpoints, frozenset((ids & duplicates) | (ids & seen))))
+            seen |= ids
 
     def _giving_up(self) -> bool:
         return self._give_up_at is not None and time.monotonic() >= self._give_up_at
