@@ -96,7 +96,8 @@ def test_legs_the_event_socket_missed_are_recovered_from_cdr_files_and_each_deli
     assert set(classified.values()) == {1}  # and logged once
 
 
-def test_files_written_while_the_daemon_was_away_are_recovered_at_start(tmp_path: Path, receiver: Receiver) -> None:
+def test_files_written_while_the_daemon_was_away_are_recovered_at_start(
+        tmp_path: Path, receiver: Receiver) -> None:
     cdr_dir = tmp_path / "json_cdr"
     cdr_dir.mkdir()
     with FakeFreeSWITCH() as fake:
