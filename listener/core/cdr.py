@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import unquote
 
 import orjson
@@ -88,11 +88,15 @@ def _load(data: bytes) -> dict[str, Any]:
         cdr = _load_replacing(data, exc)
     except RecursionError:
         raise EventError("CDR is not usable JSON: nested too deeply") from None
-    if not isinstance(cdr, dict):
-        raise EventError("not a JSON CDR: not a JSON object")
-    if not isinstance(cdr.get("variables"), dict) or not isinstance(cdr.get("callflow"), list):
+    if not is_cdr(cdr):
         raise EventError("not a JSON CDR: no 'variables' object and 'callflow' list")
     return cdr
+
+
+def is_cdr(obj: object) -> TypeGuard[dict[str, Any]]:
+    """Whether parsed JSON is a CDR: an object with a ``variables`` object and a ``callflow`` list."""
+    return (isinstance(obj, dict) and isinstance(obj.get("variables"), dict)
+            and isinstance(obj.get("callflow"), list))
 
 
 def _load_replacing(data: bytes, first: orjson.JSONDecodeError) -> Any:
