@@ -1,9 +1,9 @@
-"""Command line: ``run`` (the daemon), ``classify`` (saved ESL traffic), ``check-config``, ``outbox``.
+"""Command line: ``run`` (the daemon), ``classify`` (ESL captures, JSON CDRs), ``check-config``, ``outbox``.
 
 gevent's monkey-patching happens here, first, and only for ``run``. Exit codes are the one map of
 ``listener.core.exits`` (sysexits): 78 for an invalid configuration, 74 for an outbox that cannot be
 used as it is, 75 when another process holds the outbox lock or the health port, 65 for unusable
-``classify`` input.
+``classify`` input (or input with no CHANNEL_HANGUP_COMPLETE in it).
 """
 
 from __future__ import annotations
@@ -13,11 +13,14 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from listener import __version__
 from listener.core.exits import EX_CONFIG, EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_OK, EX_TEMPFAIL
 from listener.outbox.commands import add_outbox_parser
+
+if TYPE_CHECKING:
+    from listener.config.settings import Config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,9 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     classify = commands.add_parser(
-        "classify", help="classify saved ESL traffic (wire frames, plain or JSON events)"
+        "classify", help="classify saved ESL traffic (wire frames, plain or JSON events) or JSON CDR files"
     )
-    classify.add_argument("files", nargs="*", type=Path, help="capture files (default: stdin)")
+    classify.add_argument("files", nargs="*", type=Path,
+                          help="capture files, *.cdr.json files, directories of *.cdr.json (default: stdin)")
     classify.add_argument("--config", type=Path, help="TOML configuration (for its rules)")
     classify.add_argument("--node", default="capture", help="node name written in each document")
     classify.set_defaults(func=_classify)
@@ -120,32 +124,64 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _classify(args: argparse.Namespace) -> int:
+    """Every CHANNEL_HANGUP_COMPLETE of every input as one document a line; 65 for an input with none."""
     from listener.config.settings import Config  # noqa: PLC0415
-    from listener.core import capture, document  # noqa: PLC0415
-    from listener.core.errors import ListenerError  # noqa: PLC0415
 
     cfg = _load(args.config, sys.stderr)
     if not isinstance(cfg, Config):
         return EX_CONFIG
     code = EX_OK
-    sources = [(str(p), p) for p in args.files] or [("<stdin>", None)]
-    for name, path in sources:
-        try:
-            data = path.read_bytes() if path is not None else sys.stdin.buffer.read()
-        except OSError as exc:
-            print(f"hangup-listener: {name}: {exc.strerror or exc}", file=sys.stderr)
-            code = EX_NOINPUT
-            continue
-        try:
-            for event in capture.read_events(data):
-                if event.is_hangup_complete:
-                    built = document.build(event, cfg.classifier.classify(event), args.node)
-                    sys.stdout.write(json.dumps(built, ensure_ascii=False) + "\n")
-        except ListenerError as exc:
-            print(f"hangup-listener: {name}: {exc}", file=sys.stderr)
-            code = EX_DATAERR
+    for name, path in _classify_inputs(args.files):
+        code = max(code, _classify_input(name, path, cfg, args.node))
     sys.stdout.flush()
     return code
+
+
+def _classify_inputs(files: Sequence[Path]) -> list[tuple[str, Path | None]]:
+    """The inputs by name: each file, every ``*.cdr.json`` below each directory (sorted), else stdin."""
+    from listener.core.cdr import SUFFIX  # noqa: PLC0415
+
+    inputs: list[tuple[str, Path | None]] = []
+    for path in files:
+        found = sorted(path.rglob("*" + SUFFIX)) if path.is_dir() else [path]
+        inputs.extend((str(p), p) for p in found or [path])
+    return inputs or [("<stdin>", None)]
+
+
+def _classify_input(name: str, path: Path | None, cfg: Config, node: str) -> int:
+    """Read one input (None: stdin) and classify it; a directory here has no CDR file below it."""
+    if path is not None and path.is_dir():
+        return _no_hangup(name)
+    try:
+        data = path.read_bytes() if path is not None else sys.stdin.buffer.read()
+    except OSError as exc:
+        print(f"hangup-listener: {name}: {exc.strerror or exc}", file=sys.stderr)
+        return EX_NOINPUT
+    return _classify_one(name, data, cfg, node)
+
+
+def _classify_one(name: str, data: bytes, cfg: Config, node: str) -> int:
+    """Print the documents of one input; EX_DATAERR when it is unusable or holds no hangup."""
+    from listener.core import capture, cdr, document  # noqa: PLC0415
+    from listener.core.errors import ListenerError  # noqa: PLC0415
+
+    count = 0
+    try:
+        events = [cdr.event_from_cdr(data)] if name.endswith(cdr.SUFFIX) else capture.read_events(data)
+        for event in events:
+            if event.is_hangup_complete:
+                built = document.build(event, cfg.classifier.classify(event), node)
+                sys.stdout.write(json.dumps(built, ensure_ascii=False) + "\n")
+                count += 1
+    except ListenerError as exc:
+        print(f"hangup-listener: {name}: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    return EX_OK if count else _no_hangup(name)
+
+
+def _no_hangup(name: str) -> int:
+    print(f"hangup-listener: {name}: no CHANNEL_HANGUP_COMPLETE event in it", file=sys.stderr)
+    return EX_DATAERR
 
 
 def _outbox(args: argparse.Namespace) -> int:

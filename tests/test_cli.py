@@ -65,6 +65,52 @@ def test_classify_reports_unusable_input_and_a_missing_file() -> None:
     assert missing.returncode == 66
 
 
+CDR_CALL = ROOT / "tests" / "data" / "fixtures-cdr" / "answered_caller_bye"
+
+
+def test_classify_reads_json_cdr_files_like_the_esl_events_of_their_legs() -> None:
+    cdrs = sorted((CDR_CALL / "json_cdr").glob("*.cdr.json"))
+    from_cdr = lines(cli("classify", *map(str, cdrs)).stdout)
+    from_esl = {d["id"]: d for d in lines(cli("classify", str(CDR_CALL / "hangup_complete.json.txt")).stdout)}
+    assert [d["channel_uuid"] for d in from_cdr] == ["24d4c6f3-1e21-4034-aa25-18e3afcc66f8",
+                                                    "596e6d5e-a9ff-49b4-88b1-aeaf25db2f0f"]
+    assert [d["status"] for d in from_cdr] == [from_esl[d["id"]]["status"] for d in from_cdr]
+    from_stdin = cli("classify", stdin=cdrs[0].read_bytes())
+    assert lines(from_stdin.stdout) == from_cdr[:1], from_stdin.stderr
+
+
+def test_classify_reads_every_cdr_file_below_a_directory_sorted_rotated_ones_too(tmp_path: Path) -> None:
+    cdrs = sorted((CDR_CALL / "json_cdr").glob("*.cdr.json"))
+    rotated = tmp_path / "2026" / "12" / "05" / "15"
+    rotated.mkdir(parents=True)
+    (rotated / cdrs[0].name).write_bytes(cdrs[0].read_bytes())
+    (tmp_path / cdrs[1].name).write_bytes(cdrs[1].read_bytes())
+    (tmp_path / "notes.txt").write_text("not a CDR")
+    result = cli("classify", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert [d["channel_uuid"] for d in lines(result.stdout)] == ["24d4c6f3-1e21-4034-aa25-18e3afcc66f8",
+                                                                "596e6d5e-a9ff-49b4-88b1-aeaf25db2f0f"]
+
+
+def test_classify_says_a_cdr_file_is_incomplete_and_goes_on_with_the_others(tmp_path: Path) -> None:
+    cdr = next((CDR_CALL / "json_cdr").glob("a_*.cdr.json"))
+    partial = tmp_path / "partial.cdr.json"
+    partial.write_bytes(cdr.read_bytes()[:500])
+    result = cli("classify", str(partial), str(cdr))
+    assert result.returncode == 65
+    assert b"partial.cdr.json: CDR ends before its JSON does" in result.stderr
+    assert len(lines(result.stdout)) == 1
+
+
+def test_classify_says_when_an_input_holds_no_hangup_event_and_exits_65(tmp_path: Path) -> None:
+    answer = b"Event-Name: CHANNEL_ANSWER\nUnique-ID: x\n\n"
+    for args, stdin in (((), b""), ((), answer), ((str(tmp_path),), None)):
+        result = cli("classify", *args, stdin=stdin)
+        assert result.returncode == 65, (args, stdin)
+        assert b"no CHANNEL_HANGUP_COMPLETE event" in result.stderr
+        assert result.stdout == b""
+
+
 def test_check_config_exits_78_and_names_each_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[[freeswitch]]\nport = "x"\npassword = "hunter2"\n[esl]\nqueue_size = 0\n')

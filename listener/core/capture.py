@@ -3,7 +3,7 @@
 Accepted, detected from the content: raw frames exactly as captured on the wire
 (``text/event-plain`` or ``text/event-json``, other frames skipped), bare plain-format events
 (``Name: value`` lines, events separated by blank lines), or JSON events (one object, an array of
-objects, or one object per line).
+objects, or one object per line), or one leg's JSON CDR file (mod_json_cdr; ``listener.core.cdr``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+from listener.core import cdr
 from listener.core.errors import EventError
 from listener.core.event import HangupEvent, parse_header_block
 from listener.core.frame import FrameDecoder
@@ -56,6 +57,9 @@ def _json_events(data: bytes) -> Iterator[HangupEvent]:
         lines = enumerate(text.splitlines(), 1)
         objects = [_json_line(number, line) for number, line in lines if line.strip()]
     else:
+        if cdr.is_cdr(whole):
+            yield cdr.event_from_cdr(data)
+            return
         objects = whole if isinstance(whole, list) else [whole]
     for obj in objects:
         yield HangupEvent.from_json(json.dumps(obj))

@@ -29,6 +29,14 @@ class EventError(ListenerError):
     """An ESL frame was framed correctly but does not hold a usable event."""
 
 
+class CDRIncompleteError(EventError):
+    """A JSON CDR file's bytes are not (yet) complete JSON: mod_json_cdr may still be writing it.
+
+    mod_json_cdr writes each file from a background thread, shortly after the hangup, so a
+    caller that sees this retries the file later (a file that never completes is its call).
+    """
+
+
 class ESLError(ListenerError):
     """Talking to FreeSWITCH failed (connect, authenticate, subscribe, command)."""
 
