@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import gevent
 import gevent.event
 
-from listener.cdr.inotify import IN_CREATE, InotifyError, Watcher
+from listener.cdr.inotify import IN_CLOSE_WRITE, IN_CREATE, IN_MOVED_TO, InotifyError, Watcher
 from listener.core.cdr import event_from_cdr, unique_id_from_name
 from listener.core.errors import CDRIncompleteError, EventError, OutboxError
 from listener.core.event import HangupEvent
@@ -134,13 +134,16 @@ class CDRSource:
         self.scan(since, "start")
         if self.reconnects is not None:
             self._connections = self.reconnects()[0]
-        while not self._stopping.is_set():
-            self._turn()
+        try:
+            while not self._stopping.is_set():
+                self._turn()
+        finally:
+            if self._watcher is not None:  # here, never from another greenlet: libev watches its descriptor
+                self._watcher.close()
 
     def stop(self) -> None:
+        """Stop within a second (the longest a turn waits); the watch is closed by ``run`` itself."""
         self._stopping.set()
-        if self._watcher is not None:
-            self._watcher.close()
 
     def _watch(self) -> None:
         """inotify on the folder and its subfolders; without it (a limit), scans every minute instead."""
@@ -169,7 +172,7 @@ class CDRSource:
             if change.is_dir and change.mask & IN_CREATE:
                 with contextlib.suppress(InotifyError):
                     self._watcher.watch(change.path)  # a rotation: mod_json_cdr's new subfolder
-            elif change.name.endswith(SUFFIX):
+            elif change.mask & (IN_CLOSE_WRITE | IN_MOVED_TO) and change.name.endswith(SUFFIX):
                 self._arrived.setdefault(change.path, time.monotonic() + self.settle_s)
         if self._watcher.overflowed:
             self._watcher.overflowed = False
@@ -207,6 +210,8 @@ class CDRSource:
         found: list[Path] = []
         taken = 0
         for path in cdr_files(self.folder, since):
+            if self._stopping.is_set():
+                break
             found.append(path)
             if len(found) >= BATCH:
                 taken += self._take(found, reason)
