@@ -126,3 +126,37 @@ def test_files_written_while_the_daemon_was_away_are_recovered_at_start(
         finally:
             again.kill()
     assert set(delivered(receiver).values()) == {1}
+
+
+def test_a_freeswitch_restart_while_calls_go_on_loses_nothing_with_cdr_dir(
+        tmp_path: Path, receiver: Receiver) -> None:
+    cdr_dir = tmp_path / "json_cdr"
+    cdr_dir.mkdir()
+    first, during, after = SCENARIOS[0], SCENARIOS[1:3], SCENARIOS[3]
+    with FakeFreeSWITCH() as fake:
+        daemon = Daemon(config_for(tmp_path, fake, receiver.url(), cdr_dir))
+        try:
+            daemon.expect("listener.started")
+            session = fake.next_session(timeout=15)
+            session.send(b"".join(frame("text/event-json", body) for body in esl_bodies(first)))
+            copy_cdrs(first, cdr_dir)
+            daemon.expect("call.classified")
+            session.disconnect_notice()  # FreeSWITCH shuts down...
+            session.close()
+            fake.core_uuid = "7c1d5e4f-0b7a-4e63-9a51-2f3c4d5e6f70"  # ...and comes back as a new instance
+            for scenario in during:  # calls ended meanwhile: only their CDR files have them
+                copy_cdrs(scenario, cdr_dir)
+            session = fake.next_session(timeout=15)
+            session.send(b"".join(frame("text/event-json", body) for body in esl_bodies(after)))
+            copy_cdrs(after, cdr_dir)
+            want = set().union(*(ids_of(esl_bodies(s)) for s in SCENARIOS))
+            with gevent.Timeout(30, AssertionError(f"delivered {dict(delivered(receiver))}")):
+                while set(delivered(receiver)) != want:
+                    receiver.get(timeout=30)
+            daemon.send(signal.SIGTERM)
+            assert daemon.finish() == 0
+        finally:
+            daemon.kill()
+    assert set(delivered(receiver).values()) == {1}
+    lines = [json.loads(line) for line in daemon.output if line.startswith("{")]
+    assert any(line["event"] == "esl.freeswitch_restarted" for line in lines)
