@@ -22,7 +22,7 @@ import gevent.event
 from listener.config.settings import ESLSettings, Node
 from listener.core.errors import AuthError, ESLError
 from listener.core.frame import Frame
-from listener.core.retry import reconnect_delay
+from listener.core.retry import Reconnect, next_reconnect
 from listener.esl.connection import ESLStats, HardenedInboundESL
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -50,7 +50,12 @@ Transform = Callable[[Sequence[Frame]], Tally]
 
 
 class ESLSource:
-    """Keeps one node connected and subscribed forever, with capped, jittered backoff."""
+    """Keeps one node connected and subscribed forever, with capped, jittered backoff.
+
+    Losing a connection that had been up a minute reconnects at once, then at most 2 s apart for a
+    minute (a FreeSWITCH restart takes seconds); only a node unreachable for longer backs off to
+    ``backoff_max`` (``listener.core.retry.next_reconnect``).
+    """
 
     def __init__(
         self,
@@ -60,17 +65,21 @@ class ESLSource:
         log: Any,
         *,
         rand: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.node = node
         self.settings = settings
         self.pipeline = pipeline
         self.log = log.bind(node=node.name, host=node.host, port=node.port)
         self.rand = rand
+        self.clock = clock
+        """The monotonic clock of the reconnect schedule and of gaps within a run."""
         self.on_state: Callable[[ESLSource], None] | None = None
         self.stats = ESLStats()
         self._state = "starting"
         self.connections = 0
-        self._attempt = 0
+        self._reconnect = Reconnect()
+        self._connected_at = 0.0
         self._stopping = gevent.event.Event()
         self._conn: HardenedInboundESL | None = None
         self._lost_at: float | None = None
@@ -139,23 +148,26 @@ class ESLSource:
     def _listen(self, conn: HardenedInboundESL) -> float | None:
         self.connections += 1
         self.state = "connected"
-        self._attempt = 0
+        self._reconnect = Reconnect()
+        self._connected_at = self.clock()
         self.log.info("esl.connected", events=list(self.settings.events))
         self._report_gap()
         self._ask_core_uuid(conn)
         conn.wait_processed()
-        self._lost_at = time.monotonic()
+        self._lost_at = now = self.clock()
         if self._stopping.is_set():
             return None
+        self._reconnect = self._reconnect.lost(now - self._connected_at, now)
         delay = self._next_delay()
-        self.log.warning("esl.connection_lost", reason=conn.close_reason, reconnect_in=round(delay, 3))
+        self.log.warning("esl.connection_lost", reason=conn.close_reason, reconnect_in=round(delay, 3),
+                         connected_for_s=round(now - self._connected_at, 3))
         return delay
 
     def _report_gap(self) -> None:
         """FreeSWITCH does not replay what a disconnected listener missed: say how long we were blind."""
         if self._lost_at is None:
             return
-        gap = time.monotonic() - self._lost_at
+        gap = self.clock() - self._lost_at
         self.stats.gaps += 1
         self.stats.gap_seconds += gap
         self.stats.last_gap_seconds = gap
@@ -182,11 +194,11 @@ class ESLSource:
             self.log.warning("esl.freeswitch_restarted", previous_core_uuid=previous, core_uuid=core_uuid)
 
     def _next_delay(self) -> float:
+        """The wait before the next attempt (``listener.core.retry.next_reconnect``), one attempt on."""
         settings = self.settings
-        delay = reconnect_delay(
-            self._attempt, initial=settings.backoff_initial, cap=settings.backoff_max, rand=self.rand
-        )
-        self._attempt += 1
+        delay, self._reconnect = next_reconnect(
+            self._reconnect, self.clock(), initial=settings.backoff_initial, cap=settings.backoff_max,
+            rand=self.rand)
         return delay
 
     def abandon(self) -> int:
