@@ -27,6 +27,7 @@ from listener.config.settings import Config
 from listener.core.errors import ConfigError, OutboxError
 from listener.core.exits import EX_IOERR, EX_OK, EX_TEMPFAIL
 from listener.core.privacy import Redactor
+from listener.esl.nodestate import NodeStateFile
 from listener.esl.source import ESLSource
 from listener.outbox.lock import OutboxLock
 from listener.outbox.opening import open_outbox
@@ -53,7 +54,7 @@ class App:
     """
 
     def __init__(self, config: Config, store: Store | None = None, *, lock: OutboxLock | None = None,
-                 checked: bool = True) -> None:
+                 checked: bool = True, states: NodeStateFile | None = None) -> None:
         self.config = config
         self.writer = store if isinstance(store, OutboxWriter) else None
         self.lock = lock
@@ -82,7 +83,7 @@ class App:
                 metrics=self.metrics, redact=redact, on_outbox_failure=self._outbox_failed,
             )
             self.pipelines.append(pipeline)
-            self.sources.append(ESLSource(node, config.esl, pipeline, self.log))
+            self.sources.append(ESLSource(node, config.esl, pipeline, self.log, states=states))
         self.metrics.watch_sources(self.sources)
         self.service = Service(self.sources, config.health, self.metrics, self.log)
         self.service.pauses.append(logs.paused_until)  # without webhooks a stuck stdout pauses ingestion
@@ -100,12 +101,15 @@ class App:
 
         Raises ``OutboxLockedError`` (another daemon has it) or ``OutboxError`` (``transient``: it
         stayed unavailable through the start-up wait; otherwise it cannot be used as it is).
+        Each node's record of the previous run (``listener.esl.nodestate``) is read from the outbox's
+        folder, with or without webhooks.
         """
+        states = NodeStateFile.load(config.outbox.path.parent, structlog.get_logger("listener"))
         if not config.webhooks:
-            return cls(config)
+            return cls(config, states=states)
         opened = open_outbox(config.outbox, config.webhooks, structlog.get_logger("listener"))
         writer = OutboxWriter(opened.outbox, config.webhooks)
-        return cls(config, writer, lock=opened.lock, checked=opened.checked)
+        return cls(config, writer, lock=opened.lock, checked=opened.checked, states=states)
 
     def start(self) -> None:
         """The health listener first (``PortInUseError``), then delivery (pending messages resume), one
