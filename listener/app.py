@@ -29,6 +29,7 @@ from listener.config.settings import Config
 from listener.core.errors import ConfigError, OutboxError
 from listener.core.exits import EX_IOERR, EX_OK, EX_TEMPFAIL
 from listener.core.privacy import Redactor
+from listener.esl.nodestate import NodeStateFile
 from listener.esl.source import ESLSource
 from listener.outbox.lock import OutboxLock
 from listener.outbox.opening import open_outbox
@@ -55,7 +56,7 @@ class App:
     """
 
     def __init__(self, config: Config, store: Store | None = None, *, lock: OutboxLock | None = None,
-                 checked: bool = True) -> None:
+                 checked: bool = True, states: NodeStateFile | None = None) -> None:
         self.config = config
         self.writer = store if isinstance(store, OutboxWriter) else None
         self.lock = lock
@@ -84,7 +85,7 @@ class App:
                 metrics=self.metrics, redact=redact, on_outbox_failure=self._outbox_failed,
             )
             self.pipelines.append(pipeline)
-            self.sources.append(ESLSource(node, config.esl, pipeline, self.log))
+            self.sources.append(ESLSource(node, config.esl, pipeline, self.log, states=states))
         self.cdr_sources = [
             CDRSource(node.name, node.cdr_dir, pipeline, self.writer, self.log, metrics=self.metrics,
                       reconnects=_reconnects_of(source))
@@ -107,13 +108,16 @@ class App:
 
         Raises ``OutboxLockedError`` (another daemon has it) or ``OutboxError`` (``transient``: it
         stayed unavailable through the start-up wait; otherwise it cannot be used as it is).
+        Each node's record of the previous run (``listener.esl.nodestate``) is read from the outbox's
+        folder, with or without webhooks.
         """
+        states = NodeStateFile.load(config.outbox.path.parent, structlog.get_logger("listener"))
         if not needs_outbox(config):
-            return cls(config)
+            return cls(config, states=states)
         opened = open_outbox(config.outbox, config.webhooks, structlog.get_logger("listener"))
         retention = config.outbox.taken_retention_s
         writer = OutboxWriter(opened.outbox, config.webhooks, taken_retention_s=retention)
-        return cls(config, writer, lock=opened.lock, checked=opened.checked)
+        return cls(config, writer, lock=opened.lock, checked=opened.checked, states=states)
 
     def start(self) -> None:
         """The health listener first (``PortInUseError``), then delivery (pending messages resume), one
