@@ -160,3 +160,26 @@ def test_a_freeswitch_restart_while_calls_go_on_loses_nothing_with_cdr_dir(
     assert set(delivered(receiver).values()) == {1}
     lines = [json.loads(line) for line in daemon.output if line.startswith("{")]
     assert any(line["event"] == "esl.freeswitch_restarted" for line in lines)
+
+
+def test_cdr_dir_is_an_absolute_path_and_opens_the_outbox_even_without_webhooks(tmp_path: Path) -> None:
+    from listener.app import needs_outbox  # noqa: PLC0415
+    from listener.config import loader  # noqa: PLC0415
+    from listener.core.errors import ConfigError  # noqa: PLC0415
+
+    good = tmp_path / "good.toml"
+    good.write_text(f'[[freeswitch]]\nname = "lab"\ncdr_dir = "{tmp_path}"\n'
+                    "[outbox]\ntaken_retention_hours = 48\n")
+    config = loader.load(good)
+    assert config.nodes[0].cdr_dir == tmp_path
+    assert config.outbox.taken_retention_s == 48 * 3600
+    assert needs_outbox(config)  # the record of legs taken lives there
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[freeswitch]]\nname = "lab"\ncdr_dir = "json_cdr"\n'
+                   "[outbox]\ntaken_retention_hours = 0\n")
+    with pytest.raises(ConfigError) as caught:
+        loader.load(bad)
+    problems = " ".join(caught.value.problems)
+    assert "freeswitch[0].cdr_dir" in problems
+    assert "absolute" in problems
+    assert "outbox.taken_retention_hours" in problems
