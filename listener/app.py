@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,13 @@ import gevent.event
 import gevent.pool
 import structlog
 
+from listener.cdr.source import CDRSource
 from listener.config import loader
 from listener.config.settings import Config
 from listener.core.errors import ConfigError, OutboxError
 from listener.core.exits import EX_IOERR, EX_OK, EX_TEMPFAIL
 from listener.core.privacy import Redactor
+from listener.esl.nodestate import NodeStateFile
 from listener.esl.source import ESLSource
 from listener.outbox.lock import OutboxLock
 from listener.outbox.opening import open_outbox
@@ -53,7 +56,7 @@ class App:
     """
 
     def __init__(self, config: Config, store: Store | None = None, *, lock: OutboxLock | None = None,
-                 checked: bool = True) -> None:
+                 checked: bool = True, states: NodeStateFile | None = None) -> None:
         self.config = config
         self.writer = store if isinstance(store, OutboxWriter) else None
         self.lock = lock
@@ -70,7 +73,7 @@ class App:
         self._reload_requested = False
         self._watcher: gevent.Greenlet | None = None
         self.sink: WebhookSink | None = None
-        if self.writer is not None:
+        if self.writer is not None and config.webhooks:
             self.sink = WebhookSink(self.writer, config.webhooks, clock=self.writer.clock,  # one steady clock
                                     metrics=self.metrics)
         self.sources: list[ESLSource] = []
@@ -82,15 +85,20 @@ class App:
                 metrics=self.metrics, redact=redact, on_outbox_failure=self._outbox_failed,
             )
             self.pipelines.append(pipeline)
-            self.sources.append(ESLSource(node, config.esl, pipeline, self.log))
+            self.sources.append(ESLSource(node, config.esl, pipeline, self.log, states=states))
+        self.cdr_sources = [
+            CDRSource(node.name, node.cdr_dir, pipeline, self.writer, self.log, metrics=self.metrics,
+                      reconnects=_reconnects_of(source))
+            for node, pipeline, source in zip(config.nodes, self.pipelines, self.sources, strict=True)
+            if node.cdr_dir is not None and self.writer is not None]
         self.metrics.watch_sources(self.sources)
         self.service = Service(self.sources, config.health, self.metrics, self.log)
         self.service.pauses.append(logs.paused_until)  # without webhooks a stuck stdout pauses ingestion
         self.service.notes.append(logs.stall_note)
         self.service.readiness.add("log", lambda: Check(ok=logs.stalled_since() is None,
-                                   details=logs.stall_note()), required=self.writer is None)
-        if self.writer is not None and self.sink is not None:
-            self._watch_delivery(self.writer, self.sink)
+                                   details=logs.stall_note()), required=not config.webhooks)
+        if self.writer is not None:
+            self._watch_outbox(self.writer, self.sink)
             self.service.pauses.append(self.writer.paused_until)
             self.service.notes.append(lambda: _outbox_note(self.writer))
 
@@ -100,12 +108,16 @@ class App:
 
         Raises ``OutboxLockedError`` (another daemon has it) or ``OutboxError`` (``transient``: it
         stayed unavailable through the start-up wait; otherwise it cannot be used as it is).
+        Each node's record of the previous run (``listener.esl.nodestate``) is read from the outbox's
+        folder, with or without webhooks.
         """
-        if not config.webhooks:
-            return cls(config)
+        states = NodeStateFile.load(config.outbox.path.parent, structlog.get_logger("listener"))
+        if not needs_outbox(config):
+            return cls(config, states=states)
         opened = open_outbox(config.outbox, config.webhooks, structlog.get_logger("listener"))
-        writer = OutboxWriter(opened.outbox, config.webhooks)
-        return cls(config, writer, lock=opened.lock, checked=opened.checked)
+        retention = config.outbox.taken_retention_s
+        writer = OutboxWriter(opened.outbox, config.webhooks, taken_retention_s=retention)
+        return cls(config, writer, lock=opened.lock, checked=opened.checked, states=states)
 
     def start(self) -> None:
         """The health listener first (``PortInUseError``), then delivery (pending messages resume), one
@@ -116,6 +128,8 @@ class App:
         self.log.info("listener.started", nodes=[node.name for node in self.config.nodes])
         loops = {source.node.name: self.group.spawn(source.run) for source in self.sources}
         self.service.start(loops)
+        for cdr in self.cdr_sources:  # after READY: a scan of a large folder never delays start-up
+            self.group.spawn(cdr.run)
         if self.writer is not None:
             self._watcher = gevent.spawn(self._watch_writer, self.writer)
             if not self._checked and self.reader is not None:
@@ -144,10 +158,13 @@ class App:
                 self._fatal(writer.failure)
                 return
 
-    def _watch_delivery(self, writer: OutboxWriter, sink: WebhookSink) -> None:
-        """Readiness, liveness and metrics of the outbox and the endpoints' delivery loops."""
+    def _watch_outbox(self, writer: OutboxWriter, sink: WebhookSink | None) -> None:
+        """Readiness, liveness and metrics of the outbox and (with webhooks) the endpoints' delivery loops."""
         self.service.readiness.add("outbox", lambda: Check(
-            ok=writer.ready and sink.outbox_unavailable_since is None, details=_outbox_details(writer, sink)))
+            ok=writer.ready and (sink is None or sink.outbox_unavailable_since is None),
+            details=_outbox_details(writer, sink)))
+        if sink is None:
+            return
         self.service.readiness.add("endpoints", lambda: Check(
             ok=sink.healthy,
             details={name: {"crashed": name in sink.crashed} for name in sink.endpoints}),
@@ -188,6 +205,8 @@ class App:
             self.writer.give_up_after(timeout / 2)
         for source in self.sources:
             source.stop()
+        for cdr in self.cdr_sources:
+            cdr.stop()
         if not self.group.join(timeout=timeout):
             for source in self.sources:  # what the deadline leaves unhandled is lost: say so
                 if left := source.abandon():
@@ -309,14 +328,24 @@ def outbox_action(path: Path, exc: OutboxError) -> str:
             f"`sqlite3 <moved file> .recover | sqlite3 {path}`, then start again ({guide})")
 
 
-def _outbox_details(writer: OutboxWriter, sink: WebhookSink) -> dict[str, Any]:
+def _reconnects_of(source: ESLSource) -> Callable[[], tuple[int, float | None]]:
+    """What a CDR source watches of its node's ESL source: connections made, the last gap's length."""
+    return lambda: (source.connections, source.stats.last_gap_seconds)
+
+
+def needs_outbox(config: Config) -> bool:
+    """Webhooks need it (the durable hand-off); a node's ``cdr_dir`` too (the record of legs taken)."""
+    return bool(config.webhooks) or any(node.cdr_dir is not None for node in config.nodes)
+
+
+def _outbox_details(writer: OutboxWriter, sink: WebhookSink | None) -> dict[str, Any]:
     """The outbox as ingestion (the writer) and delivery (the endpoints' loops) find it."""
     fault = writer.failure or writer.unavailable
-    delivery = sink.outbox_unavailable_since
+    delivery = sink.outbox_unavailable_since if sink is not None else None
     unavailable = writer.unavailable is not None or delivery is not None
     state = "failed" if writer.failure else "unavailable" if unavailable else "available"
     durations = [time.monotonic() - writer.paused_since if writer.paused_since is not None else None,
-                 sink.clock() - delivery if delivery is not None else None]  # each on its own clock
+                 sink.clock() - delivery if sink is not None and delivery is not None else None]
     longest = max((d for d in durations if d is not None), default=None)
     return {"state": state, "writable": writer.ready, "code": fault.code if fault else None,
             "error": str(fault) if fault else None,

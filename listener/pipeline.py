@@ -14,6 +14,7 @@ endpoints that got rows are woken. If the outbox cannot take them, each is logge
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from listener.config.settings import Node
@@ -142,6 +143,18 @@ class Pipeline:
         text, cut = rejection.preview()
         return {"body": text, "body_truncated": True} if cut else {"body": text}
 
+    def recover(self, events: Sequence[HangupEvent]) -> int:
+        """Hangups read from another source (CDR files) through the same chain; how many were new
+        (a leg the Event Socket delivered already is neither stored nor logged again)."""
+        tally, ready = Tally(), list[Document]()
+        for event in events:
+            self.take(event, tally, ready)
+        return self.commit(ready) if ready else 0
+
+    def reject_file(self, path: Path, body: bytes, reason: str) -> None:
+        """A CDR file that is complete JSON but not a CDR: said once; the file itself stays where it is."""
+        self.log.error("cdr.file_rejected", file=str(path), reason=reason, size=len(body))
+
     def take(self, event: HangupEvent, tally: Tally, ready: list[Document]) -> None:
         """A hangup becomes its document; a heartbeat is counted; any other event is only counted."""
         name = event.event_name
@@ -165,21 +178,28 @@ class Pipeline:
                 self.log.exception("call.handler_failed", channel_uuid=document.get("channel_uuid"),
                                    event_name=HANGUP_COMPLETE)
 
-    def commit(self, ready: list[Document]) -> None:
-        """Store the documents in one outbox commit, then write one line per call (never before)."""
+    def commit(self, ready: list[Document]) -> int:
+        """Store the documents in one outbox commit, then write one line per call (never before).
+
+        A leg taken before, from either source (the Event Socket, a CDR file), is neither stored nor
+        logged again. Returns how many documents were new."""
         if self.store is not None:
             try:
                 created = self.store.put(ready)
             except OutboxError as exc:
                 self._not_stored(ready, exc)
-                return
+                return 0
             if created and self.delivery is not None:
                 self.delivery.wake(created)
+            duplicates: frozenset[str] = getattr(created, "duplicates", frozenset())  # a writer's Stored
+            if duplicates:
+                ready = [document for document in ready if document.get("id") not in duplicates]
         with logs.held():  # the batch's lines in one write, flushed when it ends
             for document in ready:
                 if self.metrics is not None:
                     self.metrics.call_classified(self.node.name, document)
                 self.log.info("call.classified", call=self.redact(document) if self.redact else document)
+        return len(ready)
 
     def _not_stored(self, ready: list[Document], exc: OutboxError) -> None:
         """The outbox refused the batch: each document logged whole (never lost silently), masked as the

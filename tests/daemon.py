@@ -20,10 +20,15 @@ import gevent
 
 
 class Daemon:
-    """``hangup-listener run --config PATH`` with extra environment variables."""
+    """``hangup-listener run --config PATH`` with extra environment variables.
+
+    As under systemd, ``STATE_DIRECTORY`` is set (to the config's folder, unless ``env`` says): the
+    default outbox folder, where the daemon keeps its state file, is never the current folder.
+    """
 
     def __init__(self, config: Path, env: dict[str, str] | None = None, *, user: int | None = None) -> None:
-        environ = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        state = {"STATE_DIRECTORY": str(config.parent)}
+        environ = {**state, **os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "listener", "run", "--config", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ, user=user,

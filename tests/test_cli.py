@@ -148,7 +148,7 @@ def test_run_prints_one_classified_line_per_hangup_and_stops_on_sigterm(tmp_path
     with FakeFreeSWITCH() as fake:
         config = tmp_path / "c.toml"
         config.write_text(f'[[freeswitch]]\nname = "lab"\nport = {fake.port}\n[health]\nport = 0\n')
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "STATE_DIRECTORY": str(tmp_path)}  # as systemd
         daemon = subprocess.Popen(
             [sys.executable, "-m", "listener", "run", "--config", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,

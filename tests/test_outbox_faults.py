@@ -140,7 +140,7 @@ def test_a_fault_that_cannot_clear_fails_the_writer_for_good(tmp_path: Path, mad
     def damaged(*_: Any) -> Any:
         raise OutboxError("outbox put failed: database disk image is malformed", "SQLITE_CORRUPT")
 
-    writer.outbox.put = damaged  # type: ignore[method-assign]
+    writer.outbox.take = damaged  # type: ignore[method-assign]
     with pytest.raises(OutboxError):
         writer.put([doc(1)])
     assert writer.failure is not None
@@ -455,3 +455,52 @@ def test_a_file_root_creates_for_an_outbox_belongs_to_the_folders_owner(tmp_path
         st = (folder / name).stat()
         assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid), name
         assert stat.S_IMODE(st.st_mode) == 0o600, name
+
+
+# -- legs taken from either source ---------------------------------------------------------------
+
+def leg_doc(n: int, node: str = "pbx1") -> dict[str, Any]:
+    return doc(n) | {"channel_uuid": f"uuid-{n}", "node": {"name": node}}
+
+
+def test_a_leg_taken_before_is_neither_stored_nor_reported_new_again(tmp_path: Path, made: Any) -> None:
+    writer = writer_at(tmp_path / "outbox.sqlite3", made)
+    first = writer.put([leg_doc(1), leg_doc(2)])
+    assert first == frozenset({"crm"})
+    assert first.duplicates == frozenset()
+    again = writer.put([leg_doc(2), leg_doc(3)])  # leg 2 again: from the other source
+    assert again.duplicates == frozenset({"call-2"})
+    assert pending(tmp_path / "outbox.sqlite3") == 3
+    assert writer.taken_unique_ids(["uuid-1", "uuid-3", "uuid-9"]) == frozenset({"uuid-1", "uuid-3"})
+    assert writer.last_taken_at("pbx1") is not None
+    assert writer.last_taken_at("other") is None
+
+
+def test_the_same_leg_from_both_sources_in_one_commit_is_new_for_one_of_them(
+        tmp_path: Path, made: Any) -> None:
+    writer = writer_at(tmp_path / "outbox.sqlite3", made)
+    both = [gevent.spawn(writer.put, [leg_doc(7)]) for _ in range(2)]  # queued together: one commit
+    gevent.joinall(both, timeout=5, raise_error=True)
+    assert sorted(len(g.value.duplicates) for g in both) == [0, 1]
+    assert pending(tmp_path / "outbox.sqlite3") == 1
+
+
+def test_a_leg_no_endpoint_wants_is_still_remembered(tmp_path: Path, made: Any) -> None:
+    outbox = Outbox.open(tmp_path / "outbox.sqlite3")
+    writer = OutboxWriter(outbox, [], rand=lambda: 0.5)  # cdr_dir without webhooks
+    made.append(writer)
+    assert writer.put([leg_doc(1)]) == frozenset()
+    assert writer.put([leg_doc(1)]).duplicates == frozenset({"call-1"})
+
+
+def test_legs_taken_longer_ago_than_the_retention_are_forgotten(tmp_path: Path, made: Any) -> None:
+    outbox = Outbox.open(tmp_path / "outbox.sqlite3")
+    clock = [1000.0]
+    writer = OutboxWriter(outbox, [HOOK], clock=lambda: clock[0], taken_retention_s=3600.0)
+    made.append(writer)
+    writer.put([leg_doc(1)])
+    clock[0] += 1800.0
+    writer.put([leg_doc(2)])
+    clock[0] += 2400.0  # leg 1 is 4,200 s old, leg 2 2,400 s
+    assert writer.forget_old() == 1
+    assert writer.taken_unique_ids(["uuid-1", "uuid-2"]) == frozenset({"uuid-2"})

@@ -22,7 +22,7 @@ from listener.core import document as payload
 from listener.core.frame import Frame
 from listener.core.rejection import Rejection
 from listener.outbox.commands import add_outbox_parser, run_outbox_command
-from listener.outbox.store import Outbox
+from listener.outbox.store import SCHEMA_VERSION, Outbox
 from tests.fakeesl import capture_bodies
 
 JSON = "text/event-json"
@@ -83,7 +83,7 @@ def test_a_version_1_outbox_with_pending_rows_opens_keeps_them_and_gains_the_rej
     db.close()
     box = Outbox.open(path)
     assert [(d.event_id, d.body) for d in box.due("crm", 10.0, 10)] == [("e1", '{"id":"e1"}')]
-    assert box._db.execute("PRAGMA user_version").fetchone() == (2,)
+    assert box._db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     kept = rejection(cut_short()[0])
     assert box.reject([kept], now=11.0) == 0
     assert [r.id for r in box.rejected()] == [kept.id]

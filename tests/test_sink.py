@@ -221,13 +221,13 @@ def test_a_dead_endpoint_does_not_delay_a_healthy_one(harness: Any, receiver: Re
 def test_concurrent_puts_share_commits(harness: Any, receiver: Receiver) -> None:
     h = harness(endpoint("crm", receiver.url()))
     commits = []
-    put = h.writer.outbox.put
+    take = h.writer.outbox.take
 
-    def counting_put(entries: Any, now: float) -> int:
+    def counting_take(legs: Any, entries: Any, now: float) -> Any:
         commits.append(len(entries))
-        return put(entries, now)
+        return take(legs, entries, now)
 
-    h.writer.outbox.put = counting_put
+    h.writer.outbox.take = counting_take
     greenlets = [gevent.spawn(h.writer.put, [doc(n)]) for n in range(50)]
     gevent.joinall(greenlets, timeout=5, raise_error=True)
     assert [g.value for g in greenlets] == [frozenset({"crm"})] * 50
@@ -242,7 +242,7 @@ def test_an_outbox_failure_that_cannot_clear_stops_ingestion_loudly(harness: Any
     def corrupt(*_: Any) -> Any:
         raise OutboxError("outbox put failed: database disk image is malformed", "SQLITE_CORRUPT")
 
-    h.writer.outbox.put = corrupt
+    h.writer.outbox.take = corrupt
     with pytest.raises(OutboxError) as caught:
         h.put([doc(1)])
     assert caught.value.code == "SQLITE_CORRUPT"

@@ -72,3 +72,38 @@ def test_systemd_analyze_rates_the_unit_exposure_at_most_2() -> None:
     if "--offline" in result.stderr or "unrecognized option" in result.stderr:
         pytest.skip(f"this systemd-analyze has no --offline (systemd >= 250 needed): {result.stderr.strip()}")
     assert _exposure(result.stdout + result.stderr) <= MAX_EXPOSURE, result.stdout
+
+
+DROP_IN = UNIT.parent / "cdr-dir.conf"
+
+
+def _with_drop_in(tmp_path: Path, drop_in: str) -> Path:
+    """The shipped unit (its ExecStart pointed at /bin/true: not installed here) and the drop-in, as
+    systemd would find them in a unit folder."""
+    folder = tmp_path / "units"
+    (folder / f"{UNIT.name}.d").mkdir(parents=True)
+    (folder / UNIT.name).write_text(re.sub(r"(?m)^ExecStart=.*$", "ExecStart=/bin/true", UNIT.read_text()))
+    (folder / f"{UNIT.name}.d" / "cdr-dir.conf").write_text(drop_in)
+    return folder
+
+
+def test_the_cdr_dir_drop_in_verifies_and_keeps_the_units_exposure(tmp_path: Path) -> None:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed (Debian: apt-get install systemd)")
+
+    def analyze(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {"SYSTEMD_UNIT_PATH": f"{folder}:", "PATH": "/usr/bin:/bin"}
+        return subprocess.run([tool, *args, str(folder / UNIT.name)], capture_output=True, text=True,
+                              timeout=60, check=False, env=env)
+
+    good = _with_drop_in(tmp_path / "good", DROP_IN.read_text())
+    verified = analyze(good, "verify", "--man=no")
+    assert (verified.returncode, verified.stdout + verified.stderr) == (0, "")
+    broken = _with_drop_in(tmp_path / "broken", DROP_IN.read_text().replace("=/var/log", "=var/log"))
+    assert "not absolute" in analyze(broken, "verify", "--man=no").stderr  # the drop-in is read
+    security = analyze(good, "security", "--offline=yes", "--no-pager")
+    if "--offline" in security.stderr or "unrecognized option" in security.stderr:
+        pytest.skip("this systemd-analyze has no --offline (systemd >= 250 needed)")
+    assert "SupplementaryGroups=" in security.stdout  # the drop-in's line is rated
+    assert _exposure(security.stdout + security.stderr) <= MAX_EXPOSURE, security.stdout

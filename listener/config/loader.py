@@ -42,8 +42,12 @@ def _node(reader: TableReader) -> Node:
     port = reader.number("port", int, 8021, minimum=1, maximum=65535)
     password = reader.secret("password", "ClueCon") or "ClueCon"
     name = reader.string("name", f"{host}:{port}")
+    raw_cdr = reader.string("cdr_dir", "")
+    cdr_dir = Path(raw_cdr) if raw_cdr else None
+    if cdr_dir is not None and not cdr_dir.is_absolute():
+        reader.problem("cdr_dir", "must be an absolute path (mod_json_cdr's log-dir)")
     reader.reject_unknown()
-    return Node(name=name, host=host, port=port, password=password)
+    return Node(name=name, host=host, port=port, password=password, cdr_dir=cdr_dir)
 
 
 def _nodes(root: TableReader) -> tuple[Node, ...]:

@@ -36,6 +36,8 @@ class Node:
     host: str = "127.0.0.1"
     port: int = 8021
     password: str = field(default="ClueCon", repr=False)
+    cdr_dir: Path | None = None
+    """mod_json_cdr's ``log-dir`` for this node: hangups the Event Socket missed are recovered from it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,9 @@ class OutboxConfig:
 
     path: Path
     synchronous: str = "full"
+    taken_retention_s: float = 7 * 86400.0
+    """How long the id of every leg taken (from the Event Socket or a CDR file) is remembered, so a
+    leg seen on both sources is logged and delivered once. Longer than any CDR scan reaches back."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,6 +142,7 @@ def parse_outbox(reader: TableReader) -> OutboxConfig:
     raw = table.string("path")
     path = Path(raw) if raw else default_outbox_path(table.environ)
     synchronous = table.string("synchronous", "full", choices=SYNCHRONOUS)
+    hours = table.number("taken_retention_hours", float, 168.0, minimum=1.0)
     table.removed("delivery_process")
     table.reject_unknown()
-    return OutboxConfig(path=path, synchronous=synchronous)
+    return OutboxConfig(path=path, synchronous=synchronous, taken_retention_s=hours * 3600.0)

@@ -123,3 +123,47 @@ def reconnect_delay(attempt: int, *, initial: float, cap: float, rand: Random) -
     """
     ceiling = min(cap, initial * 2.0 ** min(attempt, 32))
     return ceiling / 2 + rand() * ceiling / 2
+
+
+HEALTHY_AFTER_S = 60.0
+"""A connection up this long was healthy: losing it opens the fast window (a FreeSWITCH restart)."""
+FAST_WINDOW_S = 60.0
+"""How long after losing a healthy connection reconnects stay fast."""
+FAST_CAP_S = 2.0
+"""The reconnect delay cap inside the fast window (``backoff_max`` if that is smaller)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """Where one node is in its reconnect schedule: an immutable value, each step returns a new one.
+
+    ``attempt`` counts the attempts since the last connection (0: the next is the first);
+    ``fast_until`` is the monotonic end of the fast window, None outside one.
+    """
+
+    attempt: int = 0
+    fast_until: float | None = None
+
+    def lost(self, connected_for: float, now: float) -> Reconnect:
+        """The schedule after losing, at ``now``, a connection that had been up ``connected_for`` s."""
+        return Reconnect(0, now + FAST_WINDOW_S if connected_for >= HEALTHY_AFTER_S else None)
+
+    def fast(self, now: float) -> bool:
+        """Inside the fast window that losing a healthy connection opened."""
+        return self.fast_until is not None and now < self.fast_until
+
+
+def next_reconnect(state: Reconnect, now: float, *, initial: float, cap: float, rand: Random
+                   ) -> tuple[float, Reconnect]:
+    """The delay before the next attempt, and the schedule after it.
+
+    Within ``FAST_WINDOW_S`` of losing a connection that had been up ``HEALTHY_AFTER_S``: at once,
+    then the usual doubling capped at ``FAST_CAP_S`` (FreeSWITCH restarts in seconds). Otherwise,
+    and after the window, ``reconnect_delay``: a node unreachable for longer backs off to ``cap``.
+    """
+    if state.fast(now):
+        delay = 0.0 if state.attempt == 0 else reconnect_delay(
+            state.attempt - 1, initial=initial, cap=min(cap, FAST_CAP_S), rand=rand)
+    else:
+        delay = reconnect_delay(state.attempt, initial=initial, cap=cap, rand=rand)
+    return delay, Reconnect(state.attempt + 1, state.fast_until)

@@ -41,7 +41,7 @@ from listener.core.errors import OutboxError
 from listener.core.rejection import Rejection
 from listener.outbox import files
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APPLICATION_ID = 0x484C5354
 """``PRAGMA application_id`` of every outbox file ("HLST"): a database of anything else is refused."""
 PENDING = "pending"
@@ -89,7 +89,20 @@ CREATE TABLE IF NOT EXISTS rejected (
 CREATE INDEX IF NOT EXISTS rejected_size ON rejected (seq, size);
 """
 
-_MIGRATIONS = (_SCHEMA, _REJECTED_SCHEMA)
+_TAKEN_SCHEMA = """
+CREATE TABLE IF NOT EXISTS taken (
+    id TEXT PRIMARY KEY,
+    unique_id TEXT NOT NULL,
+    node TEXT NOT NULL,
+    taken_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS taken_unique_id ON taken (unique_id);
+CREATE INDEX IF NOT EXISTS taken_at ON taken (taken_at);
+CREATE INDEX IF NOT EXISTS taken_node_at ON taken (node, taken_at);
+INSERT OR IGNORE INTO taken (id, unique_id, node, taken_at) SELECT event_id, '', '', created_at FROM message;
+"""
+
+_MIGRATIONS = (_SCHEMA, _REJECTED_SCHEMA, _TAKEN_SCHEMA)
 """``_MIGRATIONS[v]`` takes a file from schema version ``v`` to ``v + 1`` (each step idempotent)."""
 REJECTED_ROWS = 10_000
 REJECTED_BYTES = 64 * 1024 * 1024
@@ -105,6 +118,16 @@ class Entry:
     event_id: str
     body: str
     endpoints: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """One leg taken from either source (the Event Socket or a CDR file): its document id, its
+    channel's Unique-ID (what a CDR file is named by) and its node."""
+
+    id: str
+    unique_id: str
+    node: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +328,49 @@ class Outbox:
                 chunk = wanted[start:start + CHUNK]
                 created.update(_insert_deliveries(db, chunk, _insert_messages(db, chunk, now), now))
         return created
+
+    def take(self, legs: Sequence[Leg], entries: Sequence[Entry],
+             now: float) -> tuple[Counter[str], frozenset[str]]:
+        """In one transaction: remember every leg as taken, and store the entries of the legs that
+        were not taken before (by either source). Returns the delivery rows created per endpoint and
+        the ids that were taken before (duplicates: not stored, not to be logged again)."""
+        created: Counter[str] = Counter()
+        fresh: set[str] = set()
+        with self._transaction("put") as db:
+            for start in range(0, len(legs), CHUNK):
+                part = legs[start:start + CHUNK]
+                params = [v for leg in part for v in (leg.id, leg.unique_id, leg.node, now)]
+                fresh.update(row[0] for row in db.execute(
+                    f"INSERT INTO taken (id, unique_id, node, taken_at) VALUES {_marks(len(part), 4)}"
+                    " ON CONFLICT (id) DO NOTHING RETURNING id", params))
+            wanted = [entry for entry in entries if entry.endpoints and entry.event_id in fresh]
+            for start in range(0, len(wanted), CHUNK):
+                chunk = wanted[start:start + CHUNK]
+                created.update(_insert_deliveries(db, chunk, _insert_messages(db, chunk, now), now))
+        return created, frozenset(leg.id for leg in legs) - fresh
+
+    def taken_unique_ids(self, unique_ids: Sequence[str]) -> frozenset[str]:
+        """Which of these channel Unique-IDs belong to a leg already taken (a CDR file to skip unread)."""
+        found: set[str] = set()
+        for start in range(0, len(unique_ids), CHUNK):
+            part = list(unique_ids[start:start + CHUNK])
+            marks = ",".join("?" * len(part))
+            found.update(row[0] for row in self._read(
+                "taken", f"SELECT unique_id FROM taken WHERE unique_id IN ({marks})", part))
+        return frozenset(found)
+
+    def last_taken_at(self, node: str) -> float | None:
+        """When the newest leg of ``node`` was taken (None: none remembered)."""
+        rows = self._read("last_taken_at", "SELECT max(taken_at) FROM taken WHERE node = ?", (node,))
+        value = rows[0][0]
+        return float(value) if isinstance(value, int | float) else None
+
+    def forget_taken(self, before: float, limit: int = BATCH) -> int:
+        """Forget legs taken before ``before`` (the retention), at most ``limit`` in one short transaction."""
+        with self._lazy_sync(), self._transaction("forget_taken") as db:
+            cursor = db.execute("DELETE FROM taken WHERE id IN"
+                                " (SELECT id FROM taken WHERE taken_at < ? LIMIT ?)", (before, limit))
+            return int(cursor.rowcount)
 
     def due(self, endpoint: str, now: float, limit: int, exclude: Iterable[int] = ()) -> tuple[Delivery, ...]:
         """Up to ``limit`` pending rows of ``endpoint`` whose time has come, oldest first."""

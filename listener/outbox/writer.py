@@ -34,12 +34,15 @@ from listener.core.errors import OutboxClosedError, OutboxError
 from listener.core.rejection import Rejection
 from listener.core.retry import reconnect_delay
 from listener.core.signing import render
-from listener.outbox.store import Entry, Outbox
+from listener.outbox.store import BATCH, Entry, Leg, Outbox
 
 P = ParamSpec("P")
 T = TypeVar("T")
 Clock = Callable[[], float]
 log = structlog.get_logger(__name__)
+TAKEN_RETENTION_S = 7 * 86400.0
+FORGET_EVERY_S = 3600.0
+"""How often legs taken longer ago than the retention are forgotten (in batches, beside the commits)."""
 RETRY_INITIAL_S = 0.25
 RETRY_MAX_S = 10.0
 Waiter = Any  # gevent.event.AsyncResult (gevent ships no type information)
@@ -67,6 +70,29 @@ def _outcome(fn: Callable[..., Any], args: Any, kwargs: Any) -> tuple[bool, Any]
         return True, exc
 
 
+class Stored(frozenset[str]):
+    """What ``put`` returns: the endpoints that got new rows (a frozenset of their names), and in
+    ``duplicates`` the ids of the documents that were taken before, from either source: those were
+    not stored again and are not to be logged again."""
+
+    duplicates: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, endpoints: frozenset[str], duplicates: frozenset[str]) -> Stored:
+        stored = cls(endpoints)
+        stored.duplicates = duplicates
+        return stored
+
+
+def leg_of(document: Mapping[str, Any]) -> Leg:
+    """The leg a document is of: its id, its channel's Unique-ID, its node's name."""
+    node = document.get("node")
+    name = node.get("name") if isinstance(node, Mapping) else None
+    unique_id = document.get("channel_uuid")
+    return Leg(str(document["id"]), unique_id if isinstance(unique_id, str) else "",
+               name if isinstance(name, str) else "")
+
+
 def entry_for(document: Mapping[str, Any], webhooks: Sequence[WebhookConfig]) -> Entry:
     """The outbox entry of one document: its id, its body, the endpoints whose filters accept it."""
     event_id = document.get("id")
@@ -81,7 +107,8 @@ class OutboxWriter:
     def __init__(
         self, outbox: Outbox, webhooks: Sequence[WebhookConfig], *, clock: Clock | None = None,
         rand: Callable[[], float] = random.random, retry_initial_s: float = RETRY_INITIAL_S,
-        retry_max_s: float = RETRY_MAX_S,
+        retry_max_s: float = RETRY_MAX_S, taken_retention_s: float = TAKEN_RETENTION_S,
+        forget_every_s: float = FORGET_EVERY_S,
     ) -> None:
         self.outbox = outbox
         self._webhooks = tuple(webhooks)
@@ -90,7 +117,7 @@ class OutboxWriter:
         self._rand = rand
         self._retry = (retry_initial_s, retry_max_s)
         self._pool = gevent.threadpool.ThreadPool(1)
-        self._queue: list[tuple[list[Entry], Waiter]] = []
+        self._queue: list[tuple[list[Entry], list[Leg], Waiter]] = []
         self._wake = gevent.event.Event()
         self._retry_now = gevent.event.Event()
         self._closing = False
@@ -103,7 +130,9 @@ class OutboxWriter:
         self.resumed_at: float | None = None
         self.changed = gevent.event.Event()
         """Set at each change of state (unavailable, recovered, failed); the watcher clears it."""
+        self.taken_retention_s = taken_retention_s
         self._committer = gevent.spawn(self._commit_loop)
+        self._forgetter = gevent.spawn(self._forget_loop, forget_every_s)
 
     @classmethod
     def open(cls, config: OutboxConfig, webhooks: Sequence[WebhookConfig], *, clock: Clock | None = None,
@@ -144,13 +173,13 @@ class OutboxWriter:
             raise OutboxClosedError("the outbox writer is closed")
         if self._give_up_at is not None and self.unavailable is not None:
             raise self.unavailable  # shutting down: no more waiting
-        entries = [e for e in (entry_for(d, self._webhooks) for d in documents) if e.endpoints]
-        if not entries:
-            return frozenset()
+        if not documents:
+            return Stored()
+        entries = [entry_for(d, self._webhooks) for d in documents]  # every leg is remembered as taken
         waiter = gevent.event.AsyncResult()
-        self._queue.append((entries, waiter))
+        self._queue.append((entries, [leg_of(d) for d in documents], waiter))
         self._wake.set()
-        created: frozenset[str] = waiter.get()
+        created: Stored = waiter.get()
         return created
 
     def reject(self, rejection: Rejection) -> int:
@@ -182,6 +211,34 @@ class OutboxWriter:
             log.critical("outbox.failed", error=str(exc), code=exc.code, path=str(self.outbox.path))
             self.changed.set()
 
+    def taken_unique_ids(self, unique_ids: Sequence[str]) -> frozenset[str]:
+        """Which of these channel Unique-IDs are of legs already taken (``Outbox.taken_unique_ids``)."""
+        if not unique_ids:
+            return frozenset()
+        return self.call(self.outbox.taken_unique_ids, unique_ids)
+
+    def last_taken_at(self, node: str) -> float | None:
+        """When the newest leg of ``node`` was taken, by this writer's clock (None: none remembered)."""
+        return self.call(self.outbox.last_taken_at, node)
+
+    def forget_old(self) -> int:
+        """Forget the legs taken longer ago than the retention; how many. A fault is left for next time."""
+        forgotten, before = 0, self.clock() - self.taken_retention_s
+        while True:
+            try:
+                count = self.call(self.outbox.forget_taken, before)
+            except OutboxError as exc:
+                log.info("outbox.forget_deferred", error=str(exc), code=exc.code)
+                return forgotten
+            forgotten += count
+            if count < BATCH:
+                return forgotten
+
+    def _forget_loop(self, every_s: float) -> None:
+        while True:
+            self.forget_old()
+            gevent.sleep(every_s)
+
     def _commit_loop(self) -> None:
         while True:
             self._wake.wait()
@@ -192,29 +249,32 @@ class OutboxWriter:
             elif self._closing:
                 return
 
-    def _commit(self, batch: list[tuple[list[Entry], Waiter]]) -> None:
+    def _commit(self, batch: list[tuple[list[Entry], list[Leg], Waiter]]) -> None:
         """Commit the batch, waiting out transient faults; then answer every waiter."""
-        entries = [entry for entries, _ in batch for entry in entries]
+        entries = [entry for entries, _, _ in batch for entry in entries]
+        legs = [leg for _, legs, _ in batch for leg in legs]
         failures = 0
         while True:
             try:
                 if self.failure is not None:
                     raise self.failure
-                created = self.call(self.outbox.put, entries, self.clock())
+                created, duplicates = self.call(self.outbox.take, legs, entries, self.clock())
             except OutboxError as exc:
                 if exc.transient and not self._giving_up():
                     self._wait_out(exc, failures, len(entries))
                     failures += 1
                     continue
-                for _, waiter in batch:
+                for _, _, waiter in batch:
                     waiter.set_exception(exc)
                 return
             break
         if self.unavailable is not None:
             self._recovered(failures)
-        endpoints = frozenset(created)
-        for _, waiter in batch:
-            waiter.set(endpoints)
+        endpoints, seen = frozenset(created), set[str]()
+        for _, legs, waiter in batch:  # a leg twice in one commit (both sources at once) is new for one
+            ids = {leg.id for leg in legs}
+            waiter.set(Stored.of(endpoints, frozenset((ids & duplicates) | (ids & seen))))
+            seen |= ids
 
     def _giving_up(self) -> bool:
         return self._give_up_at is not None and time.monotonic() >= self._give_up_at
@@ -258,6 +318,7 @@ class OutboxWriter:
         if self._give_up_at is None:
             self.give_up_after(deadline_s)
         self._closing = True
+        self._forgetter.kill(block=True, timeout=1.0)
         self._wake.set()
         self._committer.join()
         try:

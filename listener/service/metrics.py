@@ -149,10 +149,18 @@ class Metrics:
             f"{PREFIX}_webhook_deliveries", "Webhook delivery attempts, by endpoint and outcome",
             ["endpoint", "outcome"], registry=self.registry,
         )
+        self.recovered = Counter(
+            f"{PREFIX}_cdr_recovered", "Legs recovered from CDR files (missed by the Event Socket)",
+            ["node"], registry=self.registry,
+        )
         self.latency = Histogram(
             f"{PREFIX}_webhook_delivery_latency_seconds", "Time from sending a webhook to its answer",
             ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )
+
+    def cdr_recovered(self, node: str, count: int) -> None:
+        """Legs taken from CDR files that the Event Socket had not delivered."""
+        self.recovered.labels(node=node).inc(count)
 
     def watch_sources(self, sources: Sequence[ESLSource]) -> None:
         """Expose the state and counters of these ESL sources."""
