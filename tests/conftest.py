@@ -28,6 +28,7 @@ import gevent.hub
 import greenlet
 import pytest
 from gevent.events import EventLoopBlocked, subscribers
+from structlog.testing import capture_logs
 
 gevent.config.monitor_thread = True
 gevent.config.max_blocking_time = 0.1
@@ -91,3 +92,10 @@ def _loop_never_blocks() -> Iterator[None]:
     if blocked:
         pytest.fail(f"the gevent loop was blocked for more than 0.1 s ({len(blocked)} reports):\n"
                     + blocked[0])
+
+
+@pytest.fixture
+def logs() -> Iterator[list[dict[str, object]]]:
+    """Every structlog line the test's code logs, captured (structlog.testing)."""
+    with capture_logs() as captured:
+        yield captured

@@ -67,6 +67,13 @@ def delivered(receiver: Receiver) -> Counter[str]:
     return Counter(r.webhook_id for r in receiver.received if 200 <= r.status < 300)
 
 
+def until_delivered(receiver: Receiver, want: set[str], timeout: float = 30) -> None:
+    """Until every id in ``want`` (and no other) was answered 2xx."""
+    with gevent.Timeout(timeout, AssertionError(f"delivered {dict(delivered(receiver))}, want {want}")):
+        while set(delivered(receiver)) != want:
+            receiver.get(timeout=timeout)
+
+
 def test_legs_the_event_socket_missed_are_recovered_from_cdr_files_and_each_delivered_once(
         tmp_path: Path, receiver: Receiver) -> None:
     cdr_dir = tmp_path / "json_cdr"
@@ -82,9 +89,7 @@ def test_legs_the_event_socket_missed_are_recovered_from_cdr_files_and_each_deli
             session.send(b"".join(frame("text/event-json", body) for s in sent for body in everything[s]))
             for scenario in SCENARIOS:  # mod_json_cdr writes its files as the calls end
                 copy_cdrs(scenario, cdr_dir)
-            with gevent.Timeout(30, AssertionError(f"delivered {dict(delivered(receiver))}, want {want}")):
-                while set(delivered(receiver)) != want:
-                    receiver.get(timeout=30)
+            until_delivered(receiver, want)
             daemon.send(signal.SIGTERM)
             assert daemon.finish() == 0
         finally:
@@ -118,9 +123,7 @@ def test_files_written_while_the_daemon_was_away_are_recovered_at_start(
             recovered = again.expect("cdr.recovered", timeout=30)
             assert recovered["reason"] == "start"
             want = set().union(*(ids_of(esl_bodies(s)) for s in SCENARIOS))
-            with gevent.Timeout(30, AssertionError("not all delivered")):
-                while set(delivered(receiver)) != want:
-                    receiver.get(timeout=30)
+            until_delivered(receiver, want)
             again.send(signal.SIGTERM)
             assert again.finish() == 0
         finally:
@@ -150,9 +153,7 @@ def test_a_freeswitch_restart_while_calls_go_on_loses_nothing_with_cdr_dir(
             session.send(b"".join(frame("text/event-json", body) for body in esl_bodies(after)))
             copy_cdrs(after, cdr_dir)
             want = set().union(*(ids_of(esl_bodies(s)) for s in SCENARIOS))
-            with gevent.Timeout(30, AssertionError(f"delivered {dict(delivered(receiver))}")):
-                while set(delivered(receiver)) != want:
-                    receiver.get(timeout=30)
+            until_delivered(receiver, want)
             daemon.send(signal.SIGTERM)
             assert daemon.finish() == 0
         finally:

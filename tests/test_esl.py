@@ -10,7 +10,6 @@ import gevent
 import gevent.queue
 import pytest
 import structlog
-from structlog.testing import capture_logs
 
 from listener.config.settings import ESLSettings, Node
 from listener.core.event import HangupEvent
@@ -56,12 +55,6 @@ class Listener:
 def fake() -> Iterator[FakeFreeSWITCH]:
     with FakeFreeSWITCH() as server:
         yield server
-
-
-@pytest.fixture
-def logs() -> Iterator[list[dict[str, object]]]:
-    with capture_logs() as captured:
-        yield captured
 
 
 def wait_for_log(logs: list[dict[str, object]], event: str, timeout: float = 5.0) -> dict[str, object]:

@@ -14,11 +14,11 @@ from pathlib import Path
 import gevent
 import pytest
 import structlog
-from structlog.testing import capture_logs
 
 from listener.config.settings import Node
 from listener.esl.nodestate import STATE_FILE, NodeRecord, NodeStateFile
 from listener.esl.source import ESLSource
+from tests.clocks import StepClock
 from tests.fakeesl import FakeFreeSWITCH, Recording, capture_bodies
 from tests.test_esl import FAST, wait_for_log
 
@@ -27,18 +27,8 @@ NEW_CORE = "2c9f6a10-0000-4000-8000-000000000001"
 NOW = 1_765_000_000.0
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
-@pytest.fixture
-def logs() -> Iterator[list[dict[str, object]]]:
-    with capture_logs() as captured:
-        yield captured
 
 
 @pytest.fixture
@@ -50,7 +40,7 @@ def fake() -> Iterator[FakeFreeSWITCH]:
 class Run:
     """One run of the listener for one node: its source, with the state file of ``folder``."""
 
-    def __init__(self, fake: FakeFreeSWITCH, folder: Path, wall: Clock, *,
+    def __init__(self, fake: FakeFreeSWITCH, folder: Path, wall: StepClock, *,
                  recovers: bool | None = None) -> None:
         node = Node(name="fs1", port=fake.port)
         self.states = NodeStateFile.load(folder, structlog.get_logger())
@@ -78,7 +68,7 @@ def test_the_first_connection_after_a_restart_logs_the_gap_since_the_last_event(
     fake: FakeFreeSWITCH, tmp_path: Path, logs: list
 ) -> None:
     leave_record(tmp_path, NodeRecord(CORE, NOW - 100.0, lost_at=NOW - 99.0))
-    run = Run(fake, tmp_path, Clock(NOW))
+    run = Run(fake, tmp_path, StepClock(NOW))
     fake.next_session()
     gap = wait_for_log(logs, "esl.gap")
     assert gap["gap_s"] == 100.0
@@ -97,7 +87,7 @@ def test_a_new_core_uuid_across_the_restart_says_freeswitch_restarted(
 ) -> None:
     leave_record(tmp_path, NodeRecord(CORE, NOW - 30.0, lost_at=NOW - 30.0))
     fake.core_uuid = NEW_CORE
-    run = Run(fake, tmp_path, Clock(NOW))
+    run = Run(fake, tmp_path, StepClock(NOW))
     fake.next_session()
     gap = wait_for_log(logs, "esl.gap")
     assert (gap["previous_core_uuid"], gap["freeswitch_restarted"]) == (CORE, True)
@@ -111,7 +101,7 @@ def test_a_record_left_by_a_killed_run_is_measured_from_its_last_write(
     fake: FakeFreeSWITCH, tmp_path: Path, logs: list
 ) -> None:
     leave_record(tmp_path, NodeRecord(CORE, NOW - 7.0))  # the connection was up when it ended
-    run = Run(fake, tmp_path, Clock(NOW))
+    run = Run(fake, tmp_path, StepClock(NOW))
     fake.next_session()
     gap = wait_for_log(logs, "esl.gap")
     assert (gap["gap_s"], gap["measured_from"]) == (7.0, "last_write")
@@ -122,7 +112,7 @@ def test_with_cdr_recovery_the_gap_line_says_the_hangups_are_recovered(
     fake: FakeFreeSWITCH, tmp_path: Path, logs: list
 ) -> None:
     leave_record(tmp_path, NodeRecord(CORE, NOW - 5.0, NOW - 5.0))
-    run = Run(fake, tmp_path, Clock(NOW), recovers=True)
+    run = Run(fake, tmp_path, StepClock(NOW), recovers=True)
     fake.next_session()
     assert "recovered from cdr_dir" in str(wait_for_log(logs, "esl.gap")["note"])
     run.stop()
@@ -131,7 +121,7 @@ def test_with_cdr_recovery_the_gap_line_says_the_hangups_are_recovered(
 def test_without_a_record_the_first_connection_logs_no_gap(
     fake: FakeFreeSWITCH, tmp_path: Path, logs: list
 ) -> None:
-    run = Run(fake, tmp_path, Clock(NOW))
+    run = Run(fake, tmp_path, StepClock(NOW))
     fake.next_session()
     wait_for_log(logs, "esl.connected")
     run.stop()
@@ -143,7 +133,7 @@ def test_only_the_first_connection_of_a_run_measures_from_the_record(
     fake: FakeFreeSWITCH, tmp_path: Path, logs: list
 ) -> None:
     leave_record(tmp_path, NodeRecord(CORE, NOW - 60.0, NOW - 60.0))
-    run = Run(fake, tmp_path, Clock(NOW))
+    run = Run(fake, tmp_path, StepClock(NOW))
     fake.next_session().abort()
     fake.next_session()
     with gevent.Timeout(5):
@@ -158,7 +148,7 @@ def test_only_the_first_connection_of_a_run_measures_from_the_record(
 def test_the_source_keeps_its_record_and_marks_the_end_of_the_connection_at_stop(
     fake: FakeFreeSWITCH, tmp_path: Path
 ) -> None:
-    wall = Clock(NOW)
+    wall = StepClock(NOW)
     run = Run(fake, tmp_path, wall)
     session = fake.next_session()
     wall.now += 10.0

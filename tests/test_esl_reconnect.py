@@ -5,15 +5,12 @@ The source's monotonic clock is injected, so "up for a minute" takes no minute.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import gevent
-import pytest
 import structlog
-from structlog.testing import capture_logs
 
 from listener.config.settings import ESLSettings, Node
 from listener.esl.source import ESLSource
+from tests.clocks import StepClock
 from tests.fakeesl import FakeFreeSWITCH, Recording
 from tests.test_esl import wait_for_log
 
@@ -22,30 +19,18 @@ SLOW = ESLSettings(connect_timeout=2, command_timeout=1, liveness_timeout=5, bac
 """A usual first delay of 5-10 s: a reconnect within the test's 5 s can only be the fast one."""
 
 
-class Clock:
-    """A monotonic clock the test moves forward."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
-@pytest.fixture
-def logs() -> Iterator[list[dict[str, object]]]:
-    with capture_logs() as captured:
-        yield captured
 
 
-def started(fake: FakeFreeSWITCH, clock: Clock) -> tuple[ESLSource, gevent.Greenlet]:
+def started(fake: FakeFreeSWITCH, clock: StepClock) -> tuple[ESLSource, gevent.Greenlet]:
     node = Node(name="fs1", port=fake.port)
     source = ESLSource(node, SLOW, Recording(node), structlog.get_logger(), rand=lambda: 0.5, clock=clock)
     return source, gevent.spawn(source.run)
 
 
 def test_losing_a_connection_up_for_a_minute_reconnects_at_once(logs: list) -> None:
-    clock = Clock()
+    clock = StepClock(1000.0)
     with FakeFreeSWITCH() as fake:
         source, greenlet = started(fake, clock)
         first = fake.next_session()
@@ -60,7 +45,7 @@ def test_losing_a_connection_up_for_a_minute_reconnects_at_once(logs: list) -> N
 
 
 def test_a_node_that_was_never_healthy_keeps_the_usual_backoff(logs: list) -> None:
-    clock = Clock()
+    clock = StepClock(1000.0)
     with FakeFreeSWITCH() as fake:
         source, greenlet = started(fake, clock)
         first = fake.next_session()

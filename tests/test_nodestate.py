@@ -5,30 +5,18 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import structlog
-from structlog.testing import capture_logs
 
 from listener.esl.nodestate import STATE_FILE, NodeRecord, NodeStateFile, gap_note
+from tests.clocks import StepClock
 
 CORE = "1b8e5af5-676a-4b2e-91a0-1ac1b56080da"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
-@pytest.fixture
-def logs() -> Iterator[list[dict[str, object]]]:
-    with capture_logs() as captured:
-        yield captured
 
 
 def test_a_missing_file_loads_no_record(tmp_path: Path, logs: list) -> None:
@@ -60,7 +48,7 @@ def test_the_folder_is_created_0700_and_the_file_0600_whatever_the_umask(tmp_pat
 
 
 def test_while_events_arrive_it_is_written_at_most_every_interval(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = StepClock(100.0)
     states = NodeStateFile(tmp_path / STATE_FILE, structlog.get_logger(), clock=clock, interval=5.0)
     for n in range(1000):  # a burst: the first is written, the rest wait for the interval
         states.put("fs1", NodeRecord(CORE, 1000.0 + n))
@@ -75,7 +63,7 @@ def test_while_events_arrive_it_is_written_at_most_every_interval(tmp_path: Path
 
 
 def test_a_change_that_matters_is_written_at_once_and_save_writes_only_what_changed(tmp_path: Path) -> None:
-    states = NodeStateFile(tmp_path / STATE_FILE, structlog.get_logger(), clock=Clock())
+    states = NodeStateFile(tmp_path / STATE_FILE, structlog.get_logger(), clock=StepClock(100.0))
     states.put("fs1", NodeRecord(CORE, 1.0))
     states.put("fs1", NodeRecord(CORE, 2.0, lost_at=2.5), now=True)
     assert states.writes == 2
@@ -101,7 +89,7 @@ def test_records_that_are_not_records_are_skipped(tmp_path: Path) -> None:
 
 def test_a_write_that_fails_is_logged_once_and_ingestion_goes_on(tmp_path: Path, logs: list) -> None:
     (tmp_path / "blocked").write_text("a file where the folder should be")
-    clock = Clock()
+    clock = StepClock(100.0)
     states = NodeStateFile(tmp_path / "blocked" / STATE_FILE, structlog.get_logger(), clock=clock)
     for _ in range(3):
         states.put("fs1", NodeRecord(CORE, 1.0), now=True)
