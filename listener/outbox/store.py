@@ -98,7 +98,6 @@ CREATE TABLE IF NOT EXISTS taken (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS taken_unique_id ON taken (unique_id);
 CREATE INDEX IF NOT EXISTS taken_at ON taken (taken_at);
-CREATE INDEX IF NOT EXISTS taken_node_at ON taken (node, taken_at);
 INSERT OR IGNORE INTO taken (id, unique_id, node, taken_at) SELECT event_id, '', '', created_at FROM message;
 """
 
@@ -361,9 +360,9 @@ class Outbox:
 
     def last_taken_at(self, node: str) -> float | None:
         """When the newest leg of ``node`` was taken (None: none remembered)."""
-        rows = self._read("last_taken_at", "SELECT max(taken_at) FROM taken WHERE node = ?", (node,))
-        value = rows[0][0]
-        return float(value) if isinstance(value, int | float) else None
+        rows = self._read("last_taken_at", "SELECT taken_at FROM taken WHERE node = ?"
+                          " ORDER BY taken_at DESC LIMIT 1", (node,))  # the taken_at index, backwards
+        return float(rows[0][0]) if rows else None
 
     def forget_taken(self, before: float, limit: int = BATCH) -> int:
         """Forget legs taken before ``before`` (the retention), at most ``limit`` in one short transaction."""
