@@ -65,35 +65,15 @@ def test_every_leg_of_the_main_captures_but_one_has_an_expectation() -> None:
     assert missing == ["intercept_picked_off:a_8bbf5514"]
 
 
-#: Legs whose ``hangup_by`` the classifier gets wrong for the ESL event as well (the CDR document
-#: equals the ESL one, below): gaps of the classifier, not of the CDR. Strict: a fix turns them red.
-HANGUP_BY_GAPS = {
-    "api_originate_486:a_337986b6", "codec_mismatch_caller_offer:097f7799-9", "media_timeout:a_077a34d7",
-    "no_answer_call_timeout:7a452bd3-0", "uas_302_not_followed:583517bc-e", "uas_302_redirect:d02632e1-e",
-    "uuid_kill_manager_request:04372082-c",
-}
-EXPECTED_LEGS = [
-    pytest.param(leg, id=leg.name, marks=[pytest.mark.xfail(strict=True, reason="classifier's hangup_by")]
-                 if leg.name in HANGUP_BY_GAPS else [])
-    for leg in LEGS if leg.expected
-]
+EXPECTED_LEGS = [leg for leg in LEGS if leg.expected]
 
 
-@pytest.mark.parametrize("leg", EXPECTED_LEGS)
+@pytest.mark.parametrize("leg", EXPECTED_LEGS, ids=lambda leg: leg.name)
 def test_cdr_document_is_classified_as_expected(leg: CDRLeg) -> None:
     doc = build(event_from_cdr(leg.path.read_bytes()))
     expected = leg.expected or {}
     wrong = {f: (doc[f], expected[f]) for f in FACETS if f in expected and not satisfies(doc[f], expected[f])}
     assert wrong == {}, f"rule {doc['rule']}: (got, wanted) {wrong}"
-
-
-@pytest.mark.parametrize("leg", [leg for leg in LEGS if leg.name in HANGUP_BY_GAPS], ids=lambda leg: leg.name)
-def test_the_hangup_by_gaps_are_the_classifiers_and_only_in_hangup_by(leg: CDRLeg) -> None:
-    assert leg.esl is not None
-    expected = leg.expected or {}
-    for doc in (build(event_from_cdr(leg.path.read_bytes())), build(leg.esl)):
-        assert not satisfies(doc["hangup_by"], expected["hangup_by"])
-        assert all(satisfies(doc[f], expected[f]) for f in FACETS[:3] if f in expected)
 
 
 @pytest.mark.parametrize("leg", LEGS, ids=lambda leg: leg.name)

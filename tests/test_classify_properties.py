@@ -8,9 +8,7 @@ from hypothesis import strategies as st
 
 from listener.core.classifier import default_classifier
 from listener.core.event import HangupEvent
-from listener.core.facts import Facts
 from listener.core.spec import load_spec
-from listener.core.subject import Subject
 
 SPEC = load_spec()
 BOOK = default_classifier().book
@@ -111,8 +109,7 @@ def test_unanswered_normal_clearing_takes_the_failed_bridge_cause() -> None:
 
 def _first_matching_rule(event: HangupEvent) -> str:
     """The rule the whole ordered table picks, every condition tested (the plan's reference)."""
-    facts = Facts.of(event, BOOK.system_causes)
-    subject = Subject(event, facts, BOOK.cause_model.effective(event, facts))
+    subject = default_classifier().subject_of(event)
     entry = BOOK.causes.get(subject.cause)
     for rule in BOOK.rules:
         status = rule.status or (entry.status if entry else None)

@@ -7,10 +7,11 @@ decides; the last rule matches everything, so ``classify`` is total and never ra
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cache
 from typing import Any, NamedTuple
 
+from listener.core.attribution import attribute
 from listener.core.event import HangupEvent
 from listener.core.facts import Facts
 from listener.core.rulebook import RULES_FILE, Overlay, RuleBook, build_rulebook
@@ -86,8 +87,8 @@ class Classifier:
 
     def classify(self, event: HangupEvent) -> Classification:
         """The outcome of one event (pure, deterministic, total)."""
-        facts = Facts.of(event, self.book.system_causes)
-        subject = Subject(event, facts, self.book.cause_model.effective(event, facts))
+        subject = self.subject_of(event)
+        facts = subject.facts
         status, reason, rule_id = self._decide(subject)
         explicit = event.variable(self.book.bye_reason_variable)
         if explicit in self.book.spec.bye_reasons:
@@ -98,6 +99,13 @@ class Classifier:
                 return self._outcome(wanted, explicit, EXPLICIT_RULE, facts)
             return self._outcome(status, explicit, f"{EXPLICIT_RULE}+{rule_id}", facts)
         return self._outcome(status, reason, rule_id, facts)
+
+    def subject_of(self, event: HangupEvent) -> Subject:
+        """The event as the rules see it, ``hangup_by`` decided by the ``[[hangup_by]]`` table."""
+        facts = Facts.of(event)
+        cause = self.book.cause_model.effective(event, facts)
+        who, rule_id = attribute(self.book.hangup_by_rules, Subject(event, facts, cause))
+        return Subject(event, replace(facts, hangup_by=who, hangup_by_rule=rule_id), cause)
 
     def _decide(self, subject: Subject) -> tuple[str, str, str]:
         """(status, bye reason, rule id) from the first rule that matches."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from listener.core.attribution import HangupByRule, compile_hangup_by_rules
 from listener.core.patterns import validate_list
 from listener.core.rules import Report, Rule, RuleContext, compile_rule, rule_path
 from listener.core.spec import ByeReason, Spec
@@ -53,8 +54,8 @@ class RuleBook:
     status_variable: str
     lists: Mapping[str, tuple[str, ...]]
     cause_notes: Mapping[str, str]
-    system_causes: frozenset[str]
-    """The causes FreeSWITCH itself produces (``[lists] system_causes``, the overlay's if it gives one)."""
+    hangup_by_rules: tuple[HangupByRule, ...]
+    """The ``[[hangup_by]]`` table: who ended a leg (its ``@name`` lists: the overlay's if it gives one)."""
 
 
 def _lists(base: Mapping[str, Any], overlay: Overlay, report: Report) -> dict[str, tuple[str, ...]]:
@@ -140,7 +141,8 @@ def build_rulebook(base: Mapping[str, Any], spec: Spec, overlay: Overlay, report
     causes.update(_causes(overlay.causes, spec, f"{overlay.path}.causes", report))
     base_rules = [(rule_path(f"rules.toml rule[{i}]", raw), raw) for i, raw in enumerate(base["rule"])]
     ordered = _ordered_rules(base_rules, overlay, report)
-    rules = _compile_all(ordered, RuleContext(spec, lists), report)
+    ctx = RuleContext(spec, lists)
+    rules = _compile_all(ordered, ctx, report)
     explicit = {**base["explicit"], **overlay.explicit}
     model = CauseModel(
         clearing=frozenset(lists.get("unexplained_causes", ())),
@@ -156,5 +158,5 @@ def build_rulebook(base: Mapping[str, Any], spec: Spec, overlay: Overlay, report
         status_variable=explicit["status_variable"],
         lists=MappingProxyType(lists),
         cause_notes=MappingProxyType(dict(base.get("cause_notes", {}))),
-        system_causes=frozenset(lists.get("system_causes", ())),
+        hangup_by_rules=compile_hangup_by_rules(base.get("hangup_by", ()), ctx, report),
     )

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from listener.core.attribution import HangupByRule
 from listener.core.classifier import Classifier, built_in_data, default_classifier
 from listener.core.rulebook import RuleBook
 from listener.core.rules import Condition, FlagCondition, Rule
@@ -45,10 +46,8 @@ NORMAL_CLEARING, and why the bridge failed is in `originate_disposition`, else i
 maps it, see the last table). `hangup_cause_q850` is never used: it is 16 for every
 FreeSWITCH-only cause.
 
-**hangup_by** comes from `sip_hangup_disposition`: `recv_*` means the far end of this leg ended it
-(the caller on the A leg, the callee on the B leg); `send_*` means FreeSWITCH did, because of the
-partner leg if there was one (else `system`); FreeSWITCH's own causes (MANAGER_REQUEST, timeouts,
-LOSE_RACE, ...) are `system`.
+**hangup_by** (who ended the leg: `caller`, `callee`, `system` or `unknown`) has its own ordered
+table, decided before the rule table (whose rules can test it): see "Who hung up" below.
 """
 
 DECISIONS = """\
@@ -117,6 +116,23 @@ def _rules(book: RuleBook) -> Iterable[str]:
     yield ""
 
 
+def _hangup_by_row(index: int, rule: HangupByRule) -> str:
+    when = "<br>".join(_cell(_condition(c)) for c in rule.when) or "*(always)*"
+    return f"| {index} | `{rule.id}` | {when} | {rule.hangup_by} | {_cell(rule.why)} |"
+
+
+def _hangup_by(book: RuleBook) -> Iterable[str]:
+    yield "## Who hung up: `hangup_by` (first match wins; none: `unknown`)\n"
+    yield ("`far_end` is the party this leg's own dialog reaches (the caller on an inbound leg, the callee "
+           "on an outbound one); `other_party` the one at the other end of the call. The facts' "
+           "`hangup_by_rule` names the rule that decided.\n")
+    yield "| # | rule | when | hangup_by | why |"
+    yield "|---|---|---|---|---|"
+    for index, rule in enumerate(book.hangup_by_rules, 1):
+        yield _hangup_by_row(index, rule)
+    yield ""
+
+
 def _lists(book: RuleBook) -> Iterable[str]:
     yield "## Named lists (`@name` in a rule; replace them in `[classification.lists]`)\n"
     yield "| list | patterns |"
@@ -161,7 +177,8 @@ def render(classifier: Classifier | None = None) -> str:
     book = (classifier or default_classifier()).book
     explicit = built_in_data()["explicit"]
     intro = INTRO.format(bye_var=explicit["bye_reason_variable"], status_var=explicit["status_variable"])
-    sections = [*_statuses(book), *_rules(book), *_lists(book), *_causes(book), *_sip_causes(book)]
+    sections = [*_statuses(book), *_rules(book), *_hangup_by(book), *_lists(book), *_causes(book),
+                *_sip_causes(book)]
     return "\n".join([intro, DECISIONS, *sections]).rstrip() + "\n"
 
 
