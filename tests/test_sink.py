@@ -45,7 +45,7 @@ def doc(n: int, **extra: Any) -> dict[str, Any]:
 def endpoint(name: str, url: str, **kw: Any) -> WebhookConfig:
     kw.setdefault("retry", RetrySchedule(delays=(5.0, 300.0), jitter=0.0, retry_after_max=900.0))
     kw.setdefault("timeout", 2.0)
-    return WebhookConfig(name=name, url=url, key=KEY, **kw)
+    return WebhookConfig(name=name, url=url, keys=(KEY,), **kw)
 
 
 @pytest.fixture
