@@ -91,7 +91,7 @@ def measure(events: int, folder: Path, synchronous: str) -> dict[str, Any]:
     config = Config(
         nodes=(Node("bench", port=feeder.port),), health=HealthConfig(enabled=False),
         outbox=OutboxConfig(folder / "outbox.sqlite3", synchronous=synchronous),
-        webhooks=(WebhookConfig(name="down", url="http://127.0.0.1:9/", key=b"k" * 32),))
+        webhooks=(WebhookConfig(name="down", url="http://127.0.0.1:9/", keys=(b"k" * 32,)),))
     app = App.from_config(config)
     app.start()
     gevent.sleep(0.5)  # connected, subscribed, the core-UUID query answered

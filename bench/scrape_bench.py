@@ -26,7 +26,7 @@ from listener.outbox.reader import OutboxReader
 from listener.outbox.store import Entry, Outbox
 from listener.outbox.writer import OutboxWriter
 
-HOOK = WebhookConfig(name="crm", url="http://127.0.0.1:9/hook", key=b"k" * 32)
+HOOK = WebhookConfig(name="crm", url="http://127.0.0.1:9/hook", keys=(b"k" * 32,))
 BODY = json.dumps({"status": "answered", "caller_number": "+4930123456", "padding": "x" * 600})
 
 

@@ -75,10 +75,10 @@ def cpu_s() -> float:
 
 
 def run(mode: str, n: int, url: str) -> str:
-    config = WebhookConfig(name="bench", url=url, key=b"k" * 24, max_concurrency=CONCURRENCY,
+    config = WebhookConfig(name="bench", url=url, keys=(b"k" * 24,), max_concurrency=CONCURRENCY,
                            retry=RetrySchedule(delays=(5.0,)))
     transport = OldTransport(config) if mode == "old" else Transport(config)
-    requests = [build_request(url, config.key, f"evt-{i}", BODY, int(time.time())) for i in range(64)]
+    requests = [build_request(url, config.keys, f"evt-{i}", BODY, int(time.time())) for i in range(64)]
     failed: list[DeliveryOutcome] = []
 
     def one(i: int) -> None:

@@ -86,7 +86,7 @@ def bench_delivery(tmp: Path, receiver: Receiver, hook: WebhookConfig) -> None:
 def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     receiver = Receiver()
-    hook = WebhookConfig(name="bench", url=receiver.url(), key=decode_secret(SECRET) or b"",
+    hook = WebhookConfig(name="bench", url=receiver.url(), keys=(decode_secret(SECRET) or b"",),
                          max_concurrency=8, retry=RetrySchedule())
     with tempfile.TemporaryDirectory() as tmp:
         for synchronous in ("full", "normal"):

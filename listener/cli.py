@@ -1,9 +1,12 @@
-"""Command line: ``run`` (the daemon), ``classify`` (ESL captures, JSON CDRs), ``check-config``, ``outbox``.
+"""Command line: ``run`` (the daemon), ``classify`` (ESL captures, JSON CDRs), ``check-config``, ``outbox``,
+``webhook test``.
 
 gevent's monkey-patching happens here, first, and only for ``run``. Exit codes are the one map of
 ``listener.core.exits`` (sysexits): 78 for an invalid configuration, 74 for an outbox that cannot be
 used as it is, 75 when another process holds the outbox lock or the health port, 65 for unusable
-``classify`` input (or input with no CHANNEL_HANGUP_COMPLETE in it).
+``classify`` input (or input with no CHANNEL_HANGUP_COMPLETE in it). ``webhook test``: 0 on a 2xx
+answer, 75 when the receiver was not reached or answered 5xx or 429, 65 for any other answer, 64
+for an unknown endpoint name (``listener.webhooks.commands``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import TYPE_CHECKING, TextIO
 from listener import __version__
 from listener.core.exits import EX_CONFIG, EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_OK, EX_TEMPFAIL
 from listener.outbox.commands import add_outbox_parser
+from listener.webhooks.commands import add_webhook_parser
 
 if TYPE_CHECKING:
     from listener.config.settings import Config
@@ -51,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     outbox = add_outbox_parser(commands)
     outbox.add_argument("--config", type=Path, help="TOML configuration (for its [outbox] path)")
     outbox.set_defaults(func=_outbox)
+
+    webhook = add_webhook_parser(commands)
+    webhook.set_defaults(func=_webhook)
     return parser
 
 
@@ -192,6 +199,16 @@ def _outbox(args: argparse.Namespace) -> int:
     if not isinstance(cfg, Config):
         return EX_CONFIG
     return run_outbox_command(args, cfg.outbox)
+
+
+def _webhook(args: argparse.Namespace) -> int:
+    from listener.config.settings import Config  # noqa: PLC0415
+    from listener.webhooks.commands import run_webhook_test  # noqa: PLC0415
+
+    cfg = _load(args.config, sys.stderr)
+    if not isinstance(cfg, Config):
+        return EX_CONFIG
+    return run_webhook_test(args.endpoint, cfg.webhooks, cfg.classifier, out=sys.stdout, err=sys.stderr)
 
 
 def _check_config(args: argparse.Namespace) -> int:

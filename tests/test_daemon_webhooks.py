@@ -33,10 +33,12 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
-def write_config(tmp_path: Path, fake: FakeFreeSWITCH, *urls: str, timeout: float = 2) -> Path:
+def write_config(tmp_path: Path, fake: FakeFreeSWITCH, *urls: str, timeout: float = 2,
+                 secrets: tuple[str, ...] = (SECRET,)) -> Path:
     config = tmp_path / "listener.toml"
+    secret = f'secret = "{SECRET}"' if secrets == (SECRET,) else f"secrets = {json.dumps(list(secrets))}"
     hooks = "".join(
-        f'[[webhooks]]\nname = "hook{n}"\nurl = "{url}"\nsecret = "{SECRET}"\n'
+        f'[[webhooks]]\nname = "hook{n}"\nurl = "{url}"\n{secret}\n'
         f"timeout = {timeout:g}\nretry_schedule = [0.2, 0.2, 0.2, 0.2, 0.2]\nretry_jitter = 0\n"
         for n, url in enumerate(urls)
     )
@@ -91,9 +93,9 @@ def send(session: Session, events: list[bytes]) -> None:
     session.send(b"".join(event_frame(body) for body in events))
 
 
-def verified_ids(receiver: Receiver, path: str = "/hook") -> list[str]:
+def verified_ids(receiver: Receiver, path: str = "/hook", secret: str = SECRET) -> list[str]:
     """Every received webhook-id on ``path``, each signature checked by the reference library."""
-    verifier = Webhook(SECRET)
+    verifier = Webhook(secret)
     ids = []
     for request in [r for r in receiver.received if r.path == path]:
         payload = verifier.verify(request.body, request.headers)
@@ -350,3 +352,32 @@ def test_the_daemon_is_one_process_while_it_ingests_and_delivers(tmp_path: Path,
             assert daemon.wait(timeout=20) == 0
         finally:
             daemon.kill()
+
+
+NEW_SECRET = "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+
+
+def test_with_two_secrets_every_request_verifies_with_each_and_no_secret_is_logged(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    events = bodies(3)
+    with FakeFreeSWITCH() as fake:
+        config = write_config(tmp_path, fake, receiver.url(), secrets=(SECRET, NEW_SECRET))
+        config.write_text(config.read_text() + '[log]\nlevel = "debug"\n')
+        daemon = start_daemon(config)
+        try:
+            send(fake.next_session(timeout=15), events)
+            while len(set(verified_ids(receiver))) < len(events):
+                receiver.get(timeout=15)
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=20) == 0
+        finally:
+            daemon.kill()
+    assert set(verified_ids(receiver, secret=SECRET)) == expected_ids(events)
+    assert set(verified_ids(receiver, secret=NEW_SECRET)) == expected_ids(events)
+    assert all(len(r.headers["webhook-signature"].split(" ")) == 2 for r in receiver.received)
+    log = "".join(p.read_text() for p in tmp_path.glob("daemon-*.log"))
+    assert '"webhook.delivered"' in log
+    signatures = [s for r in receiver.received for s in r.headers["webhook-signature"].split(" ")]
+    for secret in (SECRET, NEW_SECRET, SECRET[6:], NEW_SECRET[6:], *(s[3:] for s in signatures)):
+        assert secret not in log

@@ -78,7 +78,7 @@ class Recorder:
 
 
 def hook(url: str, delays: tuple[float, ...] = (5.0, 300.0, 1800.0)) -> WebhookConfig:
-    return WebhookConfig(name="crm", url=url, key=KEY, timeout=2.0, connect_timeout=2.0,
+    return WebhookConfig(name="crm", url=url, keys=(KEY,), timeout=2.0, connect_timeout=2.0,
                          retry=RetrySchedule(delays=delays, jitter=0.0))
 
 

@@ -27,7 +27,7 @@ from listener.outbox.reader import OutboxReader
 from listener.outbox.store import Entry, Outbox
 from listener.outbox.writer import OutboxWriter
 
-HOOK = WebhookConfig(name="crm", url="http://127.0.0.1:9/hook", key=b"k" * 32)
+HOOK = WebhookConfig(name="crm", url="http://127.0.0.1:9/hook", keys=(b"k" * 32,))
 
 
 def doc(n: int) -> dict[str, Any]:
@@ -209,7 +209,7 @@ def test_opening_says_what_is_pending_and_dead_per_endpoint(tmp_path: Path) -> N
     path = tmp_path / "outbox.sqlite3"
     make_outbox(path, 3)
     log = _NullLog()
-    billing = WebhookConfig("billing", "http://127.0.0.1:9/", b"k")
+    billing = WebhookConfig("billing", "http://127.0.0.1:9/", (b"k",))
     opened = open_outbox(OutboxConfig(path), [HOOK, billing], log)
     opened.outbox.close()
     opened.lock.release()

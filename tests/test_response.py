@@ -180,3 +180,23 @@ def test_the_deadline_in_the_body_leaves_the_status_standing_and_the_connection_
     wire = Wire(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 100, 1)
     assert read_response(wire, 60.0, clock) == Response(200, None, False)
     assert wire.sent == 60  # a byte a second: the 60th read was the last
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize(("data", "keep", "expected"), [
+    (OK, 0, b""),
+    (OK, 64, b"ok"),
+    (b"HTTP/1.1 500 Oops\r\ncontent-length: 11\r\n\r\nhello world", 5, b"hello"),
+    (chunked(b"hello", b" world"), 8, b"hello wo"),
+    (chunked(b"hello", b" world"), 64, b"hello world"),
+])
+def test_the_first_bytes_of_the_body_are_kept_only_when_asked(data: bytes, keep: int, expected: bytes,
+                                                              size: int) -> None:
+    response = read_response(Wire(data, size), float("inf"), keep=keep)
+    assert response.body_start == expected
+    assert response.reusable
+
+
+def test_a_body_that_ends_with_the_connection_keeps_what_came_with_the_head() -> None:
+    response = read_response(Wire(b"HTTP/1.1 200 OK\r\n\r\nunframed body", 1 << 20), float("inf"), keep=8)
+    assert (response.body_start, response.reusable) == (b"unframed", False)

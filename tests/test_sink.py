@@ -11,7 +11,7 @@ from typing import Any
 import gevent
 import gevent.queue
 import pytest
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from webhook_receiver import Hold, Receiver, Reply, Slow, refused_url
 
 from listener.config.settings import OutboxConfig, WebhookConfig
@@ -45,7 +45,8 @@ def doc(n: int, **extra: Any) -> dict[str, Any]:
 def endpoint(name: str, url: str, **kw: Any) -> WebhookConfig:
     kw.setdefault("retry", RetrySchedule(delays=(5.0, 300.0), jitter=0.0, retry_after_max=900.0))
     kw.setdefault("timeout", 2.0)
-    return WebhookConfig(name=name, url=url, key=KEY, **kw)
+    kw.setdefault("keys", (KEY,))
+    return WebhookConfig(name=name, url=url, **kw)
 
 
 @pytest.fixture
@@ -294,6 +295,25 @@ def test_reconfigure_starts_new_endpoints_retires_changed_ones_and_keeps_removed
     assert paths == {"/new", "/analytics"}
     # the removed endpoint's row is kept (not lost), and new documents are no longer routed to it
     assert [r.event_id for r in h.rows() if r.endpoint == "billing"] == ["call-1"]
+
+
+def test_a_reload_that_adds_a_secret_signs_every_later_attempt_with_both_a_retry_included(
+        harness: Any, receiver: Receiver) -> None:
+    new_secret = "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+    receiver.script("/hook", Reply(500))
+    h = harness(endpoint("crm", receiver.url()))
+    h.sink.start()
+    h.put([doc(1)])
+    first = receiver.get()
+    assert h.next().outcome == Retry("server_error", 500)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(new_secret).verify(first.body, first.headers)
+    h.sink.reconfigure([endpoint("crm", receiver.url(), keys=(KEY, decode_secret(new_secret)))])
+    h.advance(5.0)
+    retry = receiver.get()
+    assert retry.webhook_id == first.webhook_id
+    for secret in (SECRET, new_secret):
+        assert Webhook(secret).verify(retry.body, retry.headers) == doc(1)
 
 
 def test_an_unreachable_endpoint_is_probed_one_message_at_a_time_the_rest_stay_pending(harness: Any) -> None:

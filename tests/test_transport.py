@@ -32,11 +32,11 @@ CHUNKED = (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
 def config(url: str, **kw: Any) -> WebhookConfig:
     kw.setdefault("timeout", 2.0)
     kw.setdefault("connect_timeout", 2.0)
-    return WebhookConfig(name="t", url=url, key=KEY, retry=RetrySchedule(delays=(5.0,)), **kw)
+    return WebhookConfig(name="t", url=url, keys=(KEY,), retry=RetrySchedule(delays=(5.0,)), **kw)
 
 
 def request(url: str, n: int = 1, body: str = '{"id":"x"}') -> Request:
-    return build_request(url, KEY, f"evt-{n}", body, int(time.time()))
+    return build_request(url, (KEY,), f"evt-{n}", body, int(time.time()))
 
 
 @pytest.fixture

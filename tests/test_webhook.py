@@ -36,7 +36,7 @@ assert KEY is not None
 
 def test_signature_verifies_with_the_reference_library() -> None:
     body = render({"id": "call-1", "status": "answered", "caller": "Zoë"})
-    request = build_request("https://crm.example/hooks?x=1", KEY, "call-1", body, int(time.time()))
+    request = build_request("https://crm.example/hooks?x=1", (KEY,), "call-1", body, int(time.time()))
     assert Webhook(SECRET).verify(request.body, dict(request.headers)) == {
         "id": "call-1", "status": "answered", "caller": "Zoë"}
     assert request.target == "/hooks?x=1"
@@ -53,7 +53,7 @@ def test_body_is_compact_deterministic_utf8_json() -> None:
 
 
 def test_request_repr_and_scrub_hide_the_signature() -> None:
-    request = build_request("http://h/", KEY, "id", "{}", 1)
+    request = build_request("http://h/", (KEY,), "id", "{}", 1)
     assert request.headers["webhook-signature"] not in repr(request)
     assert scrub({"Webhook-Signature": "v1,abc", "webhook-id": "i"}) == {
         "Webhook-Signature": "<redacted>", "webhook-id": "i"}
@@ -103,7 +103,7 @@ def test_minimal_webhook_gets_defaults_and_a_credential_free_name() -> None:
     (config,), problems = read({"webhooks": [{"url": url, "secret": SECRET}]})
     assert problems == []
     assert config.name == "https://crm.example:8443/h"
-    assert config.key == KEY
+    assert config.keys == (KEY,)
     assert (config.timeout, config.max_concurrency, config.retry.max_attempts) == (10.0, 4, 8)
 
 
@@ -141,7 +141,8 @@ def test_every_problem_is_reported_with_its_path_and_never_the_secret() -> None:
     assert any(p.startswith("webhooks[0].timeout: must be > 0") for p in problems)
     assert "webhooks[0].tiemout: unknown key" in problems
     assert "webhooks[1].secret: must decode to 24..64 bytes, got 3" in problems
-    assert "webhooks[2].secret: is required (secret, secret_file or secret_env)" in problems
+    assert ("webhooks[2].secret: is required (secret, secret_file, secret_env, or a list: secrets, "
+            "secret_files, secret_envs)") in problems
     assert "webhooks[4].max_concurrency: must be >= 1, got 0" in problems
     assert "webhooks[4].retry_schedule: every value must be >= 0" in problems
     assert not any("notbase64" in p or "QUJD" in p for p in problems)
@@ -158,7 +159,7 @@ def test_secret_from_a_file(tmp_path: Path) -> None:
     (tmp_path / "s").write_text(SECRET + "\n")
     (config,), problems = read({"webhooks": [{"url": "http://a/", "secret_file": str(tmp_path / "s")}]})
     assert problems == []
-    assert config.key == KEY
+    assert config.keys == (KEY,)
 
 
 def test_safe_url_drops_credentials_query_and_fragment() -> None:
@@ -193,5 +194,5 @@ def test_the_removed_delivery_process_key_is_accepted_with_a_warning_whatever_it
 
 
 def test_webhook_config_repr_hides_the_key() -> None:
-    config = WebhookConfig(name="n", url="http://a/", key=KEY)
+    config = WebhookConfig(name="n", url="http://a/", keys=(KEY,))
     assert repr(KEY) not in repr(config)

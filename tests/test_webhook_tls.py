@@ -37,7 +37,7 @@ def tls_receiver(ca: trustme.CA) -> Iterator[Receiver]:
 
 def endpoint(url: str, ca_bundle: Path | None) -> WebhookConfig:
     return WebhookConfig(
-        name="tls", url=url, key=decode_secret(SECRET) or b"", timeout=5.0, connect_timeout=5.0,
+        name="tls", url=url, keys=(decode_secret(SECRET) or b"",), timeout=5.0, connect_timeout=5.0,
         retry=RetrySchedule(delays=(5.0,), jitter=0.0, retry_after_max=60.0), ca_bundle=ca_bundle,
     )
 
@@ -46,7 +46,7 @@ def post(config: WebhookConfig) -> object:
     transport = Transport(config)
     try:
         now = int(time.time())
-        request = build_request(config.url, config.key, "evt-1", '{"id":"evt-1"}', now)
+        request = build_request(config.url, config.keys, "evt-1", '{"id":"evt-1"}', now)
         return transport.send(request, clock=time.time)
     finally:
         transport.close()

@@ -17,7 +17,7 @@ T = TypeVar("T")
 REMOVED = "removed in 0.2.0 (the daemon runs as one process) and ignored; delete it from the configuration"
 """The warning for a key of the two child processes that were removed, accepted for one release."""
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
 
 
 class Problems:
@@ -158,6 +158,43 @@ class TableReader:
         if name.endswith("_env"):
             return self._secret_from_env(name, raw, default)
         return self._secret_from_file(name, raw, default)
+
+    def secrets(self, key: str) -> list[tuple[str, str]]:
+        """Secrets, each with the key it came from: one from ``key``, ``key_file`` or ``key_env`` (as
+        ``secret``), or several from ``keys``, ``key_files`` or ``key_envs``: lists of values, paths
+        and variable names, one secret each (``secret_files[1]``). At most one of the six is given.
+        """
+        single, lists = (key, f"{key}_file", f"{key}_env"), (f"{key}s", f"{key}_files", f"{key}_envs")
+        given = [name for name in (*single, *lists) if self.has(name)]
+        if len(given) > 1:
+            self.problem(key, f"give only one of {', '.join(given)}")
+            return []
+        if not given:
+            return []
+        if given[0] in single:
+            value = self.secret(key)
+            return [] if value is None else [(given[0], value)]
+        return self._secret_list(given[0])
+
+    def _secret_list(self, name: str) -> list[tuple[str, str]]:
+        items = self.strings(name)
+        if self.table.get(name) == []:
+            self.problem(name, "must not be empty")
+        found = []
+        for index, item in enumerate(items):
+            path = f"{name}[{index}]"
+            if not item:
+                self.problem(path, "must not be empty")
+                continue
+            if name.endswith("_envs"):
+                value = self._secret_from_env(path, item, None)
+            elif name.endswith("_files"):
+                value = self._secret_from_file(path, item, None)
+            else:
+                value = item
+            if value is not None:
+                found.append((path, value))
+        return found
 
     def _secret_from_env(self, name: str, variable: str, default: str | None) -> str | None:
         value = self.environ.get(variable)

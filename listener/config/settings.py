@@ -63,7 +63,8 @@ class WebhookConfig:
 
     name: str
     url: str
-    key: bytes = field(repr=False)
+    keys: tuple[bytes, ...] = field(repr=False)
+    """The HMAC keys, in order: every request carries one signature per key (several while rotating)."""
     statuses: frozenset[str] = frozenset()
     legs: frozenset[str] = frozenset()
     directions: frozenset[str] = frozenset()

@@ -27,6 +27,8 @@ from listener.core.spec import load_spec
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 MIN_SECRET_BYTES = 24  # Standard Webhooks: keys SHOULD be 24 to 64 bytes
 MAX_SECRET_BYTES = 64
+SECRET_KEYS = ("secret", "secret_file", "secret_env", "secrets", "secret_files", "secret_envs")
+"""One secret, or a list of them (rotation): exactly one of these keys is given."""
 
 
 def decode_secret(secret: str) -> bytes | None:
@@ -55,13 +57,13 @@ def parse_webhooks(reader: TableReader) -> tuple[WebhookConfig, ...]:
 def _parse_webhook(reader: TableReader) -> WebhookConfig | None:
     before = len(reader.problems.items)
     url = _url(reader)
-    key = _key(reader)
+    keys = _keys(reader)
     name = reader.string("name") or (safe_url(url) if url else "")
     timeout = reader.number("timeout", float, 10.0, minimum=0, exclusive_min=True)
     connect_timeout = reader.number(
         "connect_timeout", float, min(5.0, timeout), minimum=0, exclusive_min=True)
     config = WebhookConfig(
-        name=name, url=url, key=key or b"",
+        name=name, url=url, keys=keys,
         statuses=frozenset(_choices(reader, "statuses", tuple(load_spec().statuses))),
         legs=frozenset(_choices(reader, "legs", LEGS)),
         directions=frozenset(_choices(reader, "directions", DIRECTIONS)),
@@ -93,18 +95,29 @@ def _url(reader: TableReader) -> str:
     return url
 
 
-def _key(reader: TableReader) -> bytes | None:
-    secret = reader.secret("secret")
-    if secret is None:
-        if not any(reader.has(k) for k in ("secret", "secret_file", "secret_env")):
-            reader.problem("secret", "is required (secret, secret_file or secret_env)")
-        return None
+def _keys(reader: TableReader) -> tuple[bytes, ...]:
+    """The HMAC key of every secret given, in order; each problem names the key it came from."""
+    secrets = reader.secrets("secret")
+    if not secrets and not any(reader.has(k) for k in SECRET_KEYS):
+        reader.problem("secret", f"is required ({', '.join(SECRET_KEYS[:3])}, or a list: "
+                                 f"{', '.join(SECRET_KEYS[3:])})")
+    keys: dict[bytes, str] = {}
+    for path, secret in secrets:
+        key = _key(reader, path, secret)
+        if key is not None and key in keys:
+            reader.problem(path, f"the same secret as {keys[key]}")
+        elif key is not None:
+            keys[key] = path
+    return tuple(keys)
+
+
+def _key(reader: TableReader, path: str, secret: str) -> bytes | None:
     key = decode_secret(secret)
     if key is None:
-        reader.problem("secret", "must be whsec_ followed by base64")
+        reader.problem(path, "must be whsec_ followed by base64")
     elif not MIN_SECRET_BYTES <= len(key) <= MAX_SECRET_BYTES:
         size = f"{MIN_SECRET_BYTES}..{MAX_SECRET_BYTES}"
-        reader.problem("secret", f"must decode to {size} bytes, got {len(key)}")
+        reader.problem(path, f"must decode to {size} bytes, got {len(key)}")
         return None
     return key
 

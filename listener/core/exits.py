@@ -10,9 +10,10 @@ from typing import Final
 
 EX_OK: Final = 0
 EX_USAGE: Final = 64
-"""A command was given wrong arguments."""
+"""A command was given wrong arguments (``webhook test``: no endpoint of that name)."""
 EX_DATAERR: Final = 65
-"""``classify`` input holds no usable ESL traffic."""
+"""``classify`` input holds no usable ESL traffic; ``webhook test``: the receiver refused the request
+(an answer other than 2xx, 5xx and 429)."""
 EX_NOINPUT: Final = 66
 """A named input (a capture file, the outbox for an ``outbox`` command) does not exist."""
 EX_SOFTWARE: Final = 70
@@ -20,7 +21,8 @@ EX_SOFTWARE: Final = 70
 EX_IOERR: Final = 74
 """The outbox cannot clear by itself: corrupt, read-only, not a database, a foreign ``-wal``."""
 EX_TEMPFAIL: Final = 75
-"""Another process holds the outbox lock or the health port (or the outbox stayed locked at start)."""
+"""Another process holds the outbox lock or the health port (or the outbox stayed locked at start);
+``webhook test``: the receiver could not be reached or answered 5xx or 429."""
 EX_CONFIG: Final = 78
 """The configuration is invalid."""
 

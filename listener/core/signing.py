@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,9 +40,23 @@ def render(document: Mapping[str, Any]) -> str:
 
 
 def sign(key: bytes, msg_id: str, timestamp: int, body: str) -> str:
-    """The ``webhook-signature`` value: ``v1,`` + base64(HMAC-SHA256(key, "id.timestamp.body"))."""
-    mac = hmac.new(key, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
-    return "v1," + base64.b64encode(mac).decode("ascii")
+    """One signature: ``v1,`` + base64(HMAC-SHA256(key, "id.timestamp.body"))."""
+    return _v1(key, f"{msg_id}.{timestamp}.{body}".encode())
+
+
+def signature(keys: Sequence[bytes], msg_id: str, timestamp: int, body: str) -> str:
+    """The ``webhook-signature`` value: one signature per key, in order, space-separated.
+
+    A receiver holding any one of the keys verifies the request: that is how a secret is rotated.
+    """
+    if not keys:
+        raise ValueError("no signing key")
+    message = f"{msg_id}.{timestamp}.{body}".encode()
+    return " ".join(_v1(key, message) for key in keys)
+
+
+def _v1(key: bytes, message: bytes) -> str:
+    return "v1," + base64.b64encode(hmac.new(key, message, hashlib.sha256).digest()).decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +78,15 @@ def request_target(url: str) -> str:
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
-def build_request(url: str, key: bytes, msg_id: str, body: str, timestamp: int) -> Request:
-    """The signed POST of ``body`` for this attempt (a new timestamp and signature each attempt)."""
+def build_request(url: str, keys: Sequence[bytes], msg_id: str, body: str, timestamp: int) -> Request:
+    """The POST of ``body`` for this attempt, signed with every key (a new timestamp and signature each
+    attempt)."""
     headers = {
         "content-type": CONTENT_TYPE,
         "user-agent": USER_AGENT,
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(key, msg_id, timestamp, body),
+        "webhook-signature": signature(keys, msg_id, timestamp, body),
     }
     return Request(request_target(url), headers, body.encode())
 

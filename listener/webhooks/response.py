@@ -15,6 +15,8 @@ Invariants:
   and by the caller's ``gevent.Timeout``.
 - A connection is reusable only after a complete response that allows keep-alive and left no
   byte unread.
+- The body's bytes are dropped as they are read, but for its first ``keep`` bytes when asked
+  (``hangup-listener webhook test`` shows them); delivery keeps none.
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ class Response:
     status: int
     retry_after: str | None
     reusable: bool
+    body_start: bytes = b""
+    """The first bytes of the body (chunk framing removed), at most the ``keep`` asked for."""
 
 
 def parse_head(block: bytes) -> Head:
@@ -125,13 +129,15 @@ def body_length(head: Head) -> int | None:
 class _Stream:
     """The bytes of one response: buffered, never more than ``limit`` in all, never past ``deadline``."""
 
-    __slots__ = ("buffer", "clock", "deadline", "limit", "received", "sock")
+    __slots__ = ("buffer", "clock", "deadline", "keep", "kept", "limit", "received", "sock")
 
-    def __init__(self, sock: Socket, deadline: float, clock: Callable[[], float]) -> None:
+    def __init__(self, sock: Socket, deadline: float, clock: Callable[[], float], keep: int = 0) -> None:
         self.sock, self.deadline, self.clock = sock, deadline, clock
         self.buffer = bytearray()
         self.received = 0
         self.limit = HEAD_LIMIT
+        self.keep = keep
+        self.kept = bytearray()
 
     def fill(self) -> bool:
         """Receive more; False at the end of the stream."""
@@ -163,17 +169,22 @@ class _Stream:
         while len(self.buffer) < size:
             if not self.fill():
                 raise ResponseError("the connection ended inside the body")
+        if len(self.kept) < self.keep:
+            self.kept += self.buffer[:min(size, self.keep - len(self.kept))]
         del self.buffer[:size]
 
 
-def read_response(sock: Socket, deadline: float, clock: Callable[[], float] = time.monotonic) -> Response:
-    """Read one response from ``sock`` within the limits and ``deadline``; see the module's invariants."""
-    stream = _Stream(sock, deadline, clock)
+def read_response(sock: Socket, deadline: float, clock: Callable[[], float] = time.monotonic,
+                  keep: int = 0) -> Response:
+    """Read one response from ``sock`` within the limits and ``deadline``, keeping the first ``keep``
+    bytes of its body; see the module's invariants."""
+    stream = _Stream(sock, deadline, clock, keep)
     head = _final_head(stream)
     stream.limit = stream.received - len(stream.buffer) + BODY_LIMIT
     ended = _drain(stream, body_length(head))
     reusable = ended and head.keep_alive() and not stream.buffer
-    return Response(head.status, head.first("retry-after"), reusable)
+    body_start = bytes(stream.kept or stream.buffer[:keep])  # a body left unread: what came with the head
+    return Response(head.status, head.first("retry-after"), reusable, body_start)
 
 
 def _final_head(stream: _Stream) -> Head:

@@ -48,7 +48,12 @@ import gevent.ssl
 
 from listener.config.settings import WebhookConfig
 from listener.core.signing import DeliveryOutcome, Request, Retry, outcome_of_response
-from listener.webhooks.response import ClosedBeforeAnswerError, DeadlineExceededError, read_response
+from listener.webhooks.response import (
+    ClosedBeforeAnswerError,
+    DeadlineExceededError,
+    Response,
+    read_response,
+)
 
 Clock = Callable[[], float]
 Socket = Any  # gevent's socket or SSLSocket (gevent ships no type information)
@@ -65,6 +70,14 @@ select() (gevent's calls it first) it takes descriptors from 1024 on, which Limi
 
 class _NotSentError(Exception):
     """Nothing was written: no slot or no connection (the cause is chained)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What one POST came to: its outcome and, when asked for, the first bytes of the answer's body."""
+
+    outcome: DeliveryOutcome
+    body_start: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,19 +122,24 @@ class Transport:
 
     def send(self, request: Request, clock: Clock) -> DeliveryOutcome:
         """POST ``request`` and read the answer, within connect_timeout + timeout."""
+        return self.post(request, clock).outcome
+
+    def post(self, request: Request, clock: Clock, *, keep: int = 0) -> Answer:
+        """``send``, keeping the first ``keep`` bytes of the answer's body (``webhook test`` shows them)."""
         cfg = self.config
         budget = cfg.timeout + cfg.connect_timeout
         try:
             with gevent.Timeout(budget, DeadlineExceededError):
                 head = request_head(self.origin.authority, request)
-                status, retry_after = self._exchange(head + request.body, time.monotonic() + budget)
+                response = self._exchange(head + request.body, time.monotonic() + budget, keep)
         except _NotSentError as exc:
-            return outcome_of_error(exc.__cause__ or exc, connected=False)
+            return Answer(outcome_of_error(exc.__cause__ or exc, connected=False))
         except Exception as exc:  # noqa: BLE001 - every transport failure is an outcome, mapped there
-            return outcome_of_error(exc, connected=True)
-        return outcome_of_response(status, retry_after, clock())
+            return Answer(outcome_of_error(exc, connected=True))
+        outcome = outcome_of_response(response.status, response.retry_after, clock())
+        return Answer(outcome, response.body_start)
 
-    def _exchange(self, data: bytes, deadline: float) -> tuple[int, str | None]:
+    def _exchange(self, data: bytes, deadline: float, keep: int) -> Response:
         """Within one of the ``max_concurrency`` slots: a connection, the request, its response."""
         try:
             self._slots.acquire()
@@ -130,12 +148,12 @@ class Transport:
         try:
             pooled = self._pooled()
             if pooled is None:
-                return self._roundtrip(self._connect(), data, deadline)
+                return self._roundtrip(self._connect(), data, deadline, keep)
             try:
-                return self._roundtrip(pooled, data, deadline)
+                return self._roundtrip(pooled, data, deadline, keep)
             except ClosedBeforeAnswerError:
                 pass  # closed by the server while idle: once more, on a new connection
-            return self._roundtrip(self._connect(), data, deadline)
+            return self._roundtrip(self._connect(), data, deadline, keep)
         finally:
             self._slots.release()
 
@@ -148,11 +166,11 @@ class Transport:
             sock.close()  # the server wrote or closed while it was idle: never read that as our answer
         return None
 
-    def _roundtrip(self, sock: Socket, data: bytes, deadline: float) -> tuple[int, str | None]:
+    def _roundtrip(self, sock: Socket, data: bytes, deadline: float, keep: int) -> Response:
         """Write ``data``, read the response (bounded); keep the socket only if it may be reused."""
         try:
             _write(sock, data)
-            response = read_response(sock, deadline)
+            response = read_response(sock, deadline, keep=keep)
         except BaseException:
             sock.close()
             raise
@@ -160,7 +178,7 @@ class Transport:
             self._idle.append((sock, time.monotonic()))
         else:
             sock.close()
-        return response.status, response.retry_after
+        return response
 
     def _connect(self) -> Socket:
         """A new connection, TLS for https; any failure is a ``_NotSentError``."""
