@@ -144,7 +144,7 @@ def test_a_freeswitch_restart_while_calls_go_on_loses_nothing_with_cdr_dir(
             session.send(b"".join(frame("text/event-json", body) for body in esl_bodies(first)))
             copy_cdrs(first, cdr_dir)
             daemon.expect("call.classified")
-            fake.core_uuid = "7c1d5e4f-0b7a-4e63-9a51-2f3c4d5e6f70"  # the instance that comes back: set first,
+            fake.core_uuid = "7c1d5e4f-0b7a-4e63-9a51-2f3c4d5e6f70"  # the new instance: set first
             session.disconnect_notice()  # FreeSWITCH shuts down (the daemon may reconnect at once)
             session.close()
             for scenario in during:  # calls ended meanwhile: only their CDR files have them
