@@ -523,9 +523,9 @@ class Outbox:
         rows = self._read(
             "list",
             "SELECT d.id, m.event_id, d.endpoint, d.state, d.attempts, d.next_at, m.created_at, d.last_error,"
-            f" d.delivered_at FROM delivery d JOIN message m ON m.id = d.message WHERE {where}"
+            f" '', d.delivered_at FROM delivery d JOIN message m ON m.id = d.message WHERE {where}"
             " ORDER BY d.id LIMIT ?", (*params, limit))
-        return tuple(Delivery(*row[:8], delivered_at=row[8]) for row in rows)
+        return tuple(Delivery(*row) for row in rows)
 
     def _batched(
         self, what: str, sql: str, where: str, params: Sequence[object], progress: Progress | None
