@@ -48,9 +48,9 @@ def add_outbox_parser(subparsers: Any) -> argparse.ArgumentParser:
     resend = commands.add_parser(
         "resend", help="deliver delivered messages again (kept for [outbox] keep_delivered_hours), due now")
     _add_selectors(resend)
-    resend.add_argument("--since", type=_instant, metavar="ISO",
+    resend.add_argument("--since", metavar="ISO",
                         help="only those delivered at or after this time (ISO 8601; UTC unless it says)")
-    resend.add_argument("--until", type=_instant, metavar="ISO", help="only those delivered before this time")
+    resend.add_argument("--until", metavar="ISO", help="only those delivered before this time")
     resend.add_argument("--all", action="store_true", help="every delivered message kept (needs --yes)")
     resend.add_argument("--yes", action="store_true", help="needed with --all")
     purge = commands.add_parser("purge", help="delete deliveries for good (dead ones unless --pending)")
@@ -67,13 +67,19 @@ def _add_selectors(parser: argparse.ArgumentParser) -> None:
                         help="only this event id (repeatable)")
 
 
-def _instant(text: str) -> float:
-    """An ISO 8601 time (UTC unless it gives an offset) as epoch seconds: ``--since`` and ``--until``."""
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+def _instants(args: argparse.Namespace) -> str | None:
+    """``--since`` and ``--until`` (ISO 8601, UTC unless they give an offset) as epoch seconds, in
+    place; what is wrong with them, or None."""
+    for name in ("since", "until"):
+        text = getattr(args, name, None)
+        if text is None:
+            continue
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            return f"outbox resend --{name}: not an ISO 8601 time: {text!r}"
+        setattr(args, name, (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp())
+    return None
 
 
 def _usage(args: argparse.Namespace) -> str | None:
@@ -99,7 +105,7 @@ def run_outbox_command(args: argparse.Namespace, outbox_config: OutboxConfig, *,
     command = args.outbox_command
     if command == "list" and args.rejected:
         return _run_rejected(args, outbox_config, out, err)
-    if (problem := _usage(args)) is not None:
+    if (problem := _instants(args) or _usage(args)) is not None:
         print(problem, file=err)
         return EX_USAGE
     run = _COMMANDS[command]
