@@ -29,8 +29,8 @@ MIN_SECRET_BYTES = 24  # Standard Webhooks: keys SHOULD be 24 to 64 bytes
 MAX_SECRET_BYTES = 64
 SECRET_KEYS = ("secret", "secret_file", "secret_env", "secrets", "secret_files", "secret_envs")
 """One secret, or a list of them (rotation): exactly one of these keys is given."""
-KEEP_DELIVERED_MAX_HOURS = 24 * 31.0
-"""A month of delivered messages at 100 legs/s is ~100 GB (docs/operations.md): more is surely a typo."""
+KEEP_DELIVERED_MAX_HOURS = 168.0
+"""A week of delivered messages at 100 legs/s is 130 to 260 GB (docs/operations.md): more is a typo."""
 
 
 def decode_secret(secret: str) -> bytes | None:

@@ -18,7 +18,10 @@ from typing import Any, TextIO
 from listener.config.settings import OutboxConfig
 from listener.core.errors import OutboxError
 from listener.core.exits import EX_IOERR, EX_NOINPUT, EX_OK, EX_TEMPFAIL, EX_USAGE
-from listener.outbox.store import ALL, DEAD, DELIVERED, PENDING, Outbox, RejectedFrame
+from listener.outbox.store import DEAD, DELIVERED, PENDING, Outbox, RejectedFrame
+
+ALL = "all"
+"""``list --state all``: every undelivered row, pending and dead (delivered ones are listed on their own)."""
 
 
 def failed(exc: OutboxError) -> int:
@@ -34,8 +37,9 @@ def add_outbox_parser(subparsers: Any) -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="pending, dead and oldest pending age per endpoint")
     stats.add_argument("--json", action="store_true", help="one JSON object per endpoint")
     listing = commands.add_parser("list", help="list deliveries, oldest first")
-    listing.add_argument("--state", choices=(PENDING, DEAD, DELIVERED, ALL),
-                         help="only this state (default: pending and dead; all: delivered ones too)")
+    listing.add_argument("--state", choices=(PENDING, DEAD, DELIVERED, ALL), default=ALL,
+                         help="only this state (all, the default: pending and dead; delivered: those kept"
+                              " for resend)")
     _add_selectors(listing)
     listing.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
     listing.add_argument("--json", action="store_true", help="one JSON object per row")
@@ -152,7 +156,8 @@ def _age(seconds: float | None) -> str:
 
 
 def _list(outbox: Outbox, args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> None:
-    for row in outbox.list(state=args.state, endpoint=args.endpoint, event_ids=args.ids, limit=args.limit):
+    state = None if args.state == ALL else args.state
+    for row in outbox.list(state=state, endpoint=args.endpoint, event_ids=args.ids, limit=args.limit):
         fields = {"id": row.event_id, "endpoint": row.endpoint, "state": row.state, "attempts": row.attempts,
                   "created": _when(row.created_at),
                   "next_attempt": _when(row.next_at) if row.state == PENDING else None,
@@ -193,7 +198,7 @@ def _purge(outbox: Outbox, args: argparse.Namespace, out: TextIO, err: TextIO, n
 
 def _run_rejected(args: argparse.Namespace, outbox_config: OutboxConfig, out: TextIO, err: TextIO) -> int:
     """``outbox list --rejected``: the kept frames that held no usable event; with ``--id``, their bodies."""
-    if args.endpoint or args.state is not None:
+    if args.endpoint or args.state != ALL:
         print("outbox list --rejected: --state and --endpoint select deliveries, not frames", file=err)
         return EX_USAGE
     rows: list[RejectedFrame] = []

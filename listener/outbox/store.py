@@ -52,7 +52,6 @@ APPLICATION_ID = 0x484C5354
 PENDING = "pending"
 DEAD = "dead"
 DELIVERED = "delivered"
-ALL = "all"
 BATCH = 1000
 CHUNK = 200
 """Rows per multi-row INSERT in ``put`` (far below SQLite's limit of bound parameters)."""
@@ -493,12 +492,10 @@ class Outbox:
         self, state: str | None, endpoint: str | None, event_ids: Sequence[str],
         delivered: tuple[float | None, float | None] = (None, None),
     ) -> tuple[str, list[object]]:
-        """The WHERE of rows in ``state`` (None: pending or dead; ``all``: delivered ones too), of
+        """The WHERE of rows in ``state`` (None: pending or dead, never delivered), of
         ``endpoint``, of ``event_ids``, delivered within ``[since, until)`` if given."""
         clauses, params = ["d.state IN ('pending', 'dead')"], list[object]()
-        if state == ALL:
-            clauses = ["1"]
-        elif state:
+        if state:
             clauses, params = ["d.state = ?"], [state]
         since, until = delivered
         if since is not None:
