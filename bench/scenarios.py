@@ -284,11 +284,14 @@ def bare_cpu(settings: Settings, per_s: float, seconds: float) -> dict[str, floa
 
 
 def outbox_emptied(path: Path, timeout: float) -> int:
-    """Wait until the outbox holds no delivery row (every 2xx recorded); the rows left at the deadline."""
+    """Wait until the outbox holds no undelivered row (every 2xx recorded); the rows left at the deadline.
+
+    Delivered rows are kept (``[outbox] keep_delivered_hours``) and do not count."""
     deadline = time.monotonic() + timeout
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
     try:
-        while (left := int(db.execute("SELECT count(*) FROM delivery").fetchone()[0])) \
+        undelivered = "SELECT count(*) FROM delivery WHERE state != 'delivered'"
+        while (left := int(db.execute(undelivered).fetchone()[0])) \
                 and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
@@ -333,11 +336,13 @@ def idle_down(settings: Settings, rows: int, seconds: float, expected: Expected)
 
 
 def outbox_rows(path: Path) -> tuple[int, int]:
-    """Pending delivery rows in the outbox and the attempts made on all rows so far."""
+    """Pending delivery rows in the outbox and the attempts made on the undelivered rows so far (as when
+    delivered rows were deleted)."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
     try:
         pending, attempts = db.execute(
-            "SELECT sum(state = 'pending'), coalesce(sum(attempts), 0) FROM delivery").fetchone()
+            "SELECT sum(state = 'pending'), coalesce(sum(attempts), 0) FROM delivery"
+            " WHERE state != 'delivered'").fetchone()
     finally:
         db.close()
     return int(pending or 0), int(attempts)

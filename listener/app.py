@@ -116,7 +116,8 @@ class App:
             return cls(config, states=states)
         opened = open_outbox(config.outbox, config.webhooks, structlog.get_logger("listener"))
         retention = config.outbox.taken_retention_s
-        writer = OutboxWriter(opened.outbox, config.webhooks, taken_retention_s=retention)
+        writer = OutboxWriter(opened.outbox, config.webhooks, taken_retention_s=retention,
+                              keep_delivered_s=config.outbox.keep_delivered_s)
         return cls(config, writer, lock=opened.lock, checked=opened.checked, states=states)
 
     def start(self) -> None:

@@ -381,3 +381,35 @@ def test_with_two_secrets_every_request_verifies_with_each_and_no_secret_is_logg
     signatures = [s for r in receiver.received for s in r.headers["webhook-signature"].split(" ")]
     for secret in (SECRET, NEW_SECRET, SECRET[6:], NEW_SECRET[6:], *(s[3:] for s in signatures)):
         assert secret not in log
+
+
+def resend(config: Path, event_id: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "listener", "outbox", "--config", str(config), "resend", "--id", event_id],
+        capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_a_delivered_message_resent_while_the_daemon_runs_arrives_again_with_its_webhook_id(
+    tmp_path: Path, receiver: Receiver,
+) -> None:
+    events = bodies(1)
+    (event_id,) = expected_ids(events)
+    with FakeFreeSWITCH() as fake:
+        config = write_config(tmp_path, fake, receiver.url())
+        daemon = start_daemon(config)
+        try:
+            send(fake.next_session(timeout=15), events)
+            assert receiver.get(timeout=15).webhook_id == event_id
+            done = resend(config, event_id)
+            for _ in range(50):  # the daemon records its ack a moment after the 200
+                if done.returncode or not done.stdout.startswith("0 "):
+                    break
+                gevent.sleep(0.1)
+                done = resend(config, event_id)
+            assert (done.returncode, done.stdout.split()[0]) == (0, "1")
+            assert receiver.get(timeout=15).webhook_id == event_id  # within the loop's 10 s sleep
+            assert verified_ids(receiver) == [event_id, event_id]
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=15) == 0
+        finally:
+            daemon.kill()

@@ -92,6 +92,8 @@ class OutboxConfig:
     taken_retention_s: float = 7 * 86400.0
     """How long the id of every leg taken (from the Event Socket or a CDR file) is remembered, so a
     leg seen on both sources is logged and delivered once. Longer than any CDR scan reaches back."""
+    keep_delivered_s: float = 86400.0
+    """How long a delivered message is kept, so ``outbox resend`` can send it again (0: deleted at once)."""
 
 
 @dataclass(frozen=True, slots=True)

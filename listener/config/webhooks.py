@@ -29,6 +29,8 @@ MIN_SECRET_BYTES = 24  # Standard Webhooks: keys SHOULD be 24 to 64 bytes
 MAX_SECRET_BYTES = 64
 SECRET_KEYS = ("secret", "secret_file", "secret_env", "secrets", "secret_files", "secret_envs")
 """One secret, or a list of them (rotation): exactly one of these keys is given."""
+KEEP_DELIVERED_MAX_HOURS = 168.0
+"""A week of delivered messages at 100 legs/s is 130 to 260 GB (docs/operations.md): more is a typo."""
 
 
 def decode_secret(secret: str) -> bytes | None:
@@ -156,6 +158,8 @@ def parse_outbox(reader: TableReader) -> OutboxConfig:
     path = Path(raw) if raw else default_outbox_path(table.environ)
     synchronous = table.string("synchronous", "full", choices=SYNCHRONOUS)
     hours = table.number("taken_retention_hours", float, 168.0, minimum=1.0)
+    keep = table.number("keep_delivered_hours", float, 24.0, minimum=0.0, maximum=KEEP_DELIVERED_MAX_HOURS)
     table.removed("delivery_process")
     table.reject_unknown()
-    return OutboxConfig(path=path, synchronous=synchronous, taken_retention_s=hours * 3600.0)
+    return OutboxConfig(path=path, synchronous=synchronous, taken_retention_s=hours * 3600.0,
+                        keep_delivered_s=keep * 3600.0)

@@ -1,4 +1,4 @@
-"""``hangup-listener outbox stats|list|retry|purge``: the operator's view of the outbox file.
+"""``hangup-listener outbox stats|list|retry|resend|purge``: the operator's view of the outbox file.
 
 Safe while the daemon runs: SQLite WAL lets us read beside it, and every change is made in
 short transactions of at most ``BATCH`` rows, so the daemon never waits long for us.
@@ -18,7 +18,10 @@ from typing import Any, TextIO
 from listener.config.settings import OutboxConfig
 from listener.core.errors import OutboxError
 from listener.core.exits import EX_IOERR, EX_NOINPUT, EX_OK, EX_TEMPFAIL, EX_USAGE
-from listener.outbox.store import DEAD, PENDING, Outbox, RejectedFrame
+from listener.outbox.store import DEAD, DELIVERED, PENDING, Outbox, RejectedFrame
+
+ALL = "all"
+"""``list --state all``: every undelivered row, pending and dead (delivered ones are listed on their own)."""
 
 
 def failed(exc: OutboxError) -> int:
@@ -34,7 +37,9 @@ def add_outbox_parser(subparsers: Any) -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="pending, dead and oldest pending age per endpoint")
     stats.add_argument("--json", action="store_true", help="one JSON object per endpoint")
     listing = commands.add_parser("list", help="list deliveries, oldest first")
-    listing.add_argument("--state", choices=(PENDING, DEAD, "all"), default="all")
+    listing.add_argument("--state", choices=(PENDING, DEAD, DELIVERED, ALL), default=ALL,
+                         help="only this state (all, the default: pending and dead; delivered: those kept"
+                              " for resend)")
     _add_selectors(listing)
     listing.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
     listing.add_argument("--json", action="store_true", help="one JSON object per row")
@@ -44,6 +49,14 @@ def add_outbox_parser(subparsers: Any) -> argparse.ArgumentParser:
     retry = commands.add_parser("retry", help="make dead deliveries pending again, due now")
     _add_selectors(retry)
     retry.add_argument("--all", action="store_true", help="every dead delivery")
+    resend = commands.add_parser(
+        "resend", help="deliver delivered messages again (kept for [outbox] keep_delivered_hours), due now")
+    _add_selectors(resend)
+    resend.add_argument("--since", metavar="ISO",
+                        help="only those delivered at or after this time (ISO 8601; UTC unless it says)")
+    resend.add_argument("--until", metavar="ISO", help="only those delivered before this time")
+    resend.add_argument("--all", action="store_true", help="every delivered message kept (needs --yes)")
+    resend.add_argument("--yes", action="store_true", help="needed with --all")
     purge = commands.add_parser("purge", help="delete deliveries for good (dead ones unless --pending)")
     _add_selectors(purge)
     purge.add_argument("--all", action="store_true", help="every matching delivery")
@@ -58,6 +71,37 @@ def _add_selectors(parser: argparse.ArgumentParser) -> None:
                         help="only this event id (repeatable)")
 
 
+def _instants(args: argparse.Namespace) -> str | None:
+    """``--since`` and ``--until`` (ISO 8601, UTC unless they give an offset) as epoch seconds, in
+    place; what is wrong with them, or None."""
+    for name in ("since", "until"):
+        text = getattr(args, name, None)
+        if text is None:
+            continue
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            return f"outbox resend --{name}: not an ISO 8601 time: {text!r}"
+        setattr(args, name, (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp())
+    return None
+
+
+def _usage(args: argparse.Namespace) -> str | None:
+    """What is wrong with the selection of a changing command, or None."""
+    command = args.outbox_command
+    if command == "resend" and not (args.all or args.endpoint or args.ids or args.since or args.until):
+        return "outbox resend: give --id, --endpoint, --since/--until or --all"
+    if command == "resend" and args.all and not args.yes:
+        return "outbox resend --all sends every delivered message kept again: add --yes"
+    if command == "resend" and None not in (args.since, args.until) and args.since >= args.until:
+        return "outbox resend: --since must be before --until"
+    if command in ("retry", "purge") and not (args.all or args.endpoint or args.ids):
+        return f"outbox {command}: give --all, --endpoint or --id"
+    if command == "purge" and args.pending and not args.yes:
+        return "outbox purge --pending deletes undelivered messages: add --yes"
+    return None
+
+
 def run_outbox_command(args: argparse.Namespace, outbox_config: OutboxConfig, *, out: TextIO | None = None,
                        err: TextIO | None = None, now: Callable[[], float] = time.time) -> int:
     """Run the parsed ``outbox`` sub-command on the configured file; returns the exit code."""
@@ -65,11 +109,8 @@ def run_outbox_command(args: argparse.Namespace, outbox_config: OutboxConfig, *,
     command = args.outbox_command
     if command == "list" and args.rejected:
         return _run_rejected(args, outbox_config, out, err)
-    if command in ("retry", "purge") and not (args.all or args.endpoint or args.ids):
-        print(f"outbox {command}: give --all, --endpoint or --id", file=err)
-        return EX_USAGE
-    if command == "purge" and args.pending and not args.yes:
-        print("outbox purge --pending deletes undelivered messages: add --yes", file=err)
+    if (problem := _instants(args) or _usage(args)) is not None:
+        print(problem, file=err)
         return EX_USAGE
     run = _COMMANDS[command]
     return _on_outbox(outbox_config, command, err, lambda outbox: run(outbox, args, out, err, now()))
@@ -115,11 +156,12 @@ def _age(seconds: float | None) -> str:
 
 
 def _list(outbox: Outbox, args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> None:
-    state = None if args.state == "all" else args.state
+    state = None if args.state == ALL else args.state
     for row in outbox.list(state=state, endpoint=args.endpoint, event_ids=args.ids, limit=args.limit):
         fields = {"id": row.event_id, "endpoint": row.endpoint, "state": row.state, "attempts": row.attempts,
                   "created": _when(row.created_at),
                   "next_attempt": _when(row.next_at) if row.state == PENDING else None,
+                  "delivered": _when(row.delivered_at) if row.delivered_at is not None else None,
                   "last_error": row.last_error}
         text = "  ".join(str(v) for v in fields.values() if v is not None)
         print(json.dumps(fields) if args.json else text, file=out)
@@ -139,6 +181,14 @@ def _retry(outbox: Outbox, args: argparse.Namespace, out: TextIO, err: TextIO, n
     print(f"{count} dead deliveries made pending again", file=out)
 
 
+def _resend(outbox: Outbox, args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> None:
+    progress = _progress(err, "resent")
+    count = outbox.resend(now, endpoint=args.endpoint, event_ids=args.ids, since=args.since, until=args.until,
+                          progress=progress)
+    print(f"{count} delivered deliveries made pending again (sent within seconds if the daemon runs)",
+          file=out)
+
+
 def _purge(outbox: Outbox, args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> None:
     state = PENDING if args.pending else DEAD
     progress = _progress(err, "purged")
@@ -148,7 +198,7 @@ def _purge(outbox: Outbox, args: argparse.Namespace, out: TextIO, err: TextIO, n
 
 def _run_rejected(args: argparse.Namespace, outbox_config: OutboxConfig, out: TextIO, err: TextIO) -> int:
     """``outbox list --rejected``: the kept frames that held no usable event; with ``--id``, their bodies."""
-    if args.endpoint or args.state != "all":
+    if args.endpoint or args.state != ALL:
         print("outbox list --rejected: --state and --endpoint select deliveries, not frames", file=err)
         return EX_USAGE
     rows: list[RejectedFrame] = []
@@ -185,4 +235,4 @@ def _print_rejected(row: RejectedFrame, args: argparse.Namespace, out: TextIO) -
 
 
 _COMMANDS: dict[str, Callable[[Outbox, argparse.Namespace, TextIO, TextIO, float], None]] = {
-    "stats": _stats, "list": _list, "retry": _retry, "purge": _purge}
+    "stats": _stats, "list": _list, "retry": _retry, "resend": _resend, "purge": _purge}

@@ -8,10 +8,15 @@ Invariants:
    may lose the last commits on power loss, for more throughput.
 2. One ``message`` row per event id holds the JSON body once; one ``delivery`` row per
    (message, endpoint) that wants it. A document no endpoint wants is not stored.
-3. A delivery row is deleted only by ``ack`` (the endpoint answered 2xx) or by an operator's
-   ``purge``. A message row is deleted (by trigger) when its last delivery row is.
+3. ``ack`` (the endpoint answered 2xx) marks a delivery row ``delivered`` (``delivered_at``) and
+   keeps it, so an operator can ``resend`` it, until ``prune_delivered`` deletes it once older than
+   the retention (``keep_delivered`` False: ``ack`` deletes it at once). Otherwise a delivery row
+   is deleted only by an operator's ``purge``. A message row is deleted (by trigger) when its last
+   delivery row is. Delivered rows are invisible to everything that reads pending or dead ones
+   (``due``, ``next_due_at``, ``stats``, ``retry_dead``, ``purge``) and to ``list`` unless asked for.
 4. ``bury`` keeps the row as ``dead`` (schedule exhausted or 410 Gone); only ``retry_dead``
-   makes it pending again. Nothing is deleted for being old or failing.
+   (or ``resend``, for delivered ones) makes it pending again. Nothing undelivered is deleted for
+   being old or failing.
 5. Every sqlite3 error is raised as ``OutboxError`` carrying SQLite's error name and whether it
    can clear (``transient``): the caller waits and retries a transient one and stops loudly on any
    other; nothing is swallowed here.
@@ -41,11 +46,12 @@ from listener.core.errors import OutboxError
 from listener.core.rejection import Rejection
 from listener.outbox import files
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 APPLICATION_ID = 0x484C5354
 """``PRAGMA application_id`` of every outbox file ("HLST"): a database of anything else is refused."""
 PENDING = "pending"
 DEAD = "dead"
+DELIVERED = "delivered"
 BATCH = 1000
 CHUNK = 200
 """Rows per multi-row INSERT in ``put`` (far below SQLite's limit of bound parameters)."""
@@ -101,8 +107,38 @@ CREATE INDEX IF NOT EXISTS taken_at ON taken (taken_at);
 INSERT OR IGNORE INTO taken (id, unique_id, node, taken_at) SELECT event_id, '', '', created_at FROM message;
 """
 
-_MIGRATIONS = (_SCHEMA, _REJECTED_SCHEMA, _TAKEN_SCHEMA)
-"""``_MIGRATIONS[v]`` takes a file from schema version ``v`` to ``v + 1`` (each step idempotent)."""
+_DELIVERED_SCHEMA = """
+CREATE TABLE delivery_v4 (
+    id INTEGER PRIMARY KEY,
+    message INTEGER NOT NULL REFERENCES message(id),
+    endpoint TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'dead', 'delivered')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    last_error TEXT NOT NULL DEFAULT '',
+    updated_at REAL NOT NULL,
+    delivered_at REAL,
+    UNIQUE (message, endpoint)
+);
+INSERT INTO delivery_v4 (id, message, endpoint, state, attempts, next_at, last_error, updated_at)
+SELECT id, message, endpoint, state, attempts, next_at, last_error, updated_at FROM delivery;
+DROP TABLE delivery;
+ALTER TABLE delivery_v4 RENAME TO delivery;
+CREATE INDEX delivery_due ON delivery (endpoint, state, next_at);
+CREATE INDEX delivery_state ON delivery (state, endpoint);
+CREATE INDEX delivery_delivered ON delivery (delivered_at) WHERE state = 'delivered';
+CREATE TRIGGER message_done AFTER DELETE ON delivery
+WHEN NOT EXISTS (SELECT 1 FROM delivery WHERE message = OLD.message)
+BEGIN DELETE FROM message WHERE id = OLD.message; END;
+"""
+"""Version 4: a ``delivered`` state and ``delivered_at``. SQLite cannot alter a CHECK, so the table is
+rebuilt (copied, dropped, renamed; the rows keep their ids) inside the migration's transaction: a
+failure leaves the version-3 file as it was. Dropping the old table fires no trigger (no message is
+lost), and ``delivery_state`` keeps the per-state reads (``stats``, ``retry``) off the delivered rows."""
+
+_MIGRATIONS = (_SCHEMA, _REJECTED_SCHEMA, _TAKEN_SCHEMA, _DELIVERED_SCHEMA)
+"""``_MIGRATIONS[v]`` takes a file from schema version ``v`` to ``v + 1``, in the transaction that records
+the new version (the first three are idempotent; the rebuild of version 4 runs exactly once)."""
 REJECTED_ROWS = 10_000
 REJECTED_BYTES = 64 * 1024 * 1024
 
@@ -142,6 +178,7 @@ class Delivery:
     created_at: float
     last_error: str
     body: str = ""
+    delivered_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +210,9 @@ class Outbox:
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
         self._db = connection
         self.path = path
+        self.keep_delivered = True
+        """``ack`` keeps the row as delivered (for ``resend``, until ``prune_delivered``); False: deletes
+        it."""
 
     @classmethod
     def open(cls, path: Path, *, synchronous: str = "full", busy_timeout_s: float = 5.0) -> Outbox:
@@ -392,10 +432,18 @@ class Outbox:
         value = rows[0][0]
         return float(value) if isinstance(value, int | float) else None
 
-    def ack(self, delivery_id: int) -> None:
-        """The endpoint answered 2xx: the row is done (and its message, if it was the last)."""
+    def ack(self, delivery_id: int, now: float) -> None:
+        """The endpoint answered 2xx: the row is delivered (kept, or deleted with its message if it was
+        the last, when delivered rows are not kept)."""
         with self._transaction("ack") as db:
-            db.execute("DELETE FROM delivery WHERE id = ?", (delivery_id,))
+            self._delivered(db, [delivery_id], now)
+
+    def _delivered(self, db: sqlite3.Connection, ids: Sequence[int], now: float) -> None:
+        if self.keep_delivered:
+            db.executemany("UPDATE delivery SET state = 'delivered', delivered_at = ?, updated_at = ?,"
+                           " last_error = '' WHERE id = ?", [(now, now, i) for i in ids])
+        else:
+            db.executemany("DELETE FROM delivery WHERE id = ?", [(i,) for i in ids])
 
     def reschedule(self, delivery_id: int, attempts: int, next_at: float, error: str, now: float) -> None:
         """An attempt failed: remember how many were made and when to try again."""
@@ -418,7 +466,7 @@ class Outbox:
         if not (acks or reschedules or buries):
             return
         with self._lazy_sync(), self._transaction("settle") as db:
-            db.executemany("DELETE FROM delivery WHERE id = ?", [(i,) for i in acks])
+            self._delivered(db, acks, now)
             db.executemany(
                 "UPDATE delivery SET attempts = ?, next_at = ?, last_error = ?, updated_at = ? WHERE id = ?",
                 [(attempts, next_at, error, now, i) for i, attempts, next_at, error in reschedules])
@@ -434,18 +482,28 @@ class Outbox:
             "stats",
             "SELECT d.endpoint, sum(d.state = 'pending'), sum(d.state = 'dead'),"
             " min(CASE WHEN d.state = 'pending' THEN m.created_at END)"
-            " FROM delivery d JOIN message m ON m.id = d.message GROUP BY d.endpoint ORDER BY d.endpoint")
+            " FROM delivery d JOIN message m ON m.id = d.message WHERE d.state IN ('pending', 'dead')"
+            " GROUP BY d.endpoint ORDER BY d.endpoint")
         return tuple(
             EndpointStats(str(e), int(p), int(d), None if o is None else max(now - float(o), 0.0))
             for e, p, d, o in rows)
 
     def _where(
-        self, state: str | None, endpoint: str | None, event_ids: Sequence[str]
+        self, state: str | None, endpoint: str | None, event_ids: Sequence[str],
+        delivered: tuple[float | None, float | None] = (None, None),
     ) -> tuple[str, list[object]]:
-        clauses, params = ["1"], list[object]()
+        """The WHERE of rows in ``state`` (None: pending or dead, never delivered), of
+        ``endpoint``, of ``event_ids``, delivered within ``[since, until)`` if given."""
+        clauses, params = ["d.state IN ('pending', 'dead')"], list[object]()
         if state:
-            clauses.append("d.state = ?")
-            params.append(state)
+            clauses, params = ["d.state = ?"], [state]
+        since, until = delivered
+        if since is not None:
+            clauses.append("d.delivered_at >= ?")
+            params.append(since)
+        if until is not None:
+            clauses.append("d.delivered_at < ?")
+            params.append(until)
         if endpoint:
             clauses.append("d.endpoint = ?")
             params.append(endpoint)
@@ -456,13 +514,14 @@ class Outbox:
 
     def list(self, *, state: str | None = None, endpoint: str | None = None,
              event_ids: Sequence[str] = (), limit: int = 100) -> tuple[Delivery, ...]:
-        """Rows matching every filter given, oldest first, without bodies."""
+        """Rows matching every filter given, oldest first, without bodies (delivered ones only if
+        ``state`` is ``delivered``)."""
         where, params = self._where(state, endpoint, event_ids)
         rows = self._read(
             "list",
-            "SELECT d.id, m.event_id, d.endpoint, d.state, d.attempts, d.next_at, m.created_at, d.last_error"
-            f" FROM delivery d JOIN message m ON m.id = d.message WHERE {where} ORDER BY d.id LIMIT ?",
-            (*params, limit))
+            "SELECT d.id, m.event_id, d.endpoint, d.state, d.attempts, d.next_at, m.created_at, d.last_error,"
+            f" '', d.delivered_at FROM delivery d JOIN message m ON m.id = d.message WHERE {where}"
+            " ORDER BY d.id LIMIT ?", (*params, limit))
         return tuple(Delivery(*row) for row in rows)
 
     def _batched(
@@ -497,6 +556,25 @@ class Outbox:
         """Delete rows for good (by default only dead ones); returns how many."""
         where, params = self._where(state, endpoint, event_ids)
         return self._batched("purge", "DELETE FROM delivery WHERE id IN ({ids})", where, params, progress)
+
+    def resend(self, now: float, *, endpoint: str | None = None, event_ids: Sequence[str] = (),
+               since: float | None = None, until: float | None = None,
+               progress: Progress | None = None) -> int:
+        """Make delivered rows (delivered within ``[since, until)`` if given) pending again, due now,
+        with a fresh schedule: the same message, sent again with the same webhook-id; returns how many."""
+        where, params = self._where(DELIVERED, endpoint, event_ids, (since, until))
+        sql = (f"UPDATE delivery SET state = 'pending', attempts = 0, next_at = {float(now)!r},"
+               f" updated_at = {float(now)!r}, delivered_at = NULL, last_error = '' WHERE id IN ({{ids}})")
+        return self._batched("resend", sql, where, params, progress)
+
+    def prune_delivered(self, before: float, limit: int = BATCH) -> int:
+        """Delete delivered rows delivered before ``before`` (the retention), at most ``limit`` in one
+        short transaction (a message goes with its last row)."""
+        with self._lazy_sync(), self._transaction("prune_delivered") as db:
+            cursor = db.execute(
+                "DELETE FROM delivery WHERE id IN (SELECT id FROM delivery"
+                " WHERE state = 'delivered' AND delivered_at < ? LIMIT ?)", (before, limit))
+            return int(cursor.rowcount)
 
     # -- frames that held no usable event (invariant 8) ------------------------------------------
 

@@ -41,8 +41,10 @@ T = TypeVar("T")
 Clock = Callable[[], float]
 log = structlog.get_logger(__name__)
 TAKEN_RETENTION_S = 7 * 86400.0
+KEEP_DELIVERED_S = 86400.0
 FORGET_EVERY_S = 3600.0
-"""How often legs taken longer ago than the retention are forgotten (in batches, beside the commits)."""
+"""How often legs taken longer ago than the retention are forgotten, and delivered messages older than
+``keep_delivered_s`` deleted (in batches, beside the commits)."""
 RETRY_INITIAL_S = 0.25
 RETRY_MAX_S = 10.0
 Waiter = Any  # gevent.event.AsyncResult (gevent ships no type information)
@@ -108,7 +110,7 @@ class OutboxWriter:
         self, outbox: Outbox, webhooks: Sequence[WebhookConfig], *, clock: Clock | None = None,
         rand: Callable[[], float] = random.random, retry_initial_s: float = RETRY_INITIAL_S,
         retry_max_s: float = RETRY_MAX_S, taken_retention_s: float = TAKEN_RETENTION_S,
-        forget_every_s: float = FORGET_EVERY_S,
+        keep_delivered_s: float = KEEP_DELIVERED_S, forget_every_s: float = FORGET_EVERY_S,
     ) -> None:
         self.outbox = outbox
         self._webhooks = tuple(webhooks)
@@ -131,6 +133,8 @@ class OutboxWriter:
         self.changed = gevent.event.Event()
         """Set at each change of state (unavailable, recovered, failed); the watcher clears it."""
         self.taken_retention_s = taken_retention_s
+        self.keep_delivered_s = keep_delivered_s
+        outbox.keep_delivered = keep_delivered_s > 0  # 0: an ack deletes the row at once, as before
         self._committer = gevent.spawn(self._commit_loop)
         self._forgetter = gevent.spawn(self._forget_loop, forget_every_s)
 
@@ -143,7 +147,8 @@ class OutboxWriter:
             outbox = pool.apply(Outbox.open, (config.path,), {"synchronous": config.synchronous})
         finally:
             pool.kill()
-        return cls(outbox, webhooks, clock=clock)
+        return cls(outbox, webhooks, clock=clock, taken_retention_s=config.taken_retention_s,
+                   keep_delivered_s=config.keep_delivered_s)
 
     @property
     def ready(self) -> bool:
@@ -223,20 +228,32 @@ class OutboxWriter:
 
     def forget_old(self) -> int:
         """Forget the legs taken longer ago than the retention; how many. A fault is left for next time."""
-        forgotten, before = 0, self.clock() - self.taken_retention_s
+        return self._in_batches(self.outbox.forget_taken, self.clock() - self.taken_retention_s)
+
+    def prune_delivered(self) -> int:
+        """Delete the delivered messages kept longer than ``keep_delivered_s``; how many rows. A fault
+        is left for next time."""
+        return self._in_batches(self.outbox.prune_delivered, self.clock() - self.keep_delivered_s)
+
+    def _in_batches(self, step: Callable[[float], int], before: float) -> int:
+        """``step(before)`` (one short transaction of at most ``BATCH`` rows) until it does less."""
+        done = 0
         while True:
             try:
-                count = self.call(self.outbox.forget_taken, before)
+                count = self.call(step, before)
             except OutboxError as exc:
-                log.info("outbox.forget_deferred", error=str(exc), code=exc.code)
-                return forgotten
-            forgotten += count
+                log.info("outbox.forget_deferred", error=str(exc), code=exc.code, step=step.__name__)
+                return done
+            done += count
             if count < BATCH:
-                return forgotten
+                return done
 
     def _forget_loop(self, every_s: float) -> None:
         while True:
             self.forget_old()
+            pruned = self.prune_delivered()
+            if pruned:
+                log.info("outbox.delivered_pruned", rows=pruned, kept_s=self.keep_delivered_s)
             gevent.sleep(every_s)
 
     def _commit_loop(self) -> None:
