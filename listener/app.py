@@ -23,12 +23,12 @@ import gevent.event
 import gevent.pool
 import structlog
 
-from listener.cdr.source import CDRSource
 from listener.config import loader
 from listener.config.settings import Config
 from listener.core.errors import ConfigError, OutboxError
 from listener.core.exits import EX_IOERR, EX_OK, EX_TEMPFAIL
 from listener.core.privacy import Redactor
+from listener.esl.cdr import CDRSource
 from listener.esl.nodestate import NodeStateFile
 from listener.esl.source import ESLSource
 from listener.outbox.lock import OutboxLock

@@ -11,8 +11,8 @@ from pathlib import Path
 import gevent
 import pytest
 
-from listener.cdr.inotify import IN_CLOSE_WRITE, IN_CREATE, IN_ISDIR, IN_MOVED_TO, Watcher, parse
-from listener.cdr.source import cdr_files
+from listener.esl.cdr import cdr_files
+from listener.esl.inotify import IN_CLOSE_WRITE, IN_CREATE, IN_ISDIR, IN_MOVED_TO, Watcher, parse
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import gevent
 import pytest
 import structlog
 
-from listener.cdr.source import CDRSource
 from listener.core.event import HangupEvent
+from listener.esl.cdr import CDRSource
 
 FIXTURES = Path(__file__).parent / "data" / "fixtures-cdr"
 CDRS = sorted((FIXTURES / "answered_caller_bye" / "json_cdr").glob("*.cdr.json"))

@@ -35,11 +35,11 @@ from typing import Any, Protocol
 import gevent
 import gevent.event
 
-from listener.cdr.inotify import IN_CLOSE_WRITE, IN_CREATE, IN_MOVED_TO, InotifyError, Watcher
 from listener.core.cdr import event_from_cdr, unique_id_from_name
 from listener.core.errors import CDRIncompleteError, EventError, OutboxError
 from listener.core.event import HangupEvent
 from listener.esl.connection import TimeSlice
+from listener.esl.inotify import IN_CLOSE_WRITE, IN_CREATE, IN_MOVED_TO, InotifyError, Watcher
 
 SETTLE_S = 2.0
 MARGIN_S = 600.0
@@ -64,7 +64,9 @@ class Taken(Protocol):
     def last_taken_at(self, node: str) -> float | None: ...
 
 
-class Counter(Protocol):
+class RecoveryMetrics(Protocol):
+    """Where recovered legs are counted (``listener.service.metrics.Metrics``)."""
+
     def cdr_recovered(self, node: str, count: int) -> None: ...
 
 
@@ -104,8 +106,8 @@ class CDRSource:
 
     def __init__(self, node: str, folder: Path, pipeline: Recovering, taken: Taken, log: Any, *,
                  reconnects: Callable[[], tuple[int, float | None]] | None = None,
-                 metrics: Counter | None = None, settle_s: float = SETTLE_S, margin_s: float = MARGIN_S,
-                 clock: Callable[[], float] = time.time) -> None:
+                 metrics: RecoveryMetrics | None = None, settle_s: float = SETTLE_S,
+                 margin_s: float = MARGIN_S, clock: Callable[[], float] = time.time) -> None:
         self.node = node
         self.folder = folder
         self.pipeline = pipeline
