@@ -107,13 +107,22 @@ def _rule_row(index: int, rule: Rule, book: RuleBook) -> str:
     return f"| {index} | `{rule.id}` | {when} | {status} | {reason} | {code_text} | {_cell(rule.why)} |"
 
 
-def _rules(book: RuleBook) -> Iterable[str]:
-    yield "## The rule table (first match wins)\n"
-    yield "| # | rule | when | status | bye reason | code | why |"
-    yield "|---|---|---|---|---|---|---|"
-    for index, rule in enumerate(book.rules, 1):
-        yield _rule_row(index, rule, book)
+def _table(heading: str, columns: Iterable[str], rows: Iterable[str], intro: str = "") -> Iterable[str]:
+    """One section: its heading, an optional paragraph, a Markdown table, a blank line."""
+    names = list(columns)
+    yield f"## {heading}\n"
+    if intro:
+        yield intro
+    yield "| " + " | ".join(names) + " |"
+    yield "|" + "---|" * len(names)
+    yield from rows
     yield ""
+
+
+def _rules(book: RuleBook) -> Iterable[str]:
+    rows = (_rule_row(index, rule, book) for index, rule in enumerate(book.rules, 1))
+    return _table("The rule table (first match wins)",
+                  ("#", "rule", "when", "status", "bye reason", "code", "why"), rows)
 
 
 def _hangup_by_row(index: int, rule: HangupByRule) -> str:
@@ -122,54 +131,43 @@ def _hangup_by_row(index: int, rule: HangupByRule) -> str:
 
 
 def _hangup_by(book: RuleBook) -> Iterable[str]:
-    yield "## Who hung up: `hangup_by` (first match wins; none: `unknown`)\n"
-    yield ("`far_end` is the party this leg's own dialog reaches (the caller on an inbound leg, the callee "
-           "on an outbound one); `other_party` the one at the other end of the call. The facts' "
-           "`hangup_by_rule` names the rule that decided.\n")
-    yield "| # | rule | when | hangup_by | why |"
-    yield "|---|---|---|---|---|"
-    for index, rule in enumerate(book.hangup_by_rules, 1):
-        yield _hangup_by_row(index, rule)
-    yield ""
+    intro = ("`far_end` is the party this leg's own dialog reaches (the caller on an inbound leg, the callee "
+             "on an outbound one); `other_party` the one at the other end of the call. The facts' "
+             "`hangup_by_rule` names the rule that decided.\n")
+    rows = (_hangup_by_row(index, rule) for index, rule in enumerate(book.hangup_by_rules, 1))
+    return _table("Who hung up: `hangup_by` (first match wins; none: `unknown`)",
+                  ("#", "rule", "when", "hangup_by", "why"), rows, intro)
 
 
 def _lists(book: RuleBook) -> Iterable[str]:
-    yield "## Named lists (`@name` in a rule; replace them in `[classification.lists]`)\n"
-    yield "| list | patterns |"
-    yield "|---|---|"
-    for name, items in book.lists.items():
-        yield f"| `{name}` | {', '.join(f'`{i}`' for i in items)} |"
-    yield ""
+    rows = (f"| `{name}` | {', '.join(f'`{i}`' for i in items)} |" for name, items in book.lists.items())
+    return _table("Named lists (`@name` in a rule; replace them in `[classification.lists]`)",
+                  ("list", "patterns"), rows)
+
+
+def _cause_row(book: RuleBook, cause: str) -> str:
+    entry = book.causes[cause]
+    code = book.spec.bye_reason(entry.bye_reason).code
+    code_text = str(code) if code is not None else "—"
+    return (f"| {cause} | {entry.status} | {entry.bye_reason} | {code_text} "
+            f"| {_cell(book.cause_notes.get(cause, ''))} |")
 
 
 def _causes(book: RuleBook) -> Iterable[str]:
-    yield "## The cause table (status of an unanswered leg; answered legs are `ended`)\n"
-    yield "| FreeSWITCH cause | status | bye reason | code | note |"
-    yield "|---|---|---|---|---|"
-    for cause, entry in book.causes.items():
-        code = book.spec.bye_reason(entry.bye_reason).code
-        note = book.cause_notes.get(cause, "")
-        code_text = str(code) if code is not None else "—"
-        yield f"| {cause} | {entry.status} | {entry.bye_reason} | {code_text} | {_cell(note)} |"
-    yield ""
+    return _table("The cause table (status of an unanswered leg; answered legs are `ended`)",
+                  ("FreeSWITCH cause", "status", "bye reason", "code", "note"),
+                  (_cause_row(book, cause) for cause in book.causes))
 
 
 def _sip_causes(book: RuleBook) -> Iterable[str]:
-    yield "## SIP response → cause (mod_sofia `sofia_glue_sip_cause_to_freeswitch`)\n"
-    yield "| SIP code | cause |"
-    yield "|---|---|"
-    for code, cause in sorted(book.cause_model.sip_causes.items()):
-        yield f"| {code} | {cause} |"
-    yield ""
+    rows = (f"| {code} | {cause} |" for code, cause in sorted(book.cause_model.sip_causes.items()))
+    return _table("SIP response → cause (mod_sofia `sofia_glue_sip_cause_to_freeswitch`)",
+                  ("SIP code", "cause"), rows)
 
 
 def _statuses(book: RuleBook) -> Iterable[str]:
-    yield "## Call statuses\n"
-    yield "| status | label | definition |"
-    yield "|---|---|---|"
-    for status in book.spec.statuses.values():
-        yield f"| `{status.id}` | {status.label} | {_cell(status.definition)} |"
-    yield ""
+    rows = (f"| `{s.id}` | {s.label} | {_cell(s.definition)} |" for s in book.spec.statuses.values())
+    return _table("Call statuses", ("status", "label", "definition"), rows)
 
 
 def render(classifier: Classifier | None = None) -> str:
