@@ -24,12 +24,13 @@ def config(tmp_path: Path) -> OutboxConfig:
     return OutboxConfig(tmp_path / "outbox.sqlite3")
 
 
-def run(config: OutboxConfig, *argv: str) -> tuple[int, str, str]:
+def run(config: OutboxConfig, *argv: str, now: float = 4600.0) -> tuple[int, str, str]:
+    """``hangup-listener outbox ARGV`` in process, at ``now``: the exit code, stdout, stderr."""
     parser = argparse.ArgumentParser(prog="hangup-listener")
     add_outbox_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["outbox", *argv])
     out, err = io.StringIO(), io.StringIO()
-    code = run_outbox_command(args, config, out=out, err=err, now=lambda: 4600.0)
+    code = run_outbox_command(args, config, out=out, err=err, now=lambda: now)
     return code, out.getvalue(), err.getvalue()
 
 

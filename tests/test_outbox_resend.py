@@ -3,8 +3,6 @@ and ``hangup-listener outbox resend`` called as the CLI calls it, on a real file
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,9 +13,9 @@ import pytest
 from listener.config import loader
 from listener.config.settings import OutboxConfig
 from listener.core.errors import ConfigError
-from listener.outbox.commands import add_outbox_parser, run_outbox_command
 from listener.outbox.store import BATCH, DELIVERED, Entry, Outbox
 from listener.outbox.writer import OutboxWriter
+from tests.test_outbox_cli import run as run_outbox
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC).timestamp()
 
@@ -107,12 +105,7 @@ def config(tmp_path: Path) -> OutboxConfig:
 
 
 def run(config: OutboxConfig, *argv: str) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="hangup-listener")
-    add_outbox_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["outbox", *argv])
-    out, err = io.StringIO(), io.StringIO()
-    code = run_outbox_command(args, config, out=out, err=err, now=lambda: T0 + 3600.0)
-    return code, out.getvalue(), err.getvalue()
+    return run_outbox(config, *argv, now=T0 + 3600.0)
 
 
 def due(config: OutboxConfig) -> set[tuple[str, str, int]]:
