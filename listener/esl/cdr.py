@@ -231,7 +231,7 @@ class CDRSource:
             known = self.taken.taken_unique_ids([u for u in named.values() if u])
         except OutboxError as exc:
             self.log.warning("cdr.outbox_unavailable", error=str(exc), code=exc.code)
-            self._retry_later(named, reason)
+            self._retry_later(named)
             return 0
         events: list[HangupEvent] = []
         for path, unique_id in named.items():
@@ -249,7 +249,8 @@ class CDRSource:
             self._recovered(fresh, events, reason)
         return fresh
 
-    def _retry_later(self, paths: Iterable[Path], reason: str) -> None:
+    def _retry_later(self, paths: Iterable[Path]) -> None:
+        """The outbox could not say which legs are taken: look at these files again later."""
         for path in paths:
             self._waiting.setdefault(path, _Waiting(path, time.monotonic() + RETRY_MAX_S / 4))
 
