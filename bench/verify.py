@@ -51,13 +51,13 @@ def _finish(check: Check, counts: Counter[int], start: int, stop: int) -> Check:
 
 
 def check_log(path: Path, expected: Expected, start: int, stop: int) -> Check:
-    """Every ``call.classified`` line of the daemon's stdout against the expected documents."""
+    """Every ``leg.classified`` line of the daemon's stdout against the expected documents."""
     check, counts = Check(stop - start), Counter[int]()
     with path.open("rb") as lines:
         for line in lines:
             if MARK not in line:
                 continue
-            document = json.loads(line)["call"]
+            document = json.loads(line)["leg"]
             i = index_of(document["channel_uuid"])
             counts[i] += 1
             check.wrong += not (start <= i < stop) or document != expected.document(i)
@@ -76,6 +76,10 @@ def check_webhooks(path: Path, expected: Expected, start: int, stop: int) -> Che
         for line in lines:
             arrival, webhook_id, timestamp, signature, body = line.rstrip(b"\n").split(b" ", 4)
             document = json.loads(body)
+            if "type" in document:  # the Standard Webhooks envelope (schema 2)
+                if document["type"] != "leg.classified":
+                    continue
+                document = document["data"]
             i = index_of(document["channel_uuid"])
             counts[i] += 1
             check.arrivals.setdefault(i, float(arrival))

@@ -23,6 +23,7 @@ from listener.config.settings import (
     EVENT_FORMATS,
     LEVELS,
     MASK_MODES,
+    CallsConfig,
     Config,
     ESLSettings,
     HealthConfig,
@@ -123,6 +124,12 @@ def _privacy(reader: TableReader) -> PrivacyConfig:
     return PrivacyConfig(mask_numbers=mode, hash_key=key)
 
 
+def _calls(reader: TableReader) -> CallsConfig:
+    hours = reader.number("wait_hours", float, 4.0, minimum=0, exclusive_min=True, maximum=168.0)
+    reader.reject_unknown()
+    return CallsConfig(wait_s=hours * 3600.0)
+
+
 def from_mapping(
     data: Mapping[str, Any], *, source: str | None = None, environ: Mapping[str, str] | None = None
 ) -> Config:
@@ -138,6 +145,7 @@ def from_mapping(
         outbox=parse_outbox(root),
         health=_health(root.table_at("health")),
         privacy=_privacy(root.table_at("privacy")),
+        calls=_calls(root.table_at("calls")),
         source=source,
     )
     root.reject_unknown()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from listener.core.classifier import Classifier, default_classifier
+from listener.core.document import LEG_CLASSIFIED, TYPES
 from listener.core.frame import DEFAULT_MAX_FRAME_BYTES
 from listener.core.retry import RetrySchedule
 
@@ -65,6 +66,8 @@ class WebhookConfig:
     url: str
     keys: tuple[bytes, ...] = field(repr=False)
     """The HMAC keys, in order: every request carries one signature per key (several while rotating)."""
+    types: frozenset[str] = frozenset(TYPES)
+    """The event types this endpoint gets: ``leg.classified``, ``call.completed`` (default both)."""
     statuses: frozenset[str] = frozenset()
     legs: frozenset[str] = frozenset()
     directions: frozenset[str] = frozenset()
@@ -74,8 +77,13 @@ class WebhookConfig:
     max_concurrency: int = 4
     ca_bundle: Path | None = None
 
-    def matches(self, document: Mapping[str, Any]) -> bool:
-        """Whether this endpoint wants ``document`` (an empty filter accepts everything)."""
+    def matches(self, document: Mapping[str, Any], kind: str = LEG_CLASSIFIED) -> bool:
+        """Whether this endpoint wants ``document`` of type ``kind``: ``types`` first; ``statuses``,
+        ``legs`` and ``directions`` filter ``leg.classified`` only (an empty filter accepts everything)."""
+        if kind not in self.types:
+            return False
+        if kind != LEG_CLASSIFIED:
+            return True
         return (
             (not self.statuses or document.get("status") in self.statuses)
             and (not self.legs or document.get("leg") in self.legs)
@@ -112,7 +120,7 @@ class HealthConfig:
 
 @dataclass(frozen=True, slots=True)
 class PrivacyConfig:
-    """How caller and callee numbers appear in the ``call.classified`` log line."""
+    """How caller and callee numbers appear in the ``leg.classified`` and ``call.completed`` log lines."""
 
     mask_numbers: str = "none"
     hash_key: str | None = field(default=None, repr=False)
@@ -129,6 +137,15 @@ def default_outbox_path(environ: Mapping[str, str]) -> Path:
 
 
 @dataclass(frozen=True, slots=True)
+class CallsConfig:
+    """How legs are grouped into calls (``listener.core.calls``)."""
+
+    wait_s: float = 4 * 3600.0
+    """How long a call waits for the legs its legs name before it is completed anyway
+    (``complete: false``): counted from its first leg's hangup."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole, validated configuration."""
 
@@ -140,6 +157,7 @@ class Config:
     outbox: OutboxConfig = field(default_factory=lambda: OutboxConfig(path=default_outbox_path(os.environ)))
     health: HealthConfig = field(default_factory=HealthConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    calls: CallsConfig = field(default_factory=CallsConfig)
     source: str | None = None
     warnings: tuple[str, ...] = field(default=(), compare=False)
     """What the loader accepted but wants the operator to know (a removed key, ignored)."""

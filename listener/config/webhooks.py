@@ -20,6 +20,7 @@ from listener.config.settings import (
     WebhookConfig,
     default_outbox_path,
 )
+from listener.core.document import TYPES
 from listener.core.retry import DEFAULT_DELAYS, DEFAULT_JITTER, DEFAULT_RETRY_AFTER_MAX, RetrySchedule
 from listener.core.signing import safe_url
 from listener.core.spec import load_spec
@@ -66,6 +67,7 @@ def _parse_webhook(reader: TableReader) -> WebhookConfig | None:
         "connect_timeout", float, min(5.0, timeout), minimum=0, exclusive_min=True)
     config = WebhookConfig(
         name=name, url=url, keys=keys,
+        types=frozenset(_types(reader)),
         statuses=frozenset(_choices(reader, "statuses", tuple(load_spec().statuses))),
         legs=frozenset(_choices(reader, "legs", LEGS)),
         directions=frozenset(_choices(reader, "directions", DIRECTIONS)),
@@ -122,6 +124,16 @@ def _key(reader: TableReader, path: str, secret: str) -> bytes | None:
         reader.problem(path, f"must decode to {size} bytes, got {len(key)}")
         return None
     return key
+
+
+def _types(reader: TableReader) -> tuple[str, ...]:
+    """``types``: the event types the endpoint gets (default both); an empty list is a mistake."""
+    if not reader.has("types"):
+        return TYPES
+    values = _choices(reader, "types", TYPES)
+    if reader.has("types") and not reader.value("types", list, []):
+        reader.problem("types", f"must name at least one of {', '.join(TYPES)} (remove the endpoint instead)")
+    return values or TYPES
 
 
 def _choices(reader: TableReader, key: str, allowed: tuple[str, ...]) -> tuple[str, ...]:

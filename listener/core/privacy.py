@@ -1,8 +1,8 @@
 """Caller and callee numbers (and the caller's name) in log lines: shown, masked, or replaced by a keyed hash.
 
-Applied to every log line that carries a document (``call.classified``, ``outbox.write_failed``);
-the document handed to the sink is untouched. The caller's name is masked like the numbers: it is
-often the number itself, or a person's name.
+Applied to every log line that carries a document (``leg.classified``, ``call.completed``,
+``outbox.write_failed``); the document handed to the sink is untouched. The caller's name is masked
+like the numbers: it is often the number itself, or a person's name.
 ``hash`` gives the same token for the same number and key (calls can still be correlated) but
 cannot be reversed without the key: HMAC-SHA256, the first 16 hex digits, prefixed ``h:``.
 """
