@@ -112,3 +112,8 @@ def test_duplicate_node_names_are_refused(tmp_path: Path) -> None:
 def test_a_file_that_is_not_toml_says_so(tmp_path: Path) -> None:
     (problem,) = problems_of("[[freeswitch]\n", tmp_path)
     assert "not valid TOML" in problem
+
+
+def test_a_range_problem_writes_a_large_bound_as_written(tmp_path: Path) -> None:
+    (problem,) = problems_of("[esl]\nmax_frame_bytes = 2147483648\n", tmp_path)
+    assert problem == "esl.max_frame_bytes: must be <= 1073741824, got 2147483648"
