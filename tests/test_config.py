@@ -37,6 +37,7 @@ def test_the_example_configuration_is_valid(tmp_path: Path) -> None:
     assert [n.name for n in cfg.nodes] == ["pbx1", "pbx2"]
     assert cfg.nodes[0].password == "s3cret"
     assert [w.name for w in cfg.webhooks] == ["crm"]
+    assert cfg.webhooks[0].variables.matches("cc_queue")
     survey = HangupEvent.from_headers({
         "Event-Name": "CHANNEL_HANGUP_COMPLETE", "Hangup-Cause": "NORMAL_CLEARING",
         "Call-Direction": "inbound",

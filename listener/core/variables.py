@@ -75,6 +75,10 @@ class Selection:
         return Selection(self.patterns + tuple(p for other in others for p in other.patterns))
 
 
+NO_VARIABLES = Selection()
+"""The empty selection: no variable is copied (the default of every reader)."""
+
+
 def from_event(event: HangupEvent, selection: Selection) -> dict[str, str]:
     """The event's selected variables (decoded values), by sorted name.
 
