@@ -29,6 +29,7 @@ from listener.core.calls import Call, Grouper
 from listener.core.errors import ConfigError, OutboxError
 from listener.core.exits import EX_IOERR, EX_OK, EX_TEMPFAIL
 from listener.core.privacy import Redactor
+from listener.core.variables import Selection
 from listener.esl.cdr import CDRSource
 from listener.esl.nodestate import NodeStateFile
 from listener.esl.source import ESLSource
@@ -88,6 +89,8 @@ class App:
                 node, config.classifier, self.log.bind(node=node.name), store=store, delivery=self.sink,
                 metrics=self.metrics, redact=redact, on_outbox_failure=self._outbox_failed,
                 calls=self.calls if self.writer is None else None,
+                variables=kept_variables(config),
+                log_variables=(config.log.variables, config.log.variables_max_bytes),
             )
             self.pipelines.append(pipeline)
             self.sources.append(ESLSource(node, config.esl, pipeline, self.log, states=states))
@@ -279,6 +282,8 @@ class App:
         redact = _redactor(new)
         for pipeline in self.pipelines:
             pipeline.classifier, pipeline.redact = new.classifier, redact
+            pipeline.variables = kept_variables(new)
+            pipeline.log_variables = (new.log.variables, new.log.variables_max_bytes)
         if self.sink is not None and new.webhooks:
             self.sink.reconfigure(new.webhooks)
         elif new.webhooks != self.config.webhooks:  # opening or closing the outbox needs a restart
@@ -371,6 +376,12 @@ def _reconnects_of(source: ESLSource) -> Callable[[], tuple[int, float | None]]:
     return lambda: (source.connections, source.stats.last_gap_seconds)
 
 
+def kept_variables(config: Config) -> Selection:
+    """The channel variables each leg keeps: those any endpoint or the log line asked for (each takes
+    its own share when its request or line is written)."""
+    return config.log.variables.union(*(w.variables for w in config.webhooks))
+
+
 def needs_outbox(config: Config) -> bool:
     """Webhooks need it (the durable hand-off); a node's ``cdr_dir`` too (the record of legs taken)."""
     return bool(config.webhooks) or any(node.cdr_dir is not None for node in config.nodes)
@@ -401,7 +412,7 @@ def _outbox_note(writer: OutboxWriter | None) -> str | None:
 
 
 def _redactor(config: Config) -> Redactor:
-    return Redactor(config.privacy.mask_numbers, config.privacy.hash_key)
+    return Redactor(config.privacy.mask_numbers, config.privacy.hash_key, config.privacy.number_variables)
 
 
 def _restart_required(old: Config, new: Config) -> list[str]:

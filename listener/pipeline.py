@@ -30,6 +30,7 @@ from listener.core.errors import EventError, OutboxError
 from listener.core.event import HANGUP_COMPLETE, HEARTBEAT, HangupEvent
 from listener.core.frame import Frame
 from listener.core.rejection import Rejection
+from listener.core.variables import DEFAULT_MAX_BYTES, NO_VARIABLES, Selection, attach, from_event
 from listener.esl.connection import TimeSlice
 from listener.esl.source import Tally
 from listener.service import logs
@@ -88,6 +89,8 @@ class Pipeline:
         on_outbox_failure: Callable[[OutboxError], None] | None = None,
         calls: Grouper | None = None,
         clock: Callable[[], float] = time.time,
+        variables: Selection = NO_VARIABLES,
+        log_variables: tuple[Selection, int] = (NO_VARIABLES, DEFAULT_MAX_BYTES),
     ) -> None:
         self.node = node
         self.classifier = classifier
@@ -100,6 +103,10 @@ class Pipeline:
         self.calls = calls
         """Groups legs into calls when there is no outbox (the writer does it otherwise), in memory."""
         self.clock = clock
+        self.variables = variables
+        """The channel variables every leg keeps (what any endpoint or the log line asked for)."""
+        self.log_variables = log_variables
+        """The log line's share of them, and its cap."""
 
     def document(self, event: HangupEvent) -> Document:
         """The classified document of one hangup (pure)."""
@@ -107,7 +114,8 @@ class Pipeline:
 
     def leg(self, event: HangupEvent) -> Leg:
         """The leg of one hangup as the outbox and the grouping into calls take it (pure)."""
-        return Leg(self.document(event), self.node.name, partners(event), 0.0)
+        kept = from_event(event, self.variables) if self.variables else {}
+        return Leg(self.document(event), self.node.name, partners(event), 0.0, kept)
 
     def __call__(self, frames: Sequence[Frame]) -> Tally:
         """Take one batch of event frames through the whole chain; what happened, counted."""
@@ -221,10 +229,9 @@ class Pipeline:
             completed = plan.completed
         with logs.held():  # the batch's lines in one write, flushed when it ends
             for leg in ready:
-                document = leg.document
                 if self.metrics is not None:
-                    self.metrics.call_classified(self.node.name, document)
-                self.log.info(LEG_CLASSIFIED, leg=self.redact(document) if self.redact else document)
+                    self.metrics.call_classified(self.node.name, leg.document)
+                self.log.info(LEG_CLASSIFIED, leg=self._shown(leg.document, leg.variables))
             self._log_calls(completed)
         return len(ready)
 
@@ -235,17 +242,23 @@ class Pipeline:
 
     def _log_calls(self, calls: Sequence[Call]) -> None:
         for call in calls:
-            document = call.document
             if self.metrics is not None:
-                self.metrics.call_completed(self.node.name, document)
-            self.log.info(CALL_COMPLETED, call=self.redact(document) if self.redact else document)
+                self.metrics.call_completed(self.node.name, call.document)
+            shares = {leg.id: leg.variables for leg in call.legs if leg.variables}
+            self.log.info(CALL_COMPLETED, call=self._shown(call.document, shares))
+
+    def _shown(self, document: Mapping[str, Any], variables: Mapping[str, Any]) -> Any:
+        """A document as its log line shows it: with the log's variables, masked as configured."""
+        selection, max_bytes = self.log_variables
+        if selection:
+            document = attach(document, variables, selection, max_bytes)
+        return self.redact(document) if self.redact else document
 
     def _not_stored(self, ready: list[Leg], exc: OutboxError) -> None:
         """The outbox refused the batch: each document logged whole (never lost silently), masked as the
         ``leg.classified`` line would be."""
         for leg in ready:
-            document = leg.document
-            self.log.error("outbox.write_failed", reason=str(exc), leg=self.redact(document) if self.redact
-                           else document)
+            self.log.error("outbox.write_failed", reason=str(exc),
+                           leg=self._shown(leg.document, leg.variables))
         if self.on_outbox_failure is not None:
             self.on_outbox_failure(exc)

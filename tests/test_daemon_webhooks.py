@@ -92,8 +92,9 @@ def bodies(count: int) -> list[bytes]:
     these tests count legs; ``test_daemon_calls`` covers the calls)."""
     template = capture_bodies("uas_486")[0]
     caller = HangupEvent.from_plain(template).other_leg_unique_id or ""
-    assert caller and template.count(caller.encode()) > 1
-    return [with_header(template, "Unique-ID", f"call-{n:04d}").replace(caller.encode(), f"a-{n:06d}".encode())
+    assert caller
+    assert template.count(caller.encode()) > 1
+    return [with_header(template, "Unique-ID", f"call-{n:04d}").replace(caller.encode(), b"a-%06d" % n)
             for n in range(count)]
 
 

@@ -17,6 +17,7 @@ from listener.core.classifier import Classifier, default_classifier
 from listener.core.document import LEG_CLASSIFIED, TYPES
 from listener.core.frame import DEFAULT_MAX_FRAME_BYTES
 from listener.core.retry import RetrySchedule
+from listener.core.variables import DEFAULT_MAX_BYTES, NO_VARIABLES, NUMBER_VARIABLES, Selection
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 MASK_MODES = ("none", "mask", "hash")
@@ -76,6 +77,10 @@ class WebhookConfig:
     retry: RetrySchedule = field(default_factory=RetrySchedule)
     max_concurrency: int = 4
     ca_bundle: Path | None = None
+    variables: Selection = NO_VARIABLES
+    """The channel variables copied into this endpoint's documents (``variables``), by name or glob."""
+    variables_max_bytes: int = DEFAULT_MAX_BYTES
+    """The cap on their names and values, in UTF-8 bytes: whole variables are kept in name order."""
 
     def matches(self, document: Mapping[str, Any], kind: str = LEG_CLASSIFIED) -> bool:
         """Whether this endpoint wants ``document`` of type ``kind``: ``types`` first; ``statuses``,
@@ -106,7 +111,12 @@ class OutboxConfig:
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
+    """The log level, and the channel variables the ``call.classified`` line carries (capped as an
+    endpoint's)."""
+
     level: str = "info"
+    variables: Selection = NO_VARIABLES
+    variables_max_bytes: int = DEFAULT_MAX_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +134,8 @@ class PrivacyConfig:
 
     mask_numbers: str = "none"
     hash_key: str | None = field(default=None, repr=False)
+    number_variables: Selection = NUMBER_VARIABLES
+    """Channel variables masked like the numbers (the operator's list replaces the default)."""
 
 
 def default_outbox_path(environ: Mapping[str, str]) -> Path:

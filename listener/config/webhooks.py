@@ -20,6 +20,7 @@ from listener.config.settings import (
     WebhookConfig,
     default_outbox_path,
 )
+from listener.config.variables import parse_variables
 from listener.core.document import TYPES
 from listener.core.retry import DEFAULT_DELAYS, DEFAULT_JITTER, DEFAULT_RETRY_AFTER_MAX, RetrySchedule
 from listener.core.signing import safe_url
@@ -65,6 +66,7 @@ def _parse_webhook(reader: TableReader) -> WebhookConfig | None:
     timeout = reader.number("timeout", float, 10.0, minimum=0, exclusive_min=True)
     connect_timeout = reader.number(
         "connect_timeout", float, min(5.0, timeout), minimum=0, exclusive_min=True)
+    variables, variables_max_bytes = parse_variables(reader)
     config = WebhookConfig(
         name=name, url=url, keys=keys,
         types=frozenset(_types(reader)),
@@ -75,6 +77,7 @@ def _parse_webhook(reader: TableReader) -> WebhookConfig | None:
         retry=_schedule(reader),
         max_concurrency=reader.number("max_concurrency", int, 4, minimum=1, maximum=256),
         ca_bundle=_ca_bundle(reader),
+        variables=variables, variables_max_bytes=variables_max_bytes,
     )
     reader.reject_unknown()
     return config if len(reader.problems.items) == before else None

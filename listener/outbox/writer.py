@@ -210,7 +210,8 @@ class OutboxWriter:
             return Stored()
         legs = [as_call_leg(d) for d in documents]
         now = self.clock()
-        entries = [entry_for(leg.document, self._webhooks, variables=None, now=now)
+        entries = [entry_for(leg.document, self._webhooks, now=now,
+                             variables=_json(leg.variables) if leg.variables else None)
                    for leg in legs]  # every leg is remembered as taken
         waiter = gevent.event.AsyncResult()
         self._queue.append((entries, [leg_of(leg.document) for leg in legs], legs, waiter))
@@ -352,8 +353,8 @@ class OutboxWriter:
     def _writes(self, plan: Plan, now: float) -> CallWrites:
         """What a plan writes: the completed calls' messages, the new waits, the ended ones."""
         return CallWrites(
-            entries=[entry_for(call.document, self._webhooks, CALL_COMPLETED, now=now)
-                     for call in plan.completed],
+            entries=[entry_for(call.document, self._webhooks, CALL_COMPLETED, now=now,
+                               variables=_shares(call)) for call in plan.completed],
             waiting=[Waiting(leg.node, leg.unique_id, render(leg.document), _json(sorted(leg.partners)),
                              _json(leg.variables) if leg.variables else None, leg.arrived_at)
                      for leg in plan.waiting],
@@ -460,6 +461,12 @@ class OutboxWriter:
             self._fail(exc)
         finally:
             self._pool.kill()
+
+
+def _shares(call: Call) -> str | None:
+    """The variables of a call's legs, by leg id (None: no leg kept any)."""
+    shares = {leg.id: leg.variables for leg in call.legs if leg.variables}
+    return _json(shares) if shares else None
 
 
 def _json(value: Any) -> str:

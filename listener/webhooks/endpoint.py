@@ -304,7 +304,8 @@ class EndpointDelivery:
     def _attempt(self, row: Delivery, probe: bool) -> _Result:
         """One request, signed with the wall clock's time (the receiver checks it against its own)."""
         cfg = self.config
-        request = build_request(cfg.url, cfg.keys, row.event_id, request_body(row.body), int(self._wall()))
+        body = request_body(row.body, row.variables, cfg.variables, cfg.variables_max_bytes)
+        request = build_request(cfg.url, cfg.keys, row.event_id, body, int(self._wall()))
         started = time.monotonic()
         outcome = self._transport.send(request, self._wall)
         return _Result(row, outcome, time.monotonic() - started, probe)
