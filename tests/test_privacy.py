@@ -57,7 +57,7 @@ def test_the_log_line_is_masked_the_sink_keeps_the_numbers() -> None:
             self.documents: list[dict[str, object]] = []
 
         def put(self, documents: Sequence[Mapping[str, object]]) -> frozenset[str]:
-            self.documents += map(dict, documents)
+            self.documents += (dict(getattr(d, "document", d)) for d in documents)
             return frozenset()
 
     sink = Keep()
