@@ -242,7 +242,8 @@ def steady(settings: Settings, per_s: float, seconds: float, expected: Expected)
     and right after the daemon (their mean, as for ingest). CPU is user + system time of the one
     process, all its threads (``/proc/<pid>/stat``); its peak RSS is read at the end.
     """
-    before = bare_cpu(settings, per_s, seconds)
+    whole = expected.corpus.whole(int(per_s * seconds))  # what the fake writes: whole calls
+    before = bare_cpu(settings, per_s, seconds, whole)
     with setup(settings, "steady", listening=True) as s:
         s.fake.ask("connected", settings.timeout)
         idle = s.daemon.settled()
@@ -255,7 +256,7 @@ def steady(settings: Settings, per_s: float, seconds: float, expected: Expected)
         cpu, wall = s.daemon.cpu_s() - cpu, time.monotonic() - started
         rss = s.daemon.rss()
         checks, _ = _verified(s, expected, 0, count)
-    after = bare_cpu(settings, per_s, seconds)
+    after = bare_cpu(settings, per_s, seconds, whole)
     reference = (before["cpu_ms_per_event"] + after["cpu_ms_per_event"]) / 2
     daemon_ms = cpu / count * 1000
     checks["outbox"] = {"left": left, "received": received["unique"], "ok": left == 0}
@@ -272,9 +273,10 @@ def steady(settings: Settings, per_s: float, seconds: float, expected: Expected)
     }
 
 
-def bare_cpu(settings: Settings, per_s: float, seconds: float) -> dict[str, float]:
-    """CPU time per event of greenswitch's bare loop, fed ``per_s`` events/s for ``seconds``."""
-    count = int(per_s * seconds)
+def bare_cpu(settings: Settings, per_s: float, seconds: float, count: int) -> dict[str, float]:
+    """CPU time per event of greenswitch's bare loop, fed ``per_s`` events/s for ``seconds``.
+
+    ``count`` is how many events that makes: whole calls, as the fake writes them."""
     with bare_loop(settings, count) as (fake, bare):
         cpu = cpu_s(bare.proc.pid)
         fake.ask(f"rate {per_s} {seconds}", seconds + settings.timeout)
