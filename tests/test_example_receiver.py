@@ -34,7 +34,7 @@ from listener.core.event import HangupEvent
 from listener.core.signing import Request, build_request, render
 from tests.daemon import assert_never_blocked
 from tests.fakeesl import FakeFreeSWITCH, capture_bodies, event_frame
-from tests.test_daemon_webhooks import SECRET, start_daemon, write_config
+from tests.test_daemon_webhooks import SECRET, start_daemon
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "docs" / "examples" / "webhook_receiver.py"
@@ -213,11 +213,15 @@ def test_a_signed_body_that_is_not_an_envelope_is_400(receiver: Running, body: b
     assert receiver.rows("SELECT * FROM seen") == []
 
 
-def test_a_body_declared_over_the_limit_is_413_unread(receiver: Running) -> None:
-    head = f"POST /hooks/calls HTTP/1.1\r\nhost: r\r\ncontent-length: {example.MAX_BODY + 1}\r\n\r\n"
+@pytest.mark.parametrize(("length", "status"), [
+    (f"content-length: {example.MAX_BODY + 1}\r\n", 413), ("", 411), ("content-length: abc\r\n", 411)],
+    ids=["over_the_limit", "missing", "not_a_number"])
+def test_a_body_too_large_or_of_unknown_length_is_refused_unread(receiver: Running, length: str,
+                                                                 status: int) -> None:
+    head = f"POST /hooks/calls HTTP/1.1\r\nhost: r\r\n{length}\r\n"
     with socket.create_connection(receiver.server.server_address[:2], timeout=10) as sock:
         sock.sendall(head.encode())
-        assert sock.recv(100).startswith(b"HTTP/1.1 413 ")
+        assert sock.recv(100).startswith(f"HTTP/1.1 {status} ".encode())
 
 
 def test_a_locked_database_is_503_and_the_same_request_succeeds_later(tmp_path: Path) -> None:
@@ -269,6 +273,15 @@ def test_it_runs_as_a_script_configured_by_the_environment(tmp_path: Path) -> No
         assert len(db.execute("SELECT id FROM legs").fetchall()) == 1
 
 
+def test_without_a_secret_the_script_says_so_and_exits_1(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "WEBHOOK_SECRET"}
+    result = subprocess.run([sys.executable, str(EXAMPLE)], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=30, check=False)
+    assert (result.returncode, result.stderr) == (1, "WEBHOOK_SECRET is not set: whsec_... (two, "
+                                                     "space-separated, while rotating)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_example_is_ruff_clean() -> None:
     result = subprocess.run([sys.executable, "-m", "ruff", "check", str(EXAMPLE)],
                             capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
@@ -276,6 +289,18 @@ def test_the_example_is_ruff_clean() -> None:
 
 
 # -- the real daemon, the example as its endpoint ------------------------------------------------
+
+def write_config(tmp_path: Path, fake: FakeFreeSWITCH, url: str) -> Path:
+    """One endpoint with no ``types``: it gets every type, as a new endpoint does."""
+    config = tmp_path / "listener.toml"
+    config.write_text(
+        f'[[freeswitch]]\nname = "lab"\nport = {fake.port}\n[esl]\nbackoff_initial = 0.05\n'
+        f'[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\nsynchronous = "normal"\n[health]\nport = 0\n'
+        f'[[webhooks]]\nname = "example"\nurl = "{url}"\nsecret = "{SECRET}"\n'
+        f"retry_schedule = [0.2, 0.2, 0.2, 0.2, 0.2]\nretry_jitter = 0\n"
+    )
+    return config
+
 
 def _rejections(log: Path) -> list[dict[str, Any]]:
     """The daemon's delivery failures the example answered 4xx: it sent what the example refuses."""

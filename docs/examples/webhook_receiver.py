@@ -8,7 +8,8 @@ rotated), ``DB_PATH`` (the SQLite file, default ``webhooks.sqlite3``), ``HOST`` 
 What it promises the daemon, which delivers every message at least once:
 
 - 204 once a message is stored (or was already): the daemon never sends it again.
-- 401 when no secret verifies the signature, 400 when the body is not an envelope; 413 too big.
+- 401 when no secret verifies the signature, 400 when the body is not an envelope (411, 413 for
+  a missing or too large content-length).
 - 503 when its own storage fails: nothing was recorded, so the daemon's retry is processed.
 - Each ``webhook-id`` is processed once: it is recorded in ``seen`` in the same transaction as the
   rows it produces, so a crash half-way records neither and the retry does the work.
@@ -22,7 +23,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import closing
+from contextlib import closing, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -159,10 +160,13 @@ class WebhookHandler(BaseHTTPRequestHandler):
     server: WebhookServer
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        if length > MAX_BODY:
-            self.close_connection = True  # the body stays unread
-            self._answer(413)
+        try:
+            length = int(self.headers["content-length"])
+        except (TypeError, ValueError):  # missing or not a number
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            self.close_connection = True  # the body, if any, stays unread
+            self._answer(413 if length > MAX_BODY else 411)
             return
         headers = {name.lower(): value for name, value in self.headers.items()}
         self._answer(self.server.receive(headers, self.rfile.read(length)))
@@ -186,11 +190,14 @@ def make_server(secrets: Sequence[str], db_path: str, host: str = "127.0.0.1", p
 def serve(environ: Mapping[str, str] = os.environ) -> None:
     """Serve forever with the settings of the environment."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    server = make_server(environ["WEBHOOK_SECRET"].split(), environ.get("DB_PATH", "webhooks.sqlite3"),
+    secrets = environ.get("WEBHOOK_SECRET", "").split()
+    if not secrets:
+        raise SystemExit("WEBHOOK_SECRET is not set: whsec_... (two, space-separated, while rotating)")
+    server = make_server(secrets, environ.get("DB_PATH", "webhooks.sqlite3"),
                          environ.get("HOST", "127.0.0.1"), int(environ.get("PORT", "8080")))
     LOG.info("listening on http://%s:%d/", *server.server_address[:2])
-    with server:
-        server.serve_forever()
+    with server, suppress(KeyboardInterrupt):
+        server.serve_forever()  # killed at any moment, it loses nothing: what was not committed is retried
 
 
 if __name__ == "__main__":
