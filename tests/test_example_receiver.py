@@ -11,11 +11,13 @@ import http.client
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -38,6 +40,7 @@ from tests.test_daemon_webhooks import SECRET, start_daemon
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "docs" / "examples" / "webhook_receiver.py"
+DOCS = ROOT / "docs" / "webhooks.md"
 KEY = base64.b64decode(SECRET.removeprefix("whsec_"))
 NEW_SECRET = "whsec_" + base64.b64encode(b"the new secret, 32 bytes long!!!").decode()
 NEW_KEY = base64.b64decode(NEW_SECRET.removeprefix("whsec_"))
@@ -144,13 +147,30 @@ def test_a_leg_sent_after_its_call_keeps_its_link_to_the_call(receiver: Running)
     assert len(receiver.rows("SELECT id FROM legs")) == 2
 
 
-def test_an_incomplete_call_is_stored_with_its_missing_legs(receiver: Running) -> None:
+def test_an_incomplete_call_and_its_late_leg_are_found_by_the_query_in_the_docs(receiver: Running) -> None:
     legs = legs_of("uas_486")
     callee = next(leg for leg in legs if leg["leg"] == "b")
     call = call_of([leg for leg in legs if leg is not callee], missing=[callee["channel_uuid"]])
     assert receiver.post(signed("call.completed", call)) == 204
     assert receiver.rows("SELECT complete, missing_legs FROM calls") == [
         (0, json.dumps([callee["channel_uuid"]]))]
+    assert receiver.rows(docs_block("sql")) == []
+    assert receiver.post(signed("leg.classified", callee)) == 204  # late: on its own only
+    assert receiver.rows(docs_block("sql")) == [(call["id"], callee["id"])]
+
+
+def docs_block(language: str) -> str:
+    """The one ``language`` code block of docs/webhooks.md's receiver section."""
+    section = DOCS.read_text().split("### A complete receiver", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(rf"```{language}\n(.*?)```", section, re.DOTALL)
+    return textwrap.dedent(block)
+
+
+def test_the_excerpt_in_the_docs_is_the_example_s_code() -> None:
+    def code(text: str) -> list[str]:
+        return [line.split("  # ")[0].strip() for line in text.splitlines()]
+    excerpt, example_code = code(docs_block("python")), set(code(EXAMPLE.read_text()))
+    assert [line for line in excerpt if line not in example_code] == []
 
 
 @pytest.mark.parametrize("kind", ["leg.classified", "call.completed"])
