@@ -340,8 +340,6 @@ def _wait_stored(receiver: Running, log: Path, legs: int, calls: int, timeout: f
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="main's daemon still POSTs bare leg documents; the envelope "
-                   "(leg.classified, call.completed) is being landed on main")
 def test_the_daemon_fed_real_captures_stores_every_leg_and_call_once(
     tmp_path: Path, receiver: Running
 ) -> None:
