@@ -190,3 +190,26 @@ def test_classify_calls_prints_one_call_a_line() -> None:
     (incomplete,) = [json.loads(line) for line in one_leg.stdout.splitlines()]
     assert incomplete["complete"] is False
     assert len(incomplete["missing_legs"]) == 1
+
+
+def _json_block_after(text: str, heading: str) -> dict[str, Any]:
+    start = text.index("```json\n", text.index(heading)) + len("```json\n")
+    return dict(json.loads(text[start:text.index("```", start)]))
+
+
+def test_the_examples_in_docs_payload_are_what_classify_prints() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "payload.md").read_text()
+    plain = str(FIXTURES / "uas_486" / "hangup_complete.plain.txt")
+
+    def classify(*extra: str) -> list[dict[str, Any]]:
+        done = subprocess.run([sys.executable, "-m", "listener", "classify", "--node", "pbx1", *extra, plain],
+                              capture_output=True, text=True, check=True, timeout=60)
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    leg = _json_block_after(text, "## `leg.classified`")
+    assert leg in classify()
+    call = _json_block_after(text, "## `call.completed`")
+    (printed,) = classify("--calls")
+    shown, legs = call.pop("legs"), printed.pop("legs")
+    assert [(d["id"], d["leg"]) for d in shown] == [(d["id"], d["leg"]) for d in legs]
+    assert call == printed
