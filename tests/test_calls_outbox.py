@@ -127,9 +127,12 @@ def test_the_bound_counts_from_the_first_wait_across_a_restart(
     assert call.document["missing_legs"] == [a.unique_id]
     assert rows(path, "SELECT count(*) FROM call_wait") == [(0,)]
     assert rows(path, f"SELECT count(*) FROM message WHERE event_id = '{call.id}'") == [(1,)]
-    late = second.put([a])  # the caller's leg after the bound: a leg only
+    second.close(deadline_s=1.0)
+    third = writer_at(path, opened, clock, wait_s=100.0)  # a restart: the completed call is not in memory
+    late = third.put([a])  # the caller's leg after the bound: a leg only, told by the record of legs taken
     assert getattr(late, "calls", ()) == ()
-    assert second.grouper.open_calls == 0
+    assert third.grouper.open_calls == 0
+    assert rows(path, "SELECT count(*) FROM call_wait") == [(0,)]
 
 
 def test_a_row_stored_before_the_envelope_is_sent_enveloped_as_a_leg() -> None:

@@ -111,7 +111,7 @@ class OutboxConfig:
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
-    """The log level, and the channel variables the ``call.classified`` line carries (capped as an
+    """The log level, and the channel variables the ``leg.classified`` and ``call.completed`` line carries (capped as an
     endpoint's)."""
 
     level: str = "info"

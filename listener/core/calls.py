@@ -152,6 +152,8 @@ class Call:
 Key = tuple[str, str]
 """(node, channel uuid): a uuid is unique only within one FreeSWITCH."""
 _Undo = Callable[[], object]
+TakenBefore = Callable[[Sequence[Key]], Iterable[Key]]
+"""Which of these legs were taken before (the outbox's record): for ``Grouper.add``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +211,7 @@ class Grouper:
     def late_call(self, node: str, unique_id: str) -> str | None:
         """The id of the completed call ``unique_id`` was part of (or missing from), if remembered."""
         found = self._done.get((node, unique_id))
-        return found[0] if found else None
+        return found[0] or None if found else None
 
     # -- changes, journaled ---------------------------------------------------------------------
 
@@ -275,10 +277,15 @@ class Grouper:
 
     # -- the public steps ---------------------------------------------------------------------
 
-    def add(self, legs: Sequence[Leg]) -> Plan:
-        """Add these legs (in order): the calls they complete, the legs left waiting."""
+    def add(self, legs: Sequence[Leg], taken: TakenBefore | None = None) -> Plan:
+        """Add these legs (in order): the calls they complete, the legs left waiting.
+
+        ``taken`` (the outbox's record of legs taken, from before these) tells a late leg whose call
+        this process no longer remembers (completed before a restart, or longer than ``remember_s``
+        ago): a partner that was taken but waits in no open call belongs to a call already completed.
+        """
         journal: list[_Undo] = []
-        done: dict[Key, str] = {}
+        done: dict[Key, str] = self._taken_before(legs, taken) if taken is not None else {}
         completed: list[Call] = []
         late: list[Leg] = []
         added: list[Leg] = []
@@ -311,6 +318,14 @@ class Grouper:
         released = tuple(sorted(key for call in completed for leg in call.legs
                                 if (key := (leg.node, leg.unique_id)) in self._waiting))
         return Plan(tuple(completed), waiting, released, tuple(late), done, tuple(journal))
+
+    def _taken_before(self, legs: Sequence[Leg], taken: TakenBefore) -> dict[Key, str]:
+        """The partners these legs name that were taken before and wait in no open call: done (the id
+        of their call is not known here: ``""``)."""
+        own = {(leg.node, leg.unique_id) for leg in legs}
+        unknown = sorted({key for leg in legs for u in leg.partners if (key := (leg.node, u)) not in own
+                          and key not in self._open and key not in self._done})
+        return dict.fromkeys(taken(unknown), "") if unknown else {}
 
     def expire(self, now: float) -> Plan:
         """Complete every open call whose first leg began to wait ``wait_s`` ago or more."""

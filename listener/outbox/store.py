@@ -159,6 +159,8 @@ the new version (the first three are idempotent; the rebuild of version 4 runs e
 REJECTED_ROWS = 10_000
 REJECTED_BYTES = 64 * 1024 * 1024
 
+TakenLookup = Callable[[Sequence[tuple[str, str]]], list[tuple[str, str]]]
+"""Which (node, Unique-ID) of these were taken before: for the grouping into calls, inside ``take``."""
 Progress = Callable[[int], None]
 """Called with the running count of rows changed by a long operator command."""
 
@@ -411,7 +413,7 @@ class Outbox:
         return created
 
     def take(self, legs: Sequence[Leg], entries: Sequence[Entry], now: float,
-             calls: Callable[[frozenset[str]], CallWrites] | None = None,
+             calls: Callable[[frozenset[str], TakenLookup], CallWrites] | None = None,
              ) -> tuple[Counter[str], frozenset[str]]:
         """In one transaction: remember every leg as taken, and store the entries of the legs that
         were not taken before (by either source); then ``calls`` (given the ids that are new) says
@@ -429,7 +431,7 @@ class Outbox:
                     " ON CONFLICT (id) DO NOTHING RETURNING id", params))
             wanted = [entry for entry in entries if entry.endpoints and entry.event_id in fresh]
             if calls is not None:
-                writes = calls(frozenset(fresh))
+                writes = calls(frozenset(fresh), lambda keys: _taken_keys(db, keys))
                 wanted += [entry for entry in writes.entries if entry.endpoints]
                 _write_waits(db, writes)
             for start in range(0, len(wanted), CHUNK):
@@ -670,6 +672,18 @@ class Outbox:
 def _marks(rows: int, columns: int) -> str:
     """``(?, ?), (?, ?)``: the placeholders of a multi-row VALUES."""
     return ",".join(["(" + ", ".join("?" * columns) + ")"] * rows)
+
+
+def _taken_keys(db: sqlite3.Connection, keys: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Which of these (node, Unique-ID) were taken (the ``taken_unique_id`` index)."""
+    found: list[tuple[str, str]] = []
+    wanted = set(keys)
+    for start in range(0, len(keys), CHUNK):
+        part = [uid for _, uid in keys[start:start + CHUNK]]
+        marks = ",".join("?" * len(part))
+        rows = db.execute(f"SELECT node, unique_id FROM taken WHERE unique_id IN ({marks})", part).fetchall()
+        found += [(str(node), str(uid)) for node, uid in rows if (node, uid) in wanted]
+    return found
 
 
 def _write_waits(db: sqlite3.Connection, writes: CallWrites) -> None:

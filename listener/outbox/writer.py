@@ -39,7 +39,7 @@ from listener.core.errors import OutboxClosedError, OutboxError
 from listener.core.rejection import Rejection
 from listener.core.retry import reconnect_delay
 from listener.core.signing import render
-from listener.outbox.store import BATCH, CallWrites, Entry, Leg, Outbox, Waiting
+from listener.outbox.store import BATCH, CallWrites, Entry, Leg, Outbox, TakenLookup, Waiting
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -367,12 +367,13 @@ class OutboxWriter:
         legs = [leg for _, legs, _, _ in batch for leg in legs]
         planned: list[Plan] = []
 
-        def calls(fresh: frozenset[str]) -> CallWrites:  # on the outbox thread, inside the transaction
+        def calls(fresh: frozenset[str], taken: TakenLookup) -> CallWrites:
+            """On the outbox thread, inside the transaction: the grouping of the legs that are new."""
             now = self.clock()
             new = {leg.id: dataclasses.replace(leg, arrived_at=now)
                    for _, _, call_legs, _ in batch for leg in call_legs if leg.id in fresh}
             try:
-                plan = self.grouper.add(list(new.values()))
+                plan = self.grouper.add(list(new.values()), taken)
             except Exception:  # a bug must not stop the commits: the legs are stored, their call is not
                 log.exception("calls.grouping_failed", legs=len(new))
                 return CallWrites()
