@@ -111,8 +111,8 @@ class OutboxConfig:
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
-    """The log level, and the channel variables the ``leg.classified`` and ``call.completed`` line carries (capped as an
-    endpoint's)."""
+    """The log level, and the channel variables the ``leg.classified`` and ``call.completed`` lines
+    carry (capped as an endpoint's)."""
 
     level: str = "info"
     variables: Selection = NO_VARIABLES
