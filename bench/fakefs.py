@@ -11,6 +11,10 @@ time, answers ``auth``, ``event(s)``, ``api global_getvar core_uuid`` (and any `
 - ``rate R SECONDS [PATH]``: write R events per second for SECONDS (or until ``stop``); the
   write time of every event goes to PATH (raw doubles) when given.
 - ``stop``: ends a running ``rate``.  ``quit``: exits.
+
+Both write whole calls (``bench.corpus``): a burst that would end inside a call is rounded up to
+its last leg, and the call in progress when a rate ends is finished at once; ``sent`` says how
+many were written.
 """
 
 from __future__ import annotations
@@ -112,6 +116,7 @@ class FakeFreeSWITCH:
 
     def burst(self, count: int) -> None:
         client, start = self.connected(), self.next
+        count = self.corpus.whole(start + count) - start
         first = time.monotonic()
         chunk: list[bytes] = []
         size = 0
@@ -131,17 +136,20 @@ class FakeFreeSWITCH:
     def rate(self, per_s: float, seconds: float, path: str | None) -> None:
         client, start = self.connected(), self.next
         times = array("d")
-        begin = time.monotonic()
-        total = int(per_s * seconds)
-        self.stopping = False
-        while len(times) < total and not self.stopping:
-            due = min(int((time.monotonic() - begin) * per_s) + 1, total)
+
+        def send_until(due: int) -> None:
             while len(times) < due:
-                i = start + len(times)
-                data = self.corpus.frame(i, client.format)
+                data = self.corpus.frame(start + len(times), client.format)
                 times.append(time.monotonic())
                 client.send(data)
+
+        begin = time.monotonic()
+        total = self.corpus.whole(start + int(per_s * seconds)) - start
+        self.stopping = False
+        while len(times) < total and not self.stopping:
+            send_until(min(int((time.monotonic() - begin) * per_s) + 1, total))
             gevent.sleep(max(begin + len(times) / per_s - time.monotonic(), 0))
+        send_until(self.corpus.whole(start + len(times)) - start)  # after a stop: the call in progress
         self.next = start + len(times)
         if path:
             with open(path, "wb") as out:

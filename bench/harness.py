@@ -2,7 +2,7 @@
 
 Every process talks JSON lines; times are ``time.monotonic()``, which on Linux is one clock for
 every process of the machine, so a write time in one process and an arrival time in another
-subtract. The daemon's stdout is read in big chunks on a thread: counting ``call.classified``
+subtract. The daemon's stdout is read in big chunks on a thread: counting ``leg.classified``
 lines must not become the bottleneck.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-MARK = b'"call.classified"'
+MARK = b'"leg.classified"'
 
 
 class Child:
@@ -103,13 +103,13 @@ def write_config(folder: Path, esl_port: int, receiver_port: int, *, synchronous
         "[health]\nenabled = false\n"
         f'[outbox]\npath = "{folder / "outbox.sqlite3"}"\nsynchronous = "{synchronous}"\n'
         f'[[webhooks]]\nname = "receiver"\nurl = "http://127.0.0.1:{receiver_port}/hook"\n'
-        f'secret = "{SECRET}"\nmax_concurrency = {concurrency}\n'
+        f'secret = "{SECRET}"\nmax_concurrency = {concurrency}\ntypes = ["leg.classified"]\n'
     )
     return config
 
 
 class Daemon:
-    """``python -m listener run --config``; counts its ``call.classified`` lines as they are flushed."""
+    """``python -m listener run --config``; counts its ``leg.classified`` lines as they are flushed."""
 
     def __init__(self, config: Path, log_path: Path | None, milestones: tuple[int, ...] = ()) -> None:
         self.proc = subprocess.Popen(

@@ -1,4 +1,4 @@
-"""Ingest speed of the daemon run in this process: first byte written to last ``call.classified``.
+"""Ingest speed of the daemon run in this process: first byte written to last ``leg.classified``.
 
 The daemon's own pieces (``App.from_config``: a real ``OutboxWriter`` on a temporary SQLite file;
 its one endpoint is down, so the circuit keeps delivery idle: ingest only) read a burst of real
@@ -35,12 +35,12 @@ from listener.config.settings import Config, HealthConfig, Node, OutboxConfig, W
 from listener.outbox.store import Outbox  # noqa: E402
 from listener.service import logs  # noqa: E402
 
-MARK = '"call.classified"'
+MARK = '"leg.classified"'
 ROOT = Path(__file__).resolve().parent.parent
 
 
 class Lines:
-    """The daemon's stdout: every line written to /dev/null, ``call.classified`` lines counted."""
+    """The daemon's stdout: every line written to /dev/null, ``leg.classified`` lines counted."""
 
     def __init__(self, expected: int) -> None:
         self.expected = expected

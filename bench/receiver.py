@@ -6,7 +6,9 @@ It binds 127.0.0.1 (port chosen by the OS) at once and prints ``{"port": P}``, b
 after the ``listen`` command: until then a connection is refused, as with a receiver that is down.
 Every request is appended to OUTPUT as one line ``<arrival> <webhook-id> <timestamp> <signature>
 <body>`` (the compact JSON body has no newline). Commands on stdin, one JSON line answered each:
-``listen``; ``target N`` (answers once N distinct webhook-ids have arrived); ``count``; ``quit``.
+``listen``; ``target N`` (answers once N distinct webhook-ids of legs have arrived); ``calls N``
+(once N distinct webhook-ids of ``call.completed`` have); ``count``; ``quit``. Every answer has
+``unique`` (legs), ``calls``, ``requests`` and ``last`` (the last request's arrival).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import time
 from typing import BinaryIO
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+CALL = b'"call.completed"'
+"""In a body only as a ``call.completed`` envelope's type: any other body is a leg's."""
 
 
 def say(**fields: object) -> None:
@@ -30,9 +34,10 @@ class Tally:
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
         self.ids: set[bytes] = set()
+        self.call_ids: set[bytes] = set()
         self.requests = 0
         self.last = 0.0
-        self.target: int | None = None
+        self.target: tuple[set[bytes], int] | None = None
 
     def record(self, headers: dict[bytes, bytes], body: bytes) -> None:
         now = time.monotonic()
@@ -40,12 +45,23 @@ class Tally:
         self.out.write(b"%.6f %s %s %s %s\n" % (now, webhook_id, headers.get(b"webhook-timestamp", b"-"),
                                                headers.get(b"webhook-signature", b"-"), body))
         self.requests += 1
-        self.ids.add(webhook_id)
+        (self.call_ids if CALL in body else self.ids).add(webhook_id)
         self.last = now
-        if self.target is not None and len(self.ids) >= self.target:
+        self.answer_if_reached()
+
+    def wait_for(self, ids: set[bytes], count: int) -> None:
+        """Answer once ``ids`` (legs' or calls') holds ``count``: now, or at the request that makes it."""
+        self.target = (ids, count)
+        self.answer_if_reached()
+
+    def answer_if_reached(self) -> None:
+        if self.target is not None and len(self.target[0]) >= self.target[1]:
             self.target = None
-            self.out.flush()
-            say(unique=len(self.ids), requests=self.requests, last=self.last)
+            self.answer()
+
+    def answer(self) -> None:
+        self.out.flush()
+        say(unique=len(self.ids), calls=len(self.call_ids), requests=self.requests, last=self.last)
 
 
 class Http(asyncio.Protocol):
@@ -93,14 +109,11 @@ async def serve(path: str) -> None:
                 await loop.create_server(lambda: Http(tally), sock=sock)
                 say(listening=True)
             elif line[0] == "target":
-                tally.target = int(line[1])
-                if len(tally.ids) >= tally.target:
-                    tally.target = None
-                    out.flush()
-                    say(unique=len(tally.ids), requests=tally.requests, last=tally.last)
+                tally.wait_for(tally.ids, int(line[1]))
+            elif line[0] == "calls":
+                tally.wait_for(tally.call_ids, int(line[1]))
             elif line[0] == "count":
-                out.flush()
-                say(unique=len(tally.ids), requests=tally.requests, last=tally.last)
+                tally.answer()
             elif line[0] == "quit":
                 break
         out.flush()

@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.corpus import Corpus, Expected
 from bench.harness import Child, Daemon, cpu_s, write_config
-from bench.verify import Check, check_log, check_webhooks
+from bench.verify import Webhooks, check_log, check_webhooks
 
 Result = dict[str, Any]
 
@@ -108,13 +108,24 @@ def against_bare(rate: float, before: float, after: float) -> dict[str, int | fl
             "ratio": round(rate / reference, 2)}
 
 
-def _verified(s: Setup, expected: Expected, start: int, stop: int) -> tuple[Result, Check]:
-    """The checks of the log and of the webhooks; the webhooks' check also has the arrival times."""
+def _delivered(s: Setup, expected: Expected, count: int, timeout: float) -> dict[str, Any]:
+    """The receiver's answer once the legs ``0..count`` arrived (its ``last``: the last leg's arrival).
+
+    From a daemon that sends ``call.completed`` (one arrived by then), it also waits for every call
+    among them; from one that sends none, only the legs are checked."""
+    legs = s.receiver.ask(f"target {count}", timeout)
+    if legs["calls"]:
+        s.receiver.ask(f"calls {len(expected.corpus.calls_within(0, count))}", timeout)
+    return legs
+
+
+def _verified(s: Setup, expected: Expected, start: int, stop: int) -> tuple[Result, Webhooks]:
+    """The checks of the log, of the legs' webhooks (with their arrival times) and of the calls'."""
     result: Result = {}
     if s.log is not None:
         result["log"] = check_log(s.log, expected, start, stop).summary()
     hooks = check_webhooks(s.webhooks, expected, start, stop)
-    result["webhooks"] = hooks.summary()
+    result.update(hooks.summaries())
     return result, hooks
 
 
@@ -132,12 +143,13 @@ def ingest_and_backlog(settings: Settings, count: int, new_rate: float, expected
         time.sleep(1.0)
         s.fake.tell("stop")
         new = s.fake.read()["sent"]
-        s.receiver.ask(f"target {count + new}", settings.timeout)
+        _delivered(s, expected, count + new, settings.timeout)
         s.daemon.wait_count(count + new, settings.timeout)
         checks, hooks = _verified(s, expected, 0, count + new)
-    backlog = [hooks.arrivals[i] for i in range(count) if i in hooks.arrivals]
+    arrivals = hooks.legs.arrivals
+    backlog = [arrivals[i] for i in range(count) if i in arrivals]
     drained = max(backlog) - listened
-    during = sum(1 for i, t in hooks.arrivals.items() if i >= count and t <= max(backlog))
+    during = sum(1 for i, t in arrivals.items() if i >= count and t <= max(backlog))
     return {
         "ingest": {"events": count, **against_bare(ingest, before, after), "target_ratio": 2.0},
         "backlog": {"events": count, "drain_per_s": round(count / drained),
@@ -153,7 +165,7 @@ def end_to_end(settings: Settings, count: int, expected: Expected) -> Result:
     before = bare_greenswitch(settings, count)
     with setup(settings, "e2e", listening=True, milestones=(count,)) as s:
         first = s.fake.ask(f"burst {count}", settings.timeout)["first"]
-        last = s.receiver.ask(f"target {count}", settings.timeout)["last"]
+        last = _delivered(s, expected, count, settings.timeout)["last"]
         s.daemon.wait_count(count, settings.timeout)
         logged = s.daemon.reached[count]
         checks, _ = _verified(s, expected, 0, count)
@@ -178,13 +190,14 @@ def latency(settings: Settings, per_s: float, seconds: float, expected: Expected
         times_file = s.folder / "write_times.bin"
         sent = s.fake.ask(f"rate {per_s} {seconds} {times_file}", seconds + settings.timeout)
         count = sent["sent"]
-        s.receiver.ask(f"target {count}", settings.timeout)
+        _delivered(s, expected, count, settings.timeout)
         s.daemon.wait_count(count, settings.timeout)
         checks, hooks = _verified(s, expected, 0, count)
     written = array("d")
     with times_file.open("rb") as f:
         written.fromfile(f, count)
-    ms = sorted((hooks.arrivals[i] - written[i]) * 1000 for i in range(count) if i in hooks.arrivals)
+    arrivals = hooks.legs.arrivals
+    ms = sorted((arrivals[i] - written[i]) * 1000 for i in range(count) if i in arrivals)
     return {
         "latency": {"events": count, "events_per_s": round(count / (sent["last"] - sent["first"])),
                     "p50_ms": round(_percentile(ms, 50), 1), "p99_ms": round(_percentile(ms, 99), 1),
@@ -242,20 +255,21 @@ def steady(settings: Settings, per_s: float, seconds: float, expected: Expected)
     and right after the daemon (their mean, as for ingest). CPU is user + system time of the one
     process, all its threads (``/proc/<pid>/stat``); its peak RSS is read at the end.
     """
-    before = bare_cpu(settings, per_s, seconds)
+    whole = expected.corpus.whole(int(per_s * seconds))  # what the fake writes: whole calls
+    before = bare_cpu(settings, per_s, seconds, whole)
     with setup(settings, "steady", listening=True) as s:
         s.fake.ask("connected", settings.timeout)
         idle = s.daemon.settled()
         started, cpu = time.monotonic(), s.daemon.cpu_s()
         sent = s.fake.ask(f"rate {per_s} {seconds}", seconds + settings.timeout)
         count = sent["sent"]
-        received = s.receiver.ask(f"target {count}", settings.timeout)
+        received = _delivered(s, expected, count, settings.timeout)
         s.daemon.wait_count(count, settings.timeout)
         left = outbox_emptied(s.folder / "outbox.sqlite3", settings.timeout)
         cpu, wall = s.daemon.cpu_s() - cpu, time.monotonic() - started
         rss = s.daemon.rss()
         checks, _ = _verified(s, expected, 0, count)
-    after = bare_cpu(settings, per_s, seconds)
+    after = bare_cpu(settings, per_s, seconds, whole)
     reference = (before["cpu_ms_per_event"] + after["cpu_ms_per_event"]) / 2
     daemon_ms = cpu / count * 1000
     checks["outbox"] = {"left": left, "received": received["unique"], "ok": left == 0}
@@ -272,9 +286,10 @@ def steady(settings: Settings, per_s: float, seconds: float, expected: Expected)
     }
 
 
-def bare_cpu(settings: Settings, per_s: float, seconds: float) -> dict[str, float]:
-    """CPU time per event of greenswitch's bare loop, fed ``per_s`` events/s for ``seconds``."""
-    count = int(per_s * seconds)
+def bare_cpu(settings: Settings, per_s: float, seconds: float, count: int) -> dict[str, float]:
+    """CPU time per event of greenswitch's bare loop, fed ``per_s`` events/s for ``seconds``.
+
+    ``count`` is how many events that makes: whole calls, as the fake writes them."""
     with bare_loop(settings, count) as (fake, bare):
         cpu = cpu_s(bare.proc.pid)
         fake.ask(f"rate {per_s} {seconds}", seconds + settings.timeout)
@@ -323,7 +338,7 @@ def idle_down(settings: Settings, rows: int, seconds: float, expected: Expected)
         wall = time.monotonic() - started
         pending, attempts = outbox_rows(s.folder / "outbox.sqlite3")
         checks, hooks = _verified(s, expected, 0, rows)
-        checks["webhooks"] = {"received": hooks.seen, "ok": hooks.seen == 0}  # the receiver never listened
+        checks["webhooks"] = {"received": hooks.received, "ok": hooks.received == 0}  # it never listened
     total = last - cpu
     checks["outbox"] = {"pending": pending, "expected": rows, "ok": pending == rows}
     return {

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,11 @@ import structlog
 
 from listener.config import loader
 from listener.config.settings import Config
+from listener.core.calls import Call, Grouper
 from listener.core.errors import ConfigError, OutboxError
 from listener.core.exits import EX_IOERR, EX_OK, EX_TEMPFAIL
 from listener.core.privacy import Redactor
+from listener.core.variables import Selection
 from listener.esl.cdr import CDRSource
 from listener.esl.nodestate import NodeStateFile
 from listener.esl.source import ESLSource
@@ -79,10 +81,16 @@ class App:
         self.sources: list[ESLSource] = []
         self.pipelines: list[Pipeline] = []
         redact = _redactor(config)
+        self.calls = self.writer.grouper if self.writer is not None else Grouper(config.calls.wait_s)
+        """The calls still open: the writer's (kept in the outbox too), else in memory only."""
+        self.metrics.watch_calls(lambda: (self.calls.open_calls, self.calls.waiting_legs))
         for node in config.nodes:
             pipeline = Pipeline(
                 node, config.classifier, self.log.bind(node=node.name), store=store, delivery=self.sink,
                 metrics=self.metrics, redact=redact, on_outbox_failure=self._outbox_failed,
+                calls=self.calls if self.writer is None else None,
+                variables=kept_variables(config),
+                log_variables=(config.log.variables, config.log.variables_max_bytes),
             )
             self.pipelines.append(pipeline)
             self.sources.append(ESLSource(node, config.esl, pipeline, self.log, states=states))
@@ -98,6 +106,7 @@ class App:
         self.service.readiness.add("log", lambda: Check(ok=logs.stalled_since() is None,
                                    details=logs.stall_note()), required=not config.webhooks)
         if self.writer is not None:
+            self.writer.on_calls = self._calls_completed
             self._watch_outbox(self.writer, self.sink)
             self.service.pauses.append(self.writer.paused_until)
             self.service.notes.append(lambda: _outbox_note(self.writer))
@@ -117,7 +126,7 @@ class App:
         opened = open_outbox(config.outbox, config.webhooks, structlog.get_logger("listener"))
         retention = config.outbox.taken_retention_s
         writer = OutboxWriter(opened.outbox, config.webhooks, taken_retention_s=retention,
-                              keep_delivered_s=config.outbox.keep_delivered_s)
+                              keep_delivered_s=config.outbox.keep_delivered_s, wait_s=config.calls.wait_s)
         return cls(config, writer, lock=opened.lock, checked=opened.checked, states=states)
 
     def start(self) -> None:
@@ -131,10 +140,35 @@ class App:
         self.service.start(loops)
         for cdr in self.cdr_sources:  # after READY: a scan of a large folder never delays start-up
             self.group.spawn(cdr.run)
+        if self.writer is None:
+            self.group.spawn(self._expire_calls)
         if self.writer is not None:
             self._watcher = gevent.spawn(self._watch_writer, self.writer)
             if not self._checked and self.reader is not None:
                 self.group.spawn(self._check_later, self.writer, self.reader)
+
+    def _calls_completed(self, calls: Sequence[Call]) -> None:
+        """Calls the writer completed at their bound: logged by their node's pipeline, delivery woken."""
+        by_node = {pipeline.node.name: pipeline for pipeline in self.pipelines}
+        for call in calls:
+            pipeline = by_node.get(call.legs[0].node) if call.legs else None
+            (pipeline or self.pipelines[0]).calls_completed([call])
+        if self.sink is not None:
+            self.sink.wake()
+
+    def _expire_calls(self) -> None:
+        """Without an outbox: complete the calls open past their bound, in memory."""
+        while not self.stopping.is_set():
+            first = self.calls.next_expiry()
+            delay = 60.0 if first is None else max(first + self.calls.wait_s - time.time(), 0.0) + 0.01
+            self.stopping.wait(min(delay, 60.0))
+            self._expire_now(time.time())
+
+    def _expire_now(self, now: float) -> None:
+        plan = self.calls.expire(now)
+        self.calls.apply(plan, min(now, time.time()))
+        if plan.completed:
+            self._calls_completed(plan.completed)
 
     def _check_later(self, writer: OutboxWriter, reader: OutboxReader) -> None:
         """The integrity check of an outbox too large to check before READY, beside the commits."""
@@ -204,16 +238,9 @@ class App:
         self.service.stopping()
         if self.writer is not None:  # an outbox fault still being waited out: give up within the deadline
             self.writer.give_up_after(timeout / 2)
-        for source in self.sources:
-            source.stop()
-        for cdr in self.cdr_sources:
-            cdr.stop()
-        if not self.group.join(timeout=timeout):
-            for source in self.sources:  # what the deadline leaves unhandled is lost: say so
-                if left := source.abandon():
-                    self.log.error("listener.events_abandoned", node=source.node.name, queued=left,
-                                   reason=f"not handled within the {timeout:g}s stop deadline")
-        self.group.kill(timeout=1)
+        self._stop_reading(timeout)
+        if self.writer is None:  # legs waiting in memory only: their calls are completed now, as they are
+            self._expire_now(float("inf"))
         if self._watcher is not None:
             self._watcher.kill(block=False)
         if self.sink is not None:
@@ -229,6 +256,19 @@ class App:
         self.service.stop()
         self.log.info("listener.stopped")
 
+    def _stop_reading(self, timeout: float) -> None:
+        """Stop the sources; the events already read are handled within ``timeout``."""
+        for source in self.sources:
+            source.stop()
+        for cdr in self.cdr_sources:
+            cdr.stop()
+        if not self.group.join(timeout=timeout):
+            for source in self.sources:  # what the deadline leaves unhandled is lost: say so
+                if left := source.abandon():
+                    self.log.error("listener.events_abandoned", node=source.node.name, queued=left,
+                                   reason=f"not handled within the {timeout:g}s stop deadline")
+        self.group.kill(timeout=1)
+
     def reload(self) -> bool:
         """Re-read and validate the configuration; apply it, or keep the old one and log every problem."""
         try:
@@ -242,6 +282,8 @@ class App:
         redact = _redactor(new)
         for pipeline in self.pipelines:
             pipeline.classifier, pipeline.redact = new.classifier, redact
+            pipeline.variables = kept_variables(new)
+            pipeline.log_variables = (new.log.variables, new.log.variables_max_bytes)
         if self.sink is not None and new.webhooks:
             self.sink.reconfigure(new.webhooks)
         elif new.webhooks != self.config.webhooks:  # opening or closing the outbox needs a restart
@@ -334,6 +376,12 @@ def _reconnects_of(source: ESLSource) -> Callable[[], tuple[int, float | None]]:
     return lambda: (source.connections, source.stats.last_gap_seconds)
 
 
+def kept_variables(config: Config) -> Selection:
+    """The channel variables each leg keeps: those any endpoint or the log line asked for (each takes
+    its own share when its request or line is written)."""
+    return config.log.variables.union(*(w.variables for w in config.webhooks))
+
+
 def needs_outbox(config: Config) -> bool:
     """Webhooks need it (the durable hand-off); a node's ``cdr_dir`` too (the record of legs taken)."""
     return bool(config.webhooks) or any(node.cdr_dir is not None for node in config.nodes)
@@ -364,7 +412,7 @@ def _outbox_note(writer: OutboxWriter | None) -> str | None:
 
 
 def _redactor(config: Config) -> Redactor:
-    return Redactor(config.privacy.mask_numbers, config.privacy.hash_key)
+    return Redactor(config.privacy.mask_numbers, config.privacy.hash_key, config.privacy.number_variables)
 
 
 def _restart_required(old: Config, new: Config) -> list[str]:

@@ -16,7 +16,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from listener import __version__
 from listener.core.exits import EX_CONFIG, EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_OK, EX_TEMPFAIL
@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="capture files, *.cdr.json files, directories of *.cdr.json (default: stdin)")
     classify.add_argument("--config", type=Path, help="TOML configuration (for its rules)")
     classify.add_argument("--node", default="capture", help="node name written in each document")
+    classify.add_argument("--calls", action="store_true",
+                          help="print one call.completed document per call (its legs grouped from every "
+                               "input) instead of one document per leg")
     classify.set_defaults(func=_classify)
 
     check = commands.add_parser("check-config", help="validate a configuration, report every problem")
@@ -138,10 +141,28 @@ def _classify(args: argparse.Namespace) -> int:
     if not isinstance(cfg, Config):
         return EX_CONFIG
     code = EX_OK
+    legs: list[Any] | None = [] if args.calls else None
     for name, path in _classify_inputs(args.files):
-        code = max(code, _classify_input(name, path, cfg, args.node))
+        code = max(code, _classify_input(name, path, cfg, args.node, legs))
+    if legs:
+        _print_calls(legs)
     sys.stdout.flush()
     return code
+
+
+def _print_calls(legs: list[Any]) -> None:
+    """Every call of these legs, one document a line: grouped as the daemon groups them; a call still
+    waiting for a leg no input holds is printed ``complete: false`` at the end."""
+    from listener.core.calls import Grouper  # noqa: PLC0415
+
+    grouper = Grouper(wait_s=0.0)
+    for leg in legs:
+        plan = grouper.add([leg])
+        grouper.apply(plan, 0.0)
+        for call in plan.completed:
+            sys.stdout.write(json.dumps(call.document, ensure_ascii=False) + "\n")
+    for call in grouper.expire(float("inf")).completed:
+        sys.stdout.write(json.dumps(call.document, ensure_ascii=False) + "\n")
 
 
 def _classify_inputs(files: Sequence[Path]) -> list[tuple[str, Path | None]]:
@@ -155,7 +176,7 @@ def _classify_inputs(files: Sequence[Path]) -> list[tuple[str, Path | None]]:
     return inputs or [("<stdin>", None)]
 
 
-def _classify_input(name: str, path: Path | None, cfg: Config, node: str) -> int:
+def _classify_input(name: str, path: Path | None, cfg: Config, node: str, legs: list[Any] | None) -> int:
     """Read one input (None: stdin) and classify it; a directory here has no CDR file below it."""
     if path is not None and path.is_dir():
         return _no_hangup(name)
@@ -164,12 +185,13 @@ def _classify_input(name: str, path: Path | None, cfg: Config, node: str) -> int
     except OSError as exc:
         print(f"hangup-listener: {name}: {exc.strerror or exc}", file=sys.stderr)
         return EX_NOINPUT
-    return _classify_one(name, data, cfg, node)
+    return _classify_one(name, data, cfg, node, legs)
 
 
-def _classify_one(name: str, data: bytes, cfg: Config, node: str) -> int:
-    """Print the documents of one input; EX_DATAERR when it is unusable or holds no hangup."""
-    from listener.core import capture, cdr, document  # noqa: PLC0415
+def _classify_one(name: str, data: bytes, cfg: Config, node: str, legs: list[Any] | None) -> int:
+    """Print the documents of one input (or, with ``legs``, keep its legs for the calls); EX_DATAERR
+    when it is unusable or holds no hangup."""
+    from listener.core import calls, capture, cdr, document  # noqa: PLC0415
     from listener.core.errors import ListenerError  # noqa: PLC0415
 
     count = 0
@@ -178,7 +200,10 @@ def _classify_one(name: str, data: bytes, cfg: Config, node: str) -> int:
         for event in events:
             if event.is_hangup_complete:
                 built = document.build(event, cfg.classifier.classify(event), node)
-                sys.stdout.write(json.dumps(built, ensure_ascii=False) + "\n")
+                if legs is not None:
+                    legs.append(calls.Leg(built, node, calls.partners(event), 0.0))
+                else:
+                    sys.stdout.write(json.dumps(built, ensure_ascii=False) + "\n")
                 count += 1
     except ListenerError as exc:
         print(f"hangup-listener: {name}: {exc}", file=sys.stderr)

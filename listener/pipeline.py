@@ -6,24 +6,31 @@ returned. A frame that holds no usable event is rejected alone (``esl.event_reje
 in the outbox's ``rejected`` table, or without one in that line; an event whose handling raises is
 skipped alone (``call.handler_failed``); the rest of the batch goes on.
 The batch's documents are committed to the outbox together (one transaction, when webhooks are
-configured) and only then logged, one ``call.classified`` line per call; the delivery loops of the
-endpoints that got rows are woken. If the outbox cannot take them, each is logged whole
-(``outbox.write_failed``) and ``on_outbox_failure`` is told: nothing is lost silently.
+configured) and only then logged, one ``leg.classified`` line per leg, then one ``call.completed``
+line per call those legs completed (``listener.core.calls`` groups them: in the outbox writer, in the
+same transaction, or here when there is no outbox); the delivery loops of the endpoints that got rows
+are woken. If the outbox cannot take them, each is logged whole (``outbox.write_failed``) and
+``on_outbox_failure`` is told: nothing is lost silently.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from listener.config.settings import Node
 from listener.core import document as documents
+from listener.core.calls import Call, Grouper, Leg, partners
 from listener.core.classifier import Classifier
+from listener.core.document import CALL_COMPLETED, LEG_CLASSIFIED
 from listener.core.errors import EventError, OutboxError
 from listener.core.event import HANGUP_COMPLETE, HEARTBEAT, HangupEvent
 from listener.core.frame import Frame
 from listener.core.rejection import Rejection
+from listener.core.variables import DEFAULT_MAX_BYTES, NO_VARIABLES, Selection, attach, from_event
 from listener.esl.connection import TimeSlice
 from listener.esl.source import Tally
 from listener.service import logs
@@ -35,7 +42,7 @@ Redact = Callable[[Mapping[str, Any]], Any]
 class Store(Protocol):
     """Where documents go before they count as handled (``listener.outbox.writer.OutboxWriter``)."""
 
-    def put(self, documents: Sequence[Mapping[str, Any]]) -> frozenset[str]: ...
+    def put(self, documents: Sequence[Leg]) -> frozenset[str]: ...
 
 
 @runtime_checkable
@@ -55,6 +62,8 @@ class CallMetrics(Protocol):
     """Where each classified call is counted (``listener.service.metrics.Metrics``)."""
 
     def call_classified(self, node: str, document: Mapping[str, Any]) -> None: ...
+
+    def call_completed(self, node: str, document: Mapping[str, Any]) -> None: ...
 
 
 def parse(frame: Frame) -> HangupEvent:
@@ -78,6 +87,10 @@ class Pipeline:
         metrics: CallMetrics | None = None,
         redact: Redact | None = None,
         on_outbox_failure: Callable[[OutboxError], None] | None = None,
+        calls: Grouper | None = None,
+        clock: Callable[[], float] = time.time,
+        variables: Selection = NO_VARIABLES,
+        log_variables: tuple[Selection, int] = (NO_VARIABLES, DEFAULT_MAX_BYTES),
     ) -> None:
         self.node = node
         self.classifier = classifier
@@ -87,15 +100,27 @@ class Pipeline:
         self.metrics = metrics
         self.redact = redact
         self.on_outbox_failure = on_outbox_failure
+        self.calls = calls
+        """Groups legs into calls when there is no outbox (the writer does it otherwise), in memory."""
+        self.clock = clock
+        self.variables = variables
+        """The channel variables every leg keeps (what any endpoint or the log line asked for)."""
+        self.log_variables = log_variables
+        """The log line's share of them, and its cap."""
 
     def document(self, event: HangupEvent) -> Document:
         """The classified document of one hangup (pure)."""
         return documents.build(event, self.classifier.classify(event), self.node.name)
 
+    def leg(self, event: HangupEvent) -> Leg:
+        """The leg of one hangup as the outbox and the grouping into calls take it (pure)."""
+        kept = from_event(event, self.variables) if self.variables else {}
+        return Leg(self.document(event), self.node.name, partners(event), 0.0, kept)
+
     def __call__(self, frames: Sequence[Frame]) -> Tally:
         """Take one batch of event frames through the whole chain; what happened, counted."""
         tally = Tally()
-        ready: list[Document] = []
+        ready: list[Leg] = []
         running = TimeSlice()
         for frame in frames:
             event = self._parsed(frame, tally)
@@ -146,7 +171,7 @@ class Pipeline:
     def recover(self, events: Sequence[HangupEvent]) -> int:
         """Hangups read from another source (CDR files) through the same chain; how many were new
         (a leg the Event Socket delivered already is neither stored nor logged again)."""
-        tally, ready = Tally(), list[Document]()
+        tally, ready = Tally(), list[Leg]()
         for event in events:
             self.take(event, tally, ready)
         return self.commit(ready) if ready else 0
@@ -155,7 +180,7 @@ class Pipeline:
         """A CDR file that is complete JSON but not a CDR: said once; the file itself stays where it is."""
         self.log.error("cdr.file_rejected", file=str(path), reason=reason, size=len(body))
 
-    def take(self, event: HangupEvent, tally: Tally, ready: list[Document]) -> None:
+    def take(self, event: HangupEvent, tally: Tally, ready: list[Leg]) -> None:
         """A hangup becomes its document; a heartbeat is counted; any other event is only counted."""
         name = event.event_name
         if name == HEARTBEAT:
@@ -164,25 +189,27 @@ class Pipeline:
             self.log.debug("esl.heartbeat_received", core_uuid=event.core_uuid)
         elif name == HANGUP_COMPLETE:
             try:
-                ready.append(self.document(event))
+                ready.append(self.leg(event))
             except Exception:
                 tally.failed += 1
                 self.log.exception("call.handler_failed", channel_uuid=event.unique_id, event_name=name)
 
-    def _commit(self, ready: list[Document], tally: Tally) -> None:
+    def _commit(self, ready: list[Leg], tally: Tally) -> None:
         try:
             self.commit(ready)
         except Exception:
             tally.failed += len(ready)
-            for document in ready:
-                self.log.exception("call.handler_failed", channel_uuid=document.get("channel_uuid"),
+            for leg in ready:
+                self.log.exception("call.handler_failed", channel_uuid=leg.document.get("channel_uuid"),
                                    event_name=HANGUP_COMPLETE)
 
-    def commit(self, ready: list[Document]) -> int:
-        """Store the documents in one outbox commit, then write one line per call (never before).
+    def commit(self, ready: list[Leg]) -> int:
+        """Store the legs in one outbox commit, then write one line per leg and one per call those legs
+        completed (never before the commit).
 
         A leg taken before, from either source (the Event Socket, a CDR file), is neither stored nor
-        logged again. Returns how many documents were new."""
+        logged again. Returns how many legs were new."""
+        completed: Sequence[Call] = ()
         if self.store is not None:
             try:
                 created = self.store.put(ready)
@@ -192,20 +219,46 @@ class Pipeline:
             if created and self.delivery is not None:
                 self.delivery.wake(created)
             duplicates: frozenset[str] = getattr(created, "duplicates", frozenset())  # a writer's Stored
+            completed = getattr(created, "calls", ())
             if duplicates:
-                ready = [document for document in ready if document.get("id") not in duplicates]
+                ready = [leg for leg in ready if leg.id not in duplicates]
+        elif self.calls is not None:
+            now = self.clock()
+            plan = self.calls.add([dataclasses.replace(leg, arrived_at=now) for leg in ready])
+            self.calls.apply(plan, now)
+            completed = plan.completed
         with logs.held():  # the batch's lines in one write, flushed when it ends
-            for document in ready:
+            for leg in ready:
                 if self.metrics is not None:
-                    self.metrics.call_classified(self.node.name, document)
-                self.log.info("call.classified", call=self.redact(document) if self.redact else document)
+                    self.metrics.call_classified(self.node.name, leg.document)
+                self.log.info(LEG_CLASSIFIED, leg=self._shown(leg.document, leg.variables))
+            self._log_calls(completed)
         return len(ready)
 
-    def _not_stored(self, ready: list[Document], exc: OutboxError) -> None:
+    def calls_completed(self, calls: Sequence[Call]) -> None:
+        """Calls completed at their bound (by the writer's clock or ``expire``): one line each."""
+        with logs.held():
+            self._log_calls(calls)
+
+    def _log_calls(self, calls: Sequence[Call]) -> None:
+        for call in calls:
+            if self.metrics is not None:
+                self.metrics.call_completed(self.node.name, call.document)
+            shares = {leg.id: leg.variables for leg in call.legs if leg.variables}
+            self.log.info(CALL_COMPLETED, call=self._shown(call.document, shares))
+
+    def _shown(self, document: Mapping[str, Any], variables: Mapping[str, Any]) -> Any:
+        """A document as its log line shows it: with the log's variables, masked as configured."""
+        selection, max_bytes = self.log_variables
+        if selection:
+            document = attach(document, variables, selection, max_bytes)
+        return self.redact(document) if self.redact else document
+
+    def _not_stored(self, ready: list[Leg], exc: OutboxError) -> None:
         """The outbox refused the batch: each document logged whole (never lost silently), masked as the
-        ``call.classified`` line would be."""
-        for document in ready:
-            self.log.error("outbox.write_failed", reason=str(exc), call=self.redact(document) if self.redact
-                           else document)
+        ``leg.classified`` line would be."""
+        for leg in ready:
+            self.log.error("outbox.write_failed", reason=str(exc),
+                           leg=self._shown(leg.document, leg.variables))
         if self.on_outbox_failure is not None:
             self.on_outbox_failure(exc)

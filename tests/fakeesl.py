@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,9 +203,10 @@ class Collect:
     def __init__(self) -> None:
         self.documents: gevent.queue.Queue[dict[str, Any]] = gevent.queue.Queue()
 
-    def put(self, documents: Sequence[Mapping[str, Any]]) -> frozenset[str]:
-        for document in documents:
-            self.documents.put(dict(document))
+    def put(self, documents: Sequence[Any]) -> frozenset[str]:
+        """Each leg's document (a pipeline hands ``listener.core.calls.Leg``s; a bare mapping is one)."""
+        for item in documents:
+            self.documents.put(dict(getattr(item, "document", item)))
         return frozenset()
 
     def take(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ lock past the daemon's busy timeout (ingestion pauses, FreeSWITCH queues); the d
 and restarted.
 
 What "read" means here, precisely. An event counts as *read* by the daemon once its
-``call.classified`` line was written: the daemon writes it only after the document is committed to
+``leg.classified`` line was written: the daemon writes it only after the document is committed to
 the outbox. An event still in a socket buffer or in the daemon's queue when SIGKILL lands is not
 read (FreeSWITCH does not replay it either: it shows up as a gap). Checked strictly:
 
@@ -106,10 +106,10 @@ class Incarnation:
                 self.other.append(raw.decode(errors="replace"))
                 continue
             self.events[entry["event"]] += 1
-            if entry["event"] == "call.classified":
-                uid = entry["call"]["channel_uuid"]
+            if entry["event"] == "leg.classified":
+                uid = entry["leg"]["channel_uuid"]
                 self.classified.append(uid)
-                self.ids[uid] = entry["call"]["id"]
+                self.ids[uid] = entry["leg"]["id"]
                 self.lines.put(uid)
             elif entry["event"] == "esl.gap":
                 self.gap_s += entry["gap_s"]
@@ -285,7 +285,7 @@ def write_config(tmp_path: Path, fake: FakeFreeSWITCH, url: str) -> Path:
         f"[esl]\nbackoff_initial = 0.05\nbackoff_max = 0.3\n[health]\nport = 0\n"
         f'[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\nsynchronous = "normal"\n'
         f'[[webhooks]]\nname = "hook"\nurl = "{url}"\nsecret = "{SECRET}"\n'
-        f"timeout = {WEBHOOK_TIMEOUT}\nconnect_timeout = 1\nretry_jitter = 0\n"
+        f"timeout = {WEBHOOK_TIMEOUT}\nconnect_timeout = 1\nretry_jitter = 0\ntypes = [\"leg.classified\"]\n"
         f"retry_schedule = [{schedule}]\n")
     return config
 
@@ -370,6 +370,8 @@ class Acknowledged:
         arrived = list(self.receiver.received)
         for request in arrived[self.checked:]:
             payload = self.verifier.verify(request.body, request.headers)
+            assert payload["type"] == "leg.classified"
+            payload = payload["data"]
             assert payload["id"] == request.webhook_id
             self.webhook_ids.setdefault(payload["channel_uuid"], set()).add(request.webhook_id)
             if 200 <= request.status < 300 and not request.stalled:

@@ -159,9 +159,9 @@ def test_run_prints_one_classified_line_per_hangup_and_stops_on_sigterm(tmp_path
             session = fake.next_session(timeout=15)
             assert _read_json_line(daemon.stdout, "esl.connected")["node"] == "lab"
             session.send((FIXTURES / "uas_486" / "hangup_complete.plain.txt").read_bytes())
-            first = _read_json_line(daemon.stdout, "call.classified")
-            second = _read_json_line(daemon.stdout, "call.classified")
-            assert {first["call"]["leg"], second["call"]["leg"]} == {"a", "b"}  # type: ignore[index]
+            first = _read_json_line(daemon.stdout, "leg.classified")
+            second = _read_json_line(daemon.stdout, "leg.classified")
+            assert {first["leg"]["leg"], second["leg"]["leg"]} == {"a", "b"}  # type: ignore[index]
             assert str(first["timestamp"]).endswith("Z")
             daemon.send_signal(signal.SIGTERM)
             assert daemon.wait(timeout=15) == 0

@@ -37,6 +37,7 @@ def test_the_example_configuration_is_valid(tmp_path: Path) -> None:
     assert [n.name for n in cfg.nodes] == ["pbx1", "pbx2"]
     assert cfg.nodes[0].password == "s3cret"
     assert [w.name for w in cfg.webhooks] == ["crm"]
+    assert cfg.webhooks[0].variables.matches("cc_queue")
     survey = HangupEvent.from_headers({
         "Event-Name": "CHANNEL_HANGUP_COMPLETE", "Hangup-Cause": "NORMAL_CLEARING",
         "Call-Direction": "inbound",
@@ -112,3 +113,8 @@ def test_duplicate_node_names_are_refused(tmp_path: Path) -> None:
 def test_a_file_that_is_not_toml_says_so(tmp_path: Path) -> None:
     (problem,) = problems_of("[[freeswitch]\n", tmp_path)
     assert "not valid TOML" in problem
+
+
+def test_a_range_problem_writes_a_large_bound_as_written(tmp_path: Path) -> None:
+    (problem,) = problems_of("[esl]\nmax_frame_bytes = 2147483648\n", tmp_path)
+    assert problem == "esl.max_frame_bytes: must be <= 1073741824, got 2147483648"

@@ -47,7 +47,7 @@ def test_a_daemon_killed_and_started_again_logs_the_gap_across_the_restart(
             session = connected(first, fake)
             for uid in ("before-kill-1", "before-kill-2"):  # the 2nd line: the 1st batch and its record done
                 session.send_event(with_header(capture_bodies("uas_486")[0], "Unique-ID", uid))
-                first.expect("call.classified")
+                first.expect("leg.classified")
             killed_at = time.time()
         finally:
             first.kill()  # SIGKILL

@@ -142,7 +142,7 @@ def test_a_crowd_of_idle_health_connections_leaves_the_daemon_its_file_descripto
             crowd = [gevent.socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(1100)]
             fds = len(os.listdir(f"/proc/{daemon.pid}/fd"))
             send(session, events)
-            log.expect("call.classified")  # logged once committed to the outbox
+            log.expect("leg.classified")  # logged once committed to the outbox
             assert {receiver.get(timeout=15).webhook_id} == expected_ids(events)  # delivered: a new socket
             for sock in crowd:
                 closed_by_server(sock)  # the idle ones after 5 s, the rest at once

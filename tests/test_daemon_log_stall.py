@@ -23,7 +23,7 @@ from tests.fakeesl import FakeFreeSWITCH, Session
 from tests.test_daemon_webhooks import bodies, expected_ids, send, verified_ids, write_config
 
 CALLS = 4_500
-"""More ``call.classified`` lines (about 1.1 KB each) than the pipe (64 KiB) and the buffer hold."""
+"""More ``leg.classified`` lines (about 1.1 KB each) than the pipe (64 KiB) and the buffer hold."""
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_with_webhooks_a_stdout_nobody_reads_drops_log_lines_never_calls(
         finally:
             daemon.kill()
     assert set(verified_ids(receiver)) == expected_ids(events)
-    logged = sum('"call.classified"' in line for line in daemon.output)
+    logged = sum('"leg.classified"' in line for line in daemon.output)
     assert logged + dropped == CALLS
     print(f"{CALLS} calls delivered in {delivered_in:.1f}s with stdout unread; {dropped:.0f} lines dropped")
 
@@ -101,7 +101,7 @@ def test_with_webhooks_a_stdout_nobody_reads_drops_log_lines_never_calls(
 @pytest.mark.slow
 def test_without_webhooks_a_stdout_nobody_reads_pauses_ingestion_and_loses_no_line(tmp_path: Path) -> None:
     calls = 6_000
-    fit = (logs.CAPACITY + (64 << 10)) // 1_200  # fewer than the call.classified lines that fit
+    fit = (logs.CAPACITY + (64 << 10)) // 1_200  # fewer than the leg.classified lines that fit
     events = bodies(calls)
     with FakeFreeSWITCH() as fake:
         config = tmp_path / "listener.toml"
@@ -119,7 +119,7 @@ def test_without_webhooks_a_stdout_nobody_reads_pauses_ingestion_and_loses_no_li
             assert "ingestion paused" in ready["log"]["details"]
             classified = 0
             while classified < calls:  # stdout is read again
-                daemon.expect("call.classified")
+                daemon.expect("leg.classified")
                 classified += 1
             sending.get(timeout=5)
             assert dropped_total(port) == 0
@@ -128,6 +128,6 @@ def test_without_webhooks_a_stdout_nobody_reads_pauses_ingestion_and_loses_no_li
         finally:
             daemon.kill()
     assert not [line for line in daemon.output if '"log.lines_dropped"' in line]
-    entries = [json.loads(line) for line in daemon.output if '"call.classified"' in line]
-    logged = [entry["call"]["channel_uuid"] for entry in entries]
+    entries = [json.loads(line) for line in daemon.output if '"leg.classified"' in line]
+    logged = [entry["leg"]["channel_uuid"] for entry in entries]
     assert len(set(logged)) == len(logged) == calls

@@ -245,5 +245,5 @@ def test_sigterm_while_the_outbox_is_locked_stops_within_the_deadline_and_logs_e
     assert took < 15  # the writer gives up waiting at half the 10 s stop deadline
     lines = [json.loads(line) for line in daemon.output if line.startswith("{")]
     unstored = [e for e in lines if e["event"] == "outbox.write_failed"]
-    assert {e["call"]["channel_uuid"] for e in unstored} == {f"call-{n:04d}" for n in range(10)}
-    assert not [e for e in lines if e["event"] == "call.classified"]
+    assert {e["leg"]["channel_uuid"] for e in unstored} == {f"call-{n:04d}" for n in range(10)}
+    assert not [e for e in lines if e["event"] == "leg.classified"]

@@ -34,12 +34,15 @@ def receiver() -> Iterator[Receiver]:
 
 
 def write_config(tmp_path: Path, fake: FakeFreeSWITCH, *urls: str, timeout: float = 2,
-                 secrets: tuple[str, ...] = (SECRET,)) -> Path:
+                 secrets: tuple[str, ...] = (SECRET,), types: str = '["leg.classified"]') -> Path:
+    """The daemon's configuration; its endpoints get ``leg.classified`` only unless ``types`` says
+    otherwise (these tests count legs; ``test_daemon_calls`` covers the calls)."""
     config = tmp_path / "listener.toml"
     secret = f'secret = "{SECRET}"' if secrets == (SECRET,) else f"secrets = {json.dumps(list(secrets))}"
     hooks = "".join(
         f'[[webhooks]]\nname = "hook{n}"\nurl = "{url}"\n{secret}\n'
         f"timeout = {timeout:g}\nretry_schedule = [0.2, 0.2, 0.2, 0.2, 0.2]\nretry_jitter = 0\n"
+        f"types = {types}\n"
         for n, url in enumerate(urls)
     )
     config.write_text(
@@ -81,12 +84,18 @@ def wait_classified(daemon: subprocess.Popen[bytes], count: int) -> None:
         assert line, "the daemon exited"
         event = json.loads(line)["event"]
         assert event != "loop.blocked", f"the daemon's loop was blocked: {line!r}"
-        seen += event == "call.classified"
+        seen += event == "leg.classified"
 
 
 def bodies(count: int) -> list[bytes]:
+    """``count`` B legs of distinct calls (each names its own caller's leg, which never hangs up here:
+    these tests count legs; ``test_daemon_calls`` covers the calls)."""
     template = capture_bodies("uas_486")[0]
-    return [with_header(template, "Unique-ID", f"call-{n:04d}") for n in range(count)]
+    caller = HangupEvent.from_plain(template).other_leg_unique_id or ""
+    assert caller
+    assert template.count(caller.encode()) > 1
+    return [with_header(template, "Unique-ID", f"call-{n:04d}").replace(caller.encode(), b"a-%06d" % n)
+            for n in range(count)]
 
 
 def send(session: Session, events: list[bytes]) -> None:
@@ -99,7 +108,8 @@ def verified_ids(receiver: Receiver, path: str = "/hook", secret: str = SECRET) 
     ids = []
     for request in [r for r in receiver.received if r.path == path]:
         payload = verifier.verify(request.body, request.headers)
-        assert payload["id"] == request.webhook_id
+        assert payload["data"]["id"] == request.webhook_id
+        assert payload["timestamp"] == payload["data"]["ended_at"]
         ids.append(request.webhook_id)
     return ids
 

@@ -24,6 +24,7 @@ from webhook_receiver import Receiver, refused_url
 from listener.config.settings import WebhookConfig
 from listener.config.webhooks import decode_secret
 from listener.core.clock import SteadyClock
+from listener.core.document import LEG_CLASSIFIED
 from listener.core.errors import OutboxError
 from listener.core.retry import RetrySchedule
 from listener.core.signing import Delivered
@@ -78,8 +79,10 @@ class Recorder:
 
 
 def hook(url: str, delays: tuple[float, ...] = (5.0, 300.0, 1800.0)) -> WebhookConfig:
+    """An endpoint of the legs only: each bare document here is a one-leg call, whose call.completed
+    would double the rows these tests count."""
     return WebhookConfig(name="crm", url=url, keys=(KEY,), timeout=2.0, connect_timeout=2.0,
-                         retry=RetrySchedule(delays=delays, jitter=0.0))
+                         retry=RetrySchedule(delays=delays, jitter=0.0), types=frozenset({LEG_CLASSIFIED}))
 
 
 def doc(n: int) -> dict[str, Any]:

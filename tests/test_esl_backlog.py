@@ -54,7 +54,7 @@ def test_a_burst_of_hangups_is_handled_in_slices_that_never_stall_the_loop() -> 
         app.start()
         fake.next_session().send(burst)
         with gevent.Timeout(60, AssertionError("the burst was not classified in time")):
-            while sum(e["event"] == "call.classified" for e in logs) < 5000:
+            while sum(e["event"] == "leg.classified" for e in logs) < 5000:
                 gevent.sleep(0.05)  # polls the captured log; bounded by the Timeout
         app.stop(timeout=5)
     # the assertion is conftest's: gevent's monitor saw no daemon greenlet block the loop > 0.1 s

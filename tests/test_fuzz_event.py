@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from pathlib import Path
 from urllib.parse import unquote
 
 import jsonschema
@@ -24,9 +23,9 @@ from listener.core.errors import EventError
 from listener.core.event import HangupEvent, parse_plain
 from listener.core.signing import render
 from listener.pipeline import Pipeline
+from tests import schemas
 from tests.fakeesl import capture_bodies, with_header
 
-SCHEMA = json.loads((Path(__file__).parent.parent / "listener/data/call.schema.json").read_text())
 ACCESSORS = [name for name, value in vars(HangupEvent).items() if isinstance(value, property)]
 TEMPLATES = [body for scenario in ("uas_486", "answered_caller_bye") for body in capture_bodies(scenario)]
 TEMPLATE_NAMES = sorted({
@@ -44,9 +43,8 @@ odd_values = st.one_of(
 )
 
 
-@cache
 def validator() -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())
+    return schemas.leg_document()
 
 
 @cache

@@ -20,6 +20,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from listener.config.settings import OutboxConfig, WebhookConfig
+from listener.core.document import LEG_CLASSIFIED
 from listener.core.errors import OutboxError
 from listener.outbox.lock import OutboxLock, OutboxLockedError, Record, foreign_wal
 from listener.outbox.opening import open_outbox
@@ -27,7 +28,8 @@ from listener.outbox.reader import OutboxReader
 from listener.outbox.store import Entry, Outbox
 from listener.outbox.writer import OutboxWriter
 
-HOOK = WebhookConfig(name="crm", url="http://127.0.0.1:9/hook", keys=(b"k" * 32,))
+HOOK = WebhookConfig(name="crm", url="http://127.0.0.1:9/hook", keys=(b"k" * 32,),
+                     types=frozenset({LEG_CLASSIFIED}))  # each bare document is a one-leg call: legs only
 
 
 def doc(n: int) -> dict[str, Any]:

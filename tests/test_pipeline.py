@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping, Sequence
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -21,17 +18,16 @@ from listener.core.errors import OutboxError
 from listener.core.event import HangupEvent
 from listener.core.frame import Frame
 from listener.pipeline import Pipeline
+from tests import schemas
 from tests.fakeesl import FIXTURES, Collect, FakeFreeSWITCH, capture_bodies
 
-SCHEMA = json.loads((Path(__file__).parent.parent / "listener/data/call.schema.json").read_text())
 SCENARIOS = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
 FAST = ESLSettings(connect_timeout=2, command_timeout=1, backoff_initial=0.01, backoff_max=0.05)
 ANY_PORT = HealthConfig(port=0)  # the health listener on a free port, never a fixed one
 
 
-@cache
 def validator() -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())
+    return schemas.leg_document()
 
 
 def documents_of(scenario: str) -> list[dict[str, Any]]:
@@ -103,10 +99,10 @@ def test_two_nodes_at_once_each_document_names_its_node(two_nodes: tuple[FakeFre
         app.stop(timeout=5)
     by_node = {(d["node"]["name"], d["status"]) for d in documents}
     assert by_node == {("east", "busy"), ("west", "declined")}
-    lines = [e for e in logs if e["event"] == "call.classified"]
+    lines = [e for e in logs if e["event"] == "leg.classified"]
     assert len(lines) == 4
     assert {e["node"] for e in lines} == {"east", "west"}
-    assert all(e["call"]["node"]["name"] == e["node"] for e in lines)
+    assert all(e["leg"]["node"]["name"] == e["node"] for e in lines)
 
 
 def _frames(scenario: str) -> list[bytes]:
@@ -165,13 +161,13 @@ def test_an_outbox_fault_that_cannot_clear_stops_the_daemon_with_74_and_logs_eac
     assert app.exit_code == 74
     failed = [e for e in logs if e["event"] == "outbox.write_failed"]
     assert len(failed) == 2  # both legs already read: each logged whole, none silently dropped
-    assert {e["call"]["status"] for e in failed} == {"busy"}
+    assert {e["leg"]["status"] for e in failed} == {"busy"}
     assert all(e["log_level"] == "error" for e in failed)
     (stopped,) = [e for e in logs if e["event"] == "listener.outbox_failed"]
     assert stopped["log_level"] == "critical"
     assert stopped["exit_code"] == 74
     assert "integrity_check" in stopped["action"]
-    assert not [e for e in logs if e["event"] == "call.classified"]
+    assert not [e for e in logs if e["event"] == "leg.classified"]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -219,7 +215,7 @@ def test_a_batch_goes_through_the_whole_chain_and_the_source_gets_only_a_tally()
     assert [d["status"] for d in store.take(2)] == ["busy", "busy"]
     assert delivery.woken == [frozenset({"crm"})]
     events = [e["event"] for e in logs]
-    assert events.count("call.classified") == 2
+    assert events.count("leg.classified") == 2
     assert events.count("esl.event_rejected") == 1
 
 
@@ -237,4 +233,4 @@ def test_the_log_lines_come_only_after_the_commit_returned() -> None:
 
     frames = [Frame({"Content-Type": "text/event-plain"}, body) for body in capture_bodies("uas_486")]
     Pipeline(Node("lab"), default_classifier(), Log(), store=Slow())(frames)
-    assert order == ["committed", "call.classified", "call.classified"]
+    assert order == ["committed", "leg.classified", "leg.classified"]

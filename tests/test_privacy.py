@@ -57,7 +57,7 @@ def test_the_log_line_is_masked_the_sink_keeps_the_numbers() -> None:
             self.documents: list[dict[str, object]] = []
 
         def put(self, documents: Sequence[Mapping[str, object]]) -> frozenset[str]:
-            self.documents += map(dict, documents)
+            self.documents += (dict(getattr(d, "document", d)) for d in documents)
             return frozenset()
 
     sink = Keep()
@@ -66,7 +66,7 @@ def test_the_log_line_is_masked_the_sink_keeps_the_numbers() -> None:
                             redact=Redactor("mask"))
         pipeline([Frame({"Content-Type": "text/event-plain"}, capture_bodies("uas_486")[0])])
     assert sink.documents[0]["caller_number"] == "5551000"
-    assert logs[0]["call"]["caller_number"] == "*****00"
+    assert logs[0]["leg"]["caller_number"] == "*****00"
 
 
 def test_a_call_the_outbox_could_not_store_is_logged_masked_too() -> None:
@@ -80,7 +80,7 @@ def test_a_call_the_outbox_could_not_store_is_logged_masked_too() -> None:
                             redact=Redactor("mask"))
         pipeline([Frame({"Content-Type": "text/event-plain"}, body)])
     (failed,) = [e for e in logs if e["event"] == "outbox.write_failed"]
-    call = failed["call"]
+    call = failed["leg"]
     assert call["caller_number"] == "*****00"
     assert call["destination_number"].startswith("*")
     assert set(call["caller_name"]) <= {"*"} | set(call["caller_name"][-2:])

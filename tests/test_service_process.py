@@ -58,7 +58,7 @@ def until(sock: gevent.socket.socket, prefix: str) -> str:
 
 
 def statuses(daemon: Daemon) -> list[str]:
-    return [str(daemon.expect("call.classified")["call"]["status"]) for _ in range(2)]
+    return [str(daemon.expect("leg.classified")["leg"]["status"]) for _ in range(2)]
 
 
 def test_sighup_reloads_rules_keeps_connections_and_keeps_the_old_config_when_the_new_is_invalid(

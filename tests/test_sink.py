@@ -16,6 +16,7 @@ from webhook_receiver import Hold, Receiver, Reply, Slow, refused_url
 
 from listener.config.settings import OutboxConfig, WebhookConfig
 from listener.config.webhooks import decode_secret
+from listener.core.document import LEG_CLASSIFIED
 from listener.core.errors import OutboxClosedError, OutboxError
 from listener.core.retry import RetrySchedule
 from listener.core.signing import Delivered, GiveUp, Retry
@@ -46,6 +47,7 @@ def endpoint(name: str, url: str, **kw: Any) -> WebhookConfig:
     kw.setdefault("retry", RetrySchedule(delays=(5.0, 300.0), jitter=0.0, retry_after_max=900.0))
     kw.setdefault("timeout", 2.0)
     kw.setdefault("keys", (KEY,))
+    kw.setdefault("types", frozenset({LEG_CLASSIFIED}))  # each bare document is a one-leg call: legs only
     return WebhookConfig(name=name, url=url, **kw)
 
 
@@ -106,7 +108,8 @@ def test_delivers_signed_documents_and_empties_the_outbox(harness: Any, receiver
     for _ in range(2):
         request = receiver.get()
         got[request.webhook_id] = Webhook(SECRET).verify(request.body, request.headers)
-    assert got == {"call-1": doc(1), "call-2": doc(2, caller="Zoë")}
+    assert {k: v["data"] for k, v in got.items()} == {"call-1": doc(1), "call-2": doc(2, caller="Zoë")}
+    assert {v["type"] for v in got.values()} == {"leg.classified"}
     assert {h.next().outcome, h.next().outcome} == {Delivered(200)}
     assert h.rows() == ()
     assert h.sink.counts[("crm", "delivered", "ok")] == 2
@@ -224,9 +227,9 @@ def test_concurrent_puts_share_commits(harness: Any, receiver: Receiver) -> None
     commits = []
     take = h.writer.outbox.take
 
-    def counting_take(legs: Any, entries: Any, now: float) -> Any:
+    def counting_take(legs: Any, entries: Any, now: float, calls: Any = None) -> Any:
         commits.append(len(entries))
-        return take(legs, entries, now)
+        return take(legs, entries, now, calls)
 
     h.writer.outbox.take = counting_take
     greenlets = [gevent.spawn(h.writer.put, [doc(n)]) for n in range(50)]
@@ -313,7 +316,7 @@ def test_a_reload_that_adds_a_secret_signs_every_later_attempt_with_both_a_retry
     retry = receiver.get()
     assert retry.webhook_id == first.webhook_id
     for secret in (SECRET, new_secret):
-        assert Webhook(secret).verify(retry.body, retry.headers) == doc(1)
+        assert Webhook(secret).verify(retry.body, retry.headers)["data"] == doc(1)
 
 
 def test_an_unreachable_endpoint_is_probed_one_message_at_a_time_the_rest_stay_pending(harness: Any) -> None:

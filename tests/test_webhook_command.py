@@ -14,9 +14,10 @@ from webhook_receiver import Receiver, Reply, refused_url
 
 from listener.core.classifier import default_classifier
 from listener.core.exits import EX_CONFIG, EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_USAGE
-from listener.core.sample import SAMPLE_ID, sample_document
+from listener.core.sample import SAMPLE_CALL_ID, SAMPLE_ID, sample_call, sample_document
 from listener.core.signing import Delivered, GiveUp, Retry
 from listener.webhooks.commands import exit_code, printable
+from tests import schemas
 
 OLD = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 NEW = "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
@@ -46,20 +47,37 @@ def test_a_2xx_answer_exits_0_and_the_request_verifies_with_each_secret(
         tmp_path: Path, receiver: Receiver) -> None:
     result = webhook_test(config(tmp_path, receiver.url()))
     assert result.returncode == EX_OK, result.stderr
-    (request,) = receiver.received
+    leg, call = receiver.received  # a sample of each type the endpoint gets (both by default)
     for secret in (OLD, NEW):
-        document = Webhook(secret).verify(request.body, request.headers)
-        assert document == sample_document(default_classifier())
-    assert request.webhook_id == SAMPLE_ID
-    assert len(request.headers["webhook-signature"].split(" ")) == 2
-    first, answer, body = result.stdout.splitlines()
-    assert first.startswith(f"crm: POST {receiver.url()} webhook-id {SAMPLE_ID} (")
+        body = Webhook(secret).verify(leg.body, leg.headers)
+        assert body["type"] == "leg.classified"
+        assert body["data"] == sample_document(default_classifier())
+        assert body["timestamp"] == body["data"]["ended_at"]
+        called = Webhook(secret).verify(call.body, call.headers)
+        assert called["type"] == "call.completed"
+        assert called["data"] == sample_call(default_classifier())
+        schemas.body("call.completed").validate(called)
+        schemas.body("leg.classified").validate(body)
+    assert (leg.webhook_id, call.webhook_id) == (SAMPLE_ID, SAMPLE_CALL_ID)
+    assert len(leg.headers["webhook-signature"].split(" ")) == 2
+    first, answer, body_line, second, *_ = result.stdout.splitlines()
+    assert first.startswith(f"crm: POST leg.classified {receiver.url()} webhook-id {SAMPLE_ID} (")
     assert first.endswith(" bytes, 2 signatures)")
     assert answer.startswith("200: delivered in ")
     assert answer.endswith(" ms")
-    assert body == "ok"
-    for secret in (OLD, NEW, OLD[6:], NEW[6:], *request.headers["webhook-signature"].split(" ")):
+    assert body_line == "ok"
+    assert second.startswith(f"crm: POST call.completed {receiver.url()} webhook-id {SAMPLE_CALL_ID} (")
+    for secret in (OLD, NEW, OLD[6:], NEW[6:], *leg.headers["webhook-signature"].split(" ")):
         assert secret not in result.stdout + result.stderr
+
+
+def test_an_endpoint_of_one_type_gets_only_its_sample(tmp_path: Path, receiver: Receiver) -> None:
+    path = config(tmp_path, receiver.url())
+    only_calls = 'name = "crm"\ntypes = ["call.completed"]\n'
+    path.write_text(path.read_text().replace('name = "crm"\n', only_calls, 1))
+    assert webhook_test(path).returncode == EX_OK
+    (request,) = receiver.received
+    assert request.webhook_id == SAMPLE_CALL_ID
 
 
 def test_the_sample_is_a_real_classified_leg_with_a_fixed_id() -> None:
@@ -74,7 +92,7 @@ def test_a_5xx_answer_exits_75_and_shows_the_status(tmp_path: Path, receiver: Re
     result = webhook_test(config(tmp_path, receiver.url()))
     assert result.returncode == EX_TEMPFAIL
     assert "500: server_error (the daemon would retry) in " in result.stdout
-    assert len(receiver.received) == 1  # once: no retry
+    assert len(receiver.received) == 2  # once each type: no retry
 
 
 def test_a_4xx_answer_exits_65(tmp_path: Path, receiver: Receiver) -> None:

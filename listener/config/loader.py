@@ -23,6 +23,7 @@ from listener.config.settings import (
     EVENT_FORMATS,
     LEVELS,
     MASK_MODES,
+    CallsConfig,
     Config,
     ESLSettings,
     HealthConfig,
@@ -30,9 +31,11 @@ from listener.config.settings import (
     Node,
     PrivacyConfig,
 )
+from listener.config.variables import parse_selection, parse_variables
 from listener.config.webhooks import parse_outbox, parse_webhooks
 from listener.core.errors import ConfigError
 from listener.core.frame import DEFAULT_MAX_FRAME_BYTES
+from listener.core.variables import NUMBER_VARIABLES
 
 
 def _node(reader: TableReader) -> Node:
@@ -92,8 +95,9 @@ def _esl(reader: TableReader) -> ESLSettings:
 
 def _log(reader: TableReader) -> LogConfig:
     level = reader.string("level", "info", choices=LEVELS)
+    variables, max_bytes = parse_variables(reader)
     reader.reject_unknown()
-    return LogConfig(level=level)
+    return LogConfig(level=level, variables=variables, variables_max_bytes=max_bytes)
 
 
 def _health(reader: TableReader) -> HealthConfig:
@@ -119,8 +123,15 @@ def _privacy(reader: TableReader) -> PrivacyConfig:
         reader.problem("hash_key", 'required when mask_numbers = "hash" (or hash_key_file, hash_key_env)')
     elif key is not None and len(key) < 16:
         reader.problem("hash_key", "must be at least 16 characters")
+    number_variables = parse_selection(reader, "number_variables", NUMBER_VARIABLES)
     reader.reject_unknown()
-    return PrivacyConfig(mask_numbers=mode, hash_key=key)
+    return PrivacyConfig(mask_numbers=mode, hash_key=key, number_variables=number_variables)
+
+
+def _calls(reader: TableReader) -> CallsConfig:
+    hours = reader.number("wait_hours", float, 4.0, minimum=0, exclusive_min=True, maximum=168.0)
+    reader.reject_unknown()
+    return CallsConfig(wait_s=hours * 3600.0)
 
 
 def from_mapping(
@@ -138,6 +149,7 @@ def from_mapping(
         outbox=parse_outbox(root),
         health=_health(root.table_at("health")),
         privacy=_privacy(root.table_at("privacy")),
+        calls=_calls(root.table_at("calls")),
         source=source,
     )
     root.reject_unknown()

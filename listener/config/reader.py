@@ -20,6 +20,11 @@ REMOVED = "removed in 0.2.0 (the daemon runs as one process) and ignored; delete
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
 
 
+def _limit(bound: float) -> str:
+    """A range's bound as written: 1048576, not 1.04858e+06; 0.9 stays 0.9."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
+
 class Problems:
     """The list of problems found while reading one configuration."""
 
@@ -91,10 +96,10 @@ class TableReader:
             return value
         num = float(value)  # type: ignore[arg-type]
         if minimum is not None and (num <= minimum if exclusive_min else num < minimum):
-            self.problem(key, f"must be {'>' if exclusive_min else '>='} {minimum:g}, got {value}")
+            self.problem(key, f"must be {'>' if exclusive_min else '>='} {_limit(minimum)}, got {value}")
             return default
         if maximum is not None and num > maximum:
-            self.problem(key, f"must be <= {maximum:g}, got {value}")
+            self.problem(key, f"must be <= {_limit(maximum)}, got {value}")
             return default
         return value
 

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from listener.core.classifier import Classifier, default_classifier
+from listener.core.document import LEG_CLASSIFIED, TYPES
 from listener.core.frame import DEFAULT_MAX_FRAME_BYTES
 from listener.core.retry import RetrySchedule
+from listener.core.variables import DEFAULT_MAX_BYTES, NO_VARIABLES, NUMBER_VARIABLES, Selection
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 MASK_MODES = ("none", "mask", "hash")
@@ -65,6 +67,8 @@ class WebhookConfig:
     url: str
     keys: tuple[bytes, ...] = field(repr=False)
     """The HMAC keys, in order: every request carries one signature per key (several while rotating)."""
+    types: frozenset[str] = frozenset(TYPES)
+    """The event types this endpoint gets: ``leg.classified``, ``call.completed`` (default both)."""
     statuses: frozenset[str] = frozenset()
     legs: frozenset[str] = frozenset()
     directions: frozenset[str] = frozenset()
@@ -73,9 +77,18 @@ class WebhookConfig:
     retry: RetrySchedule = field(default_factory=RetrySchedule)
     max_concurrency: int = 4
     ca_bundle: Path | None = None
+    variables: Selection = NO_VARIABLES
+    """The channel variables copied into this endpoint's documents (``variables``), by name or glob."""
+    variables_max_bytes: int = DEFAULT_MAX_BYTES
+    """The cap on their names and values, in UTF-8 bytes: whole variables are kept in name order."""
 
-    def matches(self, document: Mapping[str, Any]) -> bool:
-        """Whether this endpoint wants ``document`` (an empty filter accepts everything)."""
+    def matches(self, document: Mapping[str, Any], kind: str = LEG_CLASSIFIED) -> bool:
+        """Whether this endpoint wants ``document`` of type ``kind``: ``types`` first; ``statuses``,
+        ``legs`` and ``directions`` filter ``leg.classified`` only (an empty filter accepts everything)."""
+        if kind not in self.types:
+            return False
+        if kind != LEG_CLASSIFIED:
+            return True
         return (
             (not self.statuses or document.get("status") in self.statuses)
             and (not self.legs or document.get("leg") in self.legs)
@@ -98,7 +111,12 @@ class OutboxConfig:
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
+    """The log level, and the channel variables the ``leg.classified`` and ``call.completed`` lines
+    carry (capped as an endpoint's)."""
+
     level: str = "info"
+    variables: Selection = NO_VARIABLES
+    variables_max_bytes: int = DEFAULT_MAX_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +130,12 @@ class HealthConfig:
 
 @dataclass(frozen=True, slots=True)
 class PrivacyConfig:
-    """How caller and callee numbers appear in the ``call.classified`` log line."""
+    """How caller and callee numbers appear in the ``leg.classified`` and ``call.completed`` log lines."""
 
     mask_numbers: str = "none"
     hash_key: str | None = field(default=None, repr=False)
+    number_variables: Selection = NUMBER_VARIABLES
+    """Channel variables masked like the numbers (the operator's list replaces the default)."""
 
 
 def default_outbox_path(environ: Mapping[str, str]) -> Path:
@@ -126,6 +146,15 @@ def default_outbox_path(environ: Mapping[str, str]) -> Path:
     if STATE_DIRECTORY.is_dir():
         return STATE_DIRECTORY / OUTBOX_FILE
     return Path(OUTBOX_FILE)
+
+
+@dataclass(frozen=True, slots=True)
+class CallsConfig:
+    """How legs are grouped into calls (``listener.core.calls``)."""
+
+    wait_s: float = 4 * 3600.0
+    """How long a call waits for the legs its legs name before it is completed anyway
+    (``complete: false``): counted from its first leg's hangup."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +169,7 @@ class Config:
     outbox: OutboxConfig = field(default_factory=lambda: OutboxConfig(path=default_outbox_path(os.environ)))
     health: HealthConfig = field(default_factory=HealthConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    calls: CallsConfig = field(default_factory=CallsConfig)
     source: str | None = None
     warnings: tuple[str, ...] = field(default=(), compare=False)
     """What the loader accepted but wants the operator to know (a removed key, ignored)."""

@@ -20,6 +20,8 @@ from listener.config.settings import (
     WebhookConfig,
     default_outbox_path,
 )
+from listener.config.variables import parse_variables
+from listener.core.document import TYPES
 from listener.core.retry import DEFAULT_DELAYS, DEFAULT_JITTER, DEFAULT_RETRY_AFTER_MAX, RetrySchedule
 from listener.core.signing import safe_url
 from listener.core.spec import load_spec
@@ -64,8 +66,10 @@ def _parse_webhook(reader: TableReader) -> WebhookConfig | None:
     timeout = reader.number("timeout", float, 10.0, minimum=0, exclusive_min=True)
     connect_timeout = reader.number(
         "connect_timeout", float, min(5.0, timeout), minimum=0, exclusive_min=True)
+    variables, variables_max_bytes = parse_variables(reader)
     config = WebhookConfig(
         name=name, url=url, keys=keys,
+        types=frozenset(_types(reader)),
         statuses=frozenset(_choices(reader, "statuses", tuple(load_spec().statuses))),
         legs=frozenset(_choices(reader, "legs", LEGS)),
         directions=frozenset(_choices(reader, "directions", DIRECTIONS)),
@@ -73,6 +77,7 @@ def _parse_webhook(reader: TableReader) -> WebhookConfig | None:
         retry=_schedule(reader),
         max_concurrency=reader.number("max_concurrency", int, 4, minimum=1, maximum=256),
         ca_bundle=_ca_bundle(reader),
+        variables=variables, variables_max_bytes=variables_max_bytes,
     )
     reader.reject_unknown()
     return config if len(reader.problems.items) == before else None
@@ -122,6 +127,16 @@ def _key(reader: TableReader, path: str, secret: str) -> bytes | None:
         reader.problem(path, f"must decode to {size} bytes, got {len(key)}")
         return None
     return key
+
+
+def _types(reader: TableReader) -> tuple[str, ...]:
+    """``types``: the event types the endpoint gets (default both); an empty list is a mistake."""
+    if not reader.has("types"):
+        return TYPES
+    values = _choices(reader, "types", TYPES)
+    if reader.has("types") and not reader.value("types", list, []):
+        reader.problem("types", f"must name at least one of {', '.join(TYPES)} (remove the endpoint instead)")
+    return values or TYPES
 
 
 def _choices(reader: TableReader, key: str, allowed: tuple[str, ...]) -> tuple[str, ...]:

@@ -1,7 +1,9 @@
-"""The versioned JSON document for one classified call: built here only, logged and sent as is.
+"""The versioned JSON document for one classified leg, and the envelope every webhook body is.
 
-``docs/payload.md`` documents it field by field and ``listener/data/call.schema.json`` is its JSON
-Schema; a test validates every document the real captures produce against that schema.
+``docs/payload.md`` documents it field by field and ``listener/data/leg.classified.schema.json`` is
+its JSON Schema; a test validates every document the real captures produce against that schema.
+The call a leg belongs to gets its own document (``listener.core.calls``). Both travel in the
+Standard Webhooks envelope ``{"type", "timestamp", "data"}`` (``envelope``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ from typing import Any
 from listener.core.classifier import Classification
 from listener.core.event import HangupEvent
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: webhook bodies are enveloped (``envelope``) and calls have documents of their own; the leg
+document's fields are those of version 1."""
+LEG_CLASSIFIED = "leg.classified"
+CALL_COMPLETED = "call.completed"
+TYPES = (LEG_CLASSIFIED, CALL_COMPLETED)
 #: uuid5 namespace for document ids: id = uuid5(NAMESPACE, "<Core-UUID>/<Unique-ID>"), or, for an
 #: event lacking either, uuid5(NAMESPACE, "sha256:<hex SHA-256 of the event's bytes>").
 ID_NAMESPACE = uuid.UUID("6f1c0c8e-3a4b-5d7e-9f10-2b3c4d5e6f70")
@@ -156,3 +163,16 @@ def build(event: HangupEvent, outcome: Classification, node_name: str) -> dict[s
         **timing(event),
         "node": {"name": node_name, "hostname": event.hostname, "core_uuid": core_uuid},
     }
+
+
+def envelope(kind: str, data: dict[str, Any], stored_at: float | None = None) -> dict[str, Any]:
+    """The Standard Webhooks body of one document: ``{"type", "timestamp", "data"}``.
+
+    ``timestamp`` is the event's own time, the leg's or the call's ``ended_at`` (else when it began,
+    else ``stored_at``, epoch seconds): fixed when the body is stored, so a retry sends the same bytes.
+    ``data`` is last, so a body ends with the document's closing brace and the envelope's.
+    """
+    moment = data.get("ended_at") or data.get("created_at") or data.get("started_at")
+    if not moment:
+        moment = iso_utc(int((stored_at or 0.0) * 1_000_000))
+    return {"type": kind, "timestamp": moment, "data": data}

@@ -46,7 +46,7 @@ from listener.core.errors import OutboxError
 from listener.core.rejection import Rejection
 from listener.outbox import files
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 APPLICATION_ID = 0x484C5354
 """``PRAGMA application_id`` of every outbox file ("HLST"): a database of anything else is refused."""
 PENDING = "pending"
@@ -136,12 +136,31 @@ rebuilt (copied, dropped, renamed; the rows keep their ids) inside the migration
 failure leaves the version-3 file as it was. Dropping the old table fires no trigger (no message is
 lost), and ``delivery_state`` keeps the per-state reads (``stats``, ``retry``) off the delivered rows."""
 
-_MIGRATIONS = (_SCHEMA, _REJECTED_SCHEMA, _TAKEN_SCHEMA, _DELIVERED_SCHEMA)
+_CALLS_SCHEMA = """
+ALTER TABLE message ADD COLUMN variables TEXT;
+CREATE TABLE call_wait (
+    node TEXT NOT NULL,
+    unique_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    partners TEXT NOT NULL,
+    variables TEXT,
+    arrived_at REAL NOT NULL,
+    PRIMARY KEY (node, unique_id)
+) WITHOUT ROWID;
+"""
+"""Version 5: calls. ``message.variables`` holds the channel variables the endpoints asked for, beside
+the one body (each endpoint's request takes its own share); ``call_wait`` holds the legs whose call is
+not over yet (the leg's document, the partner uuids it names, when it began to wait), so a restart
+loses none. Rows stored before keep a NULL ``variables`` and their version-1 body."""
+
+_MIGRATIONS = (_SCHEMA, _REJECTED_SCHEMA, _TAKEN_SCHEMA, _DELIVERED_SCHEMA, _CALLS_SCHEMA)
 """``_MIGRATIONS[v]`` takes a file from schema version ``v`` to ``v + 1``, in the transaction that records
 the new version (the first three are idempotent; the rebuild of version 4 runs exactly once)."""
 REJECTED_ROWS = 10_000
 REJECTED_BYTES = 64 * 1024 * 1024
 
+TakenLookup = Callable[[Sequence[tuple[str, str]]], list[tuple[str, str]]]
+"""Which (node, Unique-ID) of these were taken before: for the grouping into calls, inside ``take``."""
 Progress = Callable[[int], None]
 """Called with the running count of rows changed by a long operator command."""
 
@@ -153,6 +172,30 @@ class Entry:
     event_id: str
     body: str
     endpoints: tuple[str, ...]
+    variables: str | None = None
+    """The channel variables kept for the endpoints' requests (JSON), if any asked for them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """One leg waiting for its call (a ``call_wait`` row): its document and partners as JSON."""
+
+    node: str
+    unique_id: str
+    body: str
+    partners: str
+    variables: str | None
+    arrived_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CallWrites:
+    """What completing calls writes, in the transaction of the legs that completed them: the calls'
+    messages, the legs that now wait, the (node, unique_id) of the legs whose wait ended."""
+
+    entries: Sequence[Entry] = ()
+    waiting: Sequence[Waiting] = ()
+    released: Sequence[tuple[str, str]] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +222,7 @@ class Delivery:
     last_error: str
     body: str = ""
     delivered_at: float | None = None
+    variables: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,11 +412,14 @@ class Outbox:
                 created.update(_insert_deliveries(db, chunk, _insert_messages(db, chunk, now), now))
         return created
 
-    def take(self, legs: Sequence[Leg], entries: Sequence[Entry],
-             now: float) -> tuple[Counter[str], frozenset[str]]:
+    def take(self, legs: Sequence[Leg], entries: Sequence[Entry], now: float,
+             calls: Callable[[frozenset[str], TakenLookup], CallWrites] | None = None,
+             ) -> tuple[Counter[str], frozenset[str]]:
         """In one transaction: remember every leg as taken, and store the entries of the legs that
-        were not taken before (by either source). Returns the delivery rows created per endpoint and
-        the ids that were taken before (duplicates: not stored, not to be logged again)."""
+        were not taken before (by either source); then ``calls`` (given the ids that are new) says
+        which calls those legs complete and which legs now wait, written in the same transaction.
+        Returns the delivery rows created per endpoint and the ids that were taken before
+        (duplicates: not stored, not to be logged again)."""
         created: Counter[str] = Counter()
         fresh: set[str] = set()
         with self._transaction("put") as db:
@@ -383,10 +430,31 @@ class Outbox:
                     f"INSERT INTO taken (id, unique_id, node, taken_at) VALUES {_marks(len(part), 4)}"
                     " ON CONFLICT (id) DO NOTHING RETURNING id", params))
             wanted = [entry for entry in entries if entry.endpoints and entry.event_id in fresh]
+            if calls is not None:
+                writes = calls(frozenset(fresh), lambda keys: _taken_keys(db, keys))
+                wanted += [entry for entry in writes.entries if entry.endpoints]
+                _write_waits(db, writes)
             for start in range(0, len(wanted), CHUNK):
                 chunk = wanted[start:start + CHUNK]
                 created.update(_insert_deliveries(db, chunk, _insert_messages(db, chunk, now), now))
         return created, frozenset(leg.id for leg in legs) - fresh
+
+    def complete_calls(self, writes: CallWrites, now: float) -> Counter[str]:
+        """Store calls completed at their bound and end their legs' waits, in one transaction."""
+        created: Counter[str] = Counter()
+        wanted = [entry for entry in writes.entries if entry.endpoints]
+        with self._transaction("complete_calls") as db:
+            _write_waits(db, writes)
+            for start in range(0, len(wanted), CHUNK):
+                chunk = wanted[start:start + CHUNK]
+                created.update(_insert_deliveries(db, chunk, _insert_messages(db, chunk, now), now))
+        return created
+
+    def waiting(self) -> list[Waiting]:
+        """Every leg waiting for its call, oldest first (read once at start to group them again)."""
+        rows = self._read("waiting", "SELECT node, unique_id, body, partners, variables, arrived_at"
+                          " FROM call_wait ORDER BY arrived_at")
+        return [Waiting(*row) for row in rows]
 
     def taken_unique_ids(self, unique_ids: Sequence[str]) -> frozenset[str]:
         """Which of these channel Unique-IDs belong to a leg already taken (a CDR file to skip unread)."""
@@ -418,7 +486,7 @@ class Outbox:
         rows = self._read(
             "due",
             "SELECT d.id, m.event_id, d.endpoint, d.state, d.attempts, d.next_at, m.created_at, d.last_error,"
-            " m.body FROM delivery d JOIN message m ON m.id = d.message"
+            " m.body, NULL, m.variables FROM delivery d JOIN message m ON m.id = d.message"
             " WHERE d.endpoint = ? AND d.state = 'pending' AND d.next_at <= ?"
             f" AND d.id NOT IN ({marks}) ORDER BY d.next_at, d.id LIMIT ?",
             (endpoint, now, *skip, limit))
@@ -606,11 +674,33 @@ def _marks(rows: int, columns: int) -> str:
     return ",".join(["(" + ", ".join("?" * columns) + ")"] * rows)
 
 
+def _taken_keys(db: sqlite3.Connection, keys: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Which of these (node, Unique-ID) were taken (the ``taken_unique_id`` index)."""
+    found: list[tuple[str, str]] = []
+    wanted = set(keys)
+    for start in range(0, len(keys), CHUNK):
+        part = [uid for _, uid in keys[start:start + CHUNK]]
+        marks = ",".join("?" * len(part))
+        rows = db.execute(f"SELECT node, unique_id FROM taken WHERE unique_id IN ({marks})", part).fetchall()
+        found += [(str(node), str(uid)) for node, uid in rows if (node, uid) in wanted]
+    return found
+
+
+def _write_waits(db: sqlite3.Connection, writes: CallWrites) -> None:
+    if writes.released:
+        db.executemany("DELETE FROM call_wait WHERE node = ? AND unique_id = ?", writes.released)
+    if writes.waiting:
+        db.executemany(
+            "INSERT INTO call_wait (node, unique_id, body, partners, variables, arrived_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node, unique_id) DO NOTHING",
+            [(w.node, w.unique_id, w.body, w.partners, w.variables, w.arrived_at) for w in writes.waiting])
+
+
 def _insert_messages(db: sqlite3.Connection, chunk: Sequence[Entry], now: float) -> dict[str, int]:
     """Insert the chunk's messages; every event id of the chunk mapped to its message row's id."""
-    params = [value for entry in chunk for value in (entry.event_id, entry.body, now)]
+    params = [value for entry in chunk for value in (entry.event_id, entry.body, now, entry.variables)]
     ids: dict[str, int] = dict(db.execute(
-        f"INSERT INTO message (event_id, body, created_at) VALUES {_marks(len(chunk), 3)}"
+        f"INSERT INTO message (event_id, body, created_at, variables) VALUES {_marks(len(chunk), 4)}"
         " ON CONFLICT (event_id) DO NOTHING RETURNING event_id, id", params).fetchall())
     missing = list({entry.event_id for entry in chunk if entry.event_id not in ids})
     if missing:  # stored by an earlier put: keep that row and its body

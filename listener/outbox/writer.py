@@ -18,6 +18,7 @@ Each change of state sets ``changed``, so the app can react without a callback.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,15 +27,19 @@ from typing import Any, ParamSpec, TypeVar
 import gevent
 import gevent.event
 import gevent.threadpool
+import orjson
 import structlog
 
 from listener.config.settings import OutboxConfig, WebhookConfig
+from listener.core.calls import WAIT_S, Call, Grouper, Plan
+from listener.core.calls import Leg as CallLeg
 from listener.core.clock import SteadyClock
+from listener.core.document import CALL_COMPLETED, LEG_CLASSIFIED, envelope
 from listener.core.errors import OutboxClosedError, OutboxError
 from listener.core.rejection import Rejection
 from listener.core.retry import reconnect_delay
 from listener.core.signing import render
-from listener.outbox.store import BATCH, Entry, Leg, Outbox
+from listener.outbox.store import BATCH, CallWrites, Entry, Leg, Outbox, TakenLookup, Waiting
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -73,34 +78,50 @@ def _outcome(fn: Callable[..., Any], args: Any, kwargs: Any) -> tuple[bool, Any]
 
 
 class Stored(frozenset[str]):
-    """What ``put`` returns: the endpoints that got new rows (a frozenset of their names), and in
+    """What ``put`` returns: the endpoints that got new rows (a frozenset of their names); in
     ``duplicates`` the ids of the documents that were taken before, from either source: those were
-    not stored again and are not to be logged again."""
+    not stored again and are not to be logged again; in ``calls`` the calls these legs completed."""
 
     duplicates: frozenset[str] = frozenset()
+    calls: tuple[Call, ...] = ()
 
     @classmethod
-    def of(cls, endpoints: frozenset[str], duplicates: frozenset[str]) -> Stored:
+    def of(cls, endpoints: frozenset[str], duplicates: frozenset[str],
+           calls: tuple[Call, ...] = ()) -> Stored:
         stored = cls(endpoints)
         stored.duplicates = duplicates
+        stored.calls = calls
         return stored
+
+
+def node_of(document: Mapping[str, Any]) -> str:
+    node = document.get("node")
+    name = node.get("name") if isinstance(node, Mapping) else None
+    return name if isinstance(name, str) else ""
 
 
 def leg_of(document: Mapping[str, Any]) -> Leg:
     """The leg a document is of: its id, its channel's Unique-ID, its node's name."""
-    node = document.get("node")
-    name = node.get("name") if isinstance(node, Mapping) else None
     unique_id = document.get("channel_uuid")
-    return Leg(str(document["id"]), unique_id if isinstance(unique_id, str) else "",
-               name if isinstance(name, str) else "")
+    return Leg(str(document["id"]), unique_id if isinstance(unique_id, str) else "", node_of(document))
 
 
-def entry_for(document: Mapping[str, Any], webhooks: Sequence[WebhookConfig]) -> Entry:
-    """The outbox entry of one document: its id, its body, the endpoints whose filters accept it."""
+def as_call_leg(item: CallLeg | Mapping[str, Any]) -> CallLeg:
+    """A bare document (an operator's test, a bench) is a leg that names no partner."""
+    if isinstance(item, CallLeg):
+        return item
+    return CallLeg(item, node_of(item), frozenset(), 0.0)
+
+
+def entry_for(document: Mapping[str, Any], webhooks: Sequence[WebhookConfig], kind: str = LEG_CLASSIFIED,
+              *, variables: str | None = None, now: float | None = None) -> Entry:
+    """The outbox entry of one document of type ``kind``: its id, its enveloped body, the endpoints
+    whose filters accept it."""
     event_id = document.get("id")
     if not isinstance(event_id, str) or not event_id:
         raise ValueError("a document needs a non-empty string id")
-    return Entry(event_id, render(document), tuple(w.name for w in webhooks if w.matches(document)))
+    body = render(envelope(kind, dict(document), now))
+    return Entry(event_id, body, tuple(w.name for w in webhooks if w.matches(document, kind)), variables)
 
 
 class OutboxWriter:
@@ -111,6 +132,7 @@ class OutboxWriter:
         rand: Callable[[], float] = random.random, retry_initial_s: float = RETRY_INITIAL_S,
         retry_max_s: float = RETRY_MAX_S, taken_retention_s: float = TAKEN_RETENTION_S,
         keep_delivered_s: float = KEEP_DELIVERED_S, forget_every_s: float = FORGET_EVERY_S,
+        wait_s: float = WAIT_S,
     ) -> None:
         self.outbox = outbox
         self._webhooks = tuple(webhooks)
@@ -119,7 +141,13 @@ class OutboxWriter:
         self._rand = rand
         self._retry = (retry_initial_s, retry_max_s)
         self._pool = gevent.threadpool.ThreadPool(1)
-        self._queue: list[tuple[list[Entry], list[Leg], Waiter]] = []
+        self._queue: list[tuple[list[Entry], list[Leg], list[CallLeg], Waiter]] = []
+        self.grouper = Grouper(wait_s)
+        """The calls still open (their legs also wait in the outbox's ``call_wait``); used only by the
+        commit loop, which makes each plan durable before applying it."""
+        self.on_calls: Callable[[Sequence[Call]], None] | None = None
+        """Told of the calls completed at their bound (the app logs them and wakes delivery)."""
+        self._restored = False
         self._wake = gevent.event.Event()
         self._retry_now = gevent.event.Event()
         self._closing = False
@@ -164,7 +192,7 @@ class OutboxWriter:
         """Route documents put from now on by these endpoints' filters (a reload)."""
         self._webhooks = tuple(webhooks)
 
-    def put(self, documents: Sequence[Mapping[str, Any]]) -> frozenset[str]:
+    def put(self, documents: Sequence[CallLeg | Mapping[str, Any]]) -> frozenset[str]:
         """Store ``documents``; returns only once they are durably committed: the endpoints that got
         new rows (in this commit, which may hold other callers' documents too).
 
@@ -180,9 +208,13 @@ class OutboxWriter:
             raise self.unavailable  # shutting down: no more waiting
         if not documents:
             return Stored()
-        entries = [entry_for(d, self._webhooks) for d in documents]  # every leg is remembered as taken
+        legs = [as_call_leg(d) for d in documents]
+        now = self.clock()
+        entries = [entry_for(leg.document, self._webhooks, now=now,
+                             variables=_json(leg.variables) if leg.variables else None)
+                   for leg in legs]  # every leg is remembered as taken
         waiter = gevent.event.AsyncResult()
-        self._queue.append((entries, [leg_of(d) for d in documents], waiter))
+        self._queue.append((entries, [leg_of(leg.document) for leg in legs], legs, waiter))
         self._wake.set()
         created: Stored = waiter.get()
         return created
@@ -257,40 +289,126 @@ class OutboxWriter:
             gevent.sleep(every_s)
 
     def _commit_loop(self) -> None:
+        self._restore()
         while True:
-            self._wake.wait()
+            self._wake.wait(self._until_expiry())
             self._wake.clear()
             batch, self._queue = self._queue, []
             if batch:
                 self._commit(batch)
             elif self._closing:
                 return
+            self._expire()
 
-    def _commit(self, batch: list[tuple[list[Entry], list[Leg], Waiter]]) -> None:
-        """Commit the batch, waiting out transient faults; then answer every waiter."""
-        entries = [entry for entries, _, _ in batch for entry in entries]
-        legs = [leg for _, legs, _ in batch for leg in legs]
+    def _restore(self) -> None:
+        """Group again the legs that were waiting for their call when the last run stopped."""
+        failures = 0
+        while not self._restored and not self._closing and self.failure is None:
+            try:
+                rows = self.call(self.outbox.waiting)
+                plan = self.grouper.restore(_waiting_leg(row) for row in rows)
+                if plan.completed:  # only if call_wait was changed by hand: completed as it stands
+                    try:
+                        self.call(self.outbox.complete_calls, self._writes(plan, self.clock()), self.clock())
+                    except OutboxError:
+                        self.grouper.undo(plan)
+                        self.grouper = Grouper(self.grouper.wait_s)
+                        raise
+                    self.grouper.apply(plan, self.clock())
+            except OutboxError as exc:
+                if not exc.transient:
+                    return
+                self._wait_out(exc, failures, 0)
+                failures += 1
+                continue
+            self._restored = True
+            if rows:
+                log.info("calls.restored", legs=len(rows), calls=self.grouper.open_calls)
+
+    def _until_expiry(self) -> float | None:
+        first = self.grouper.next_expiry()
+        if first is None or self._closing:
+            return None
+        return min(max(first + self.grouper.wait_s - self.clock(), 0.0) + 0.01, FORGET_EVERY_S)
+
+    def _expire(self) -> None:
+        """Complete the calls open past their bound (``complete: false``); a fault: next time."""
+        first = self.grouper.next_expiry()
+        if first is None or self.failure is not None or self.clock() < first + self.grouper.wait_s:
+            return
+        now = self.clock()
+        plan = self.grouper.expire(now)
+        if not plan.completed:
+            return
+        try:
+            self.call(self.outbox.complete_calls, self._writes(plan, now), now)
+        except OutboxError as exc:
+            self.grouper.undo(plan)
+            log.info("calls.expiry_deferred", error=str(exc), code=exc.code, calls=len(plan.completed))
+            return
+        self.grouper.apply(plan, now)
+        if self.on_calls is not None:
+            self.on_calls(plan.completed)
+
+    def _writes(self, plan: Plan, now: float) -> CallWrites:
+        """What a plan writes: the completed calls' messages, the new waits, the ended ones."""
+        return CallWrites(
+            entries=[entry_for(call.document, self._webhooks, CALL_COMPLETED, now=now,
+                               variables=_shares(call)) for call in plan.completed],
+            waiting=[Waiting(leg.node, leg.unique_id, render(leg.document), _json(sorted(leg.partners)),
+                             _json(leg.variables) if leg.variables else None, leg.arrived_at)
+                     for leg in plan.waiting],
+            released=list(plan.released))
+
+    def _commit(self, batch: list[tuple[list[Entry], list[Leg], list[CallLeg], Waiter]]) -> None:
+        """Commit the batch (with the calls its new legs complete), waiting out transient faults; then
+        answer every waiter."""
+        entries = [entry for entries, _, _, _ in batch for entry in entries]
+        legs = [leg for _, legs, _, _ in batch for leg in legs]
+        planned: list[Plan] = []
+
+        def calls(fresh: frozenset[str], taken: TakenLookup) -> CallWrites:
+            """On the outbox thread, inside the transaction: the grouping of the legs that are new."""
+            now = self.clock()
+            new = {leg.id: dataclasses.replace(leg, arrived_at=now)
+                   for _, _, call_legs, _ in batch for leg in call_legs if leg.id in fresh}
+            try:
+                plan = self.grouper.add(list(new.values()), taken)
+            except Exception:  # a bug must not stop the commits: the legs are stored, their call is not
+                log.exception("calls.grouping_failed", legs=len(new))
+                return CallWrites()
+            planned.append(plan)
+            return self._writes(plan, now)
+
         failures = 0
         while True:
             try:
                 if self.failure is not None:
                     raise self.failure
-                created, duplicates = self.call(self.outbox.take, legs, entries, self.clock())
+                created, duplicates = self.call(self.outbox.take, legs, entries, self.clock(), calls)
             except OutboxError as exc:
+                while planned:  # not committed: the grouping is as it was
+                    self.grouper.undo(planned.pop())
                 if exc.transient and not self._giving_up():
                     self._wait_out(exc, failures, len(entries))
                     failures += 1
                     continue
-                for _, _, waiter in batch:
+                for *_, waiter in batch:
                     waiter.set_exception(exc)
                 return
             break
         if self.unavailable is not None:
             self._recovered(failures)
+        completed: list[Call] = []
+        if planned:
+            self.grouper.apply(planned[-1], self.clock())
+            completed = list(planned[-1].completed)
         endpoints, seen = frozenset(created), set[str]()
-        for _, legs, waiter in batch:  # a leg twice in one commit (both sources at once) is new for one
+        for _, legs, _, waiter in batch:  # a leg twice in one commit (both sources at once) is new for one
             ids = {leg.id for leg in legs}
-            waiter.set(Stored.of(endpoints, frozenset((ids & duplicates) | (ids & seen))))
+            mine = tuple(c for c in completed if any(leg.id in ids for leg in c.legs))
+            completed = [c for c in completed if all(c is not m for m in mine)]
+            waiter.set(Stored.of(endpoints, frozenset((ids & duplicates) | (ids & seen)), mine))
             seen |= ids
 
     def _giving_up(self) -> bool:
@@ -344,3 +462,20 @@ class OutboxWriter:
             self._fail(exc)
         finally:
             self._pool.kill()
+
+
+def _shares(call: Call) -> str | None:
+    """The variables of a call's legs, by leg id (None: no leg kept any)."""
+    shares = {leg.id: leg.variables for leg in call.legs if leg.variables}
+    return _json(shares) if shares else None
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _waiting_leg(row: Waiting) -> CallLeg:
+    """A ``call_wait`` row as the grouping's leg again."""
+    partners = orjson.loads(row.partners)
+    variables = orjson.loads(row.variables) if row.variables else {}
+    return CallLeg(orjson.loads(row.body), row.node, frozenset(partners), row.arrived_at, variables)

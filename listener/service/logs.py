@@ -17,7 +17,7 @@ Its invariants:
   buffer down to half: the gap is in one place, and a ``log.lines_dropped`` line (count, since,
   reason) is the first line after it. ``dropped_total`` feeds ``hangup_listener_log_lines_dropped_total``.
 * Mode ``wait`` (no webhooks: the log is the only output): a ``held`` run (the pipeline's commit,
-  its ``call.classified`` lines) that finds the buffer full waits cooperatively until there is
+  its ``leg.classified`` lines) that finds the buffer full waits cooperatively until there is
   room, so the pipeline pauses, its ESL queue fills and the reader stops reading FreeSWITCH, as
   with a stuck outbox. None of those lines is dropped: a run that cannot wait (the hub's, the
   writer's) or whose wait is cut short (a kill at shutdown) is appended over the cap.
@@ -54,7 +54,7 @@ from gevent import monkey
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 CAPACITY = 4 << 20
-"""Bytes the daemon's log buffer holds (about 3,800 ``call.classified`` lines) before it drops or waits."""
+"""Bytes the daemon's log buffer holds (about 3,800 ``leg.classified`` lines) before it drops or waits."""
 OVER_CAP = 2
 """In mode ``wait``, lines logged outside a held run are kept up to this many times ``capacity``."""
 CLOSE_S = 5.0

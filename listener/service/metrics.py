@@ -96,6 +96,8 @@ class ProviderCollector(Collector):
     def __init__(self) -> None:
         self.ready: Callable[[], bool] | None = None
         self.outbox: OutboxStats | None = None
+        self.waiting: Callable[[], tuple[int, int]] | None = None
+        """(open calls, legs waiting for them)."""
         self.log = logging.getLogger("listener.service.metrics")
 
     def collect(self) -> Iterator[Metric]:
@@ -105,6 +107,13 @@ class ProviderCollector(Collector):
             yield ready
         if self.outbox is not None:
             yield from self._outbox(self.outbox)
+        if self.waiting is not None:
+            calls, legs = self.waiting()
+            open_calls = _gauge("calls_open", "Calls with a leg hung up, waiting for the legs they name", [])
+            open_calls.add_metric([], float(calls))
+            waiting = _gauge("calls_waiting_legs", "Legs hung up whose call is not over yet", [])
+            waiting.add_metric([], float(legs))
+            yield from (open_calls, waiting)
 
     def _outbox(self, provider: OutboxStats) -> Iterator[Metric]:
         try:
@@ -145,6 +154,11 @@ class Metrics:
             ["node", "status", "bye_reason"], registry=self.registry,
         )
         self._call_counters: dict[tuple[str, Any, Any], Any] = {}
+        self.completed = Counter(
+            f"{PREFIX}_calls_completed",
+            "Calls completed (call.completed), by node, status and whether every leg was seen",
+            ["node", "status", "complete"], registry=self.registry,
+        )
         self.deliveries = Counter(
             f"{PREFIX}_webhook_deliveries", "Webhook delivery attempts, by endpoint and outcome",
             ["endpoint", "outcome"], registry=self.registry,
@@ -181,6 +195,14 @@ class Metrics:
             child = self._call_counters[key] = self.calls.labels(
                 node=node, status=str(key[1]), bye_reason=str(key[2]))
         child.inc()
+
+    def call_completed(self, node: str, document: Mapping[str, Any]) -> None:
+        complete = "true" if document.get("complete") else "false"
+        self.completed.labels(node=node, status=str(document.get("status")), complete=complete).inc()
+
+    def watch_calls(self, waiting: Callable[[], tuple[int, int]]) -> None:
+        """Expose the calls still open and their waiting legs (asked at each scrape)."""
+        self.providers.waiting = waiting
 
     def delivery_attempted(self, attempt: Attempted) -> None:
         """One webhook attempt, counted by its kind: a small fixed set (delivered, failed, gave_up)."""

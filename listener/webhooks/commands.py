@@ -1,4 +1,5 @@
-"""``hangup-listener webhook test``: one signed sample call POSTed to a configured endpoint, its answer shown.
+"""``hangup-listener webhook test``: a signed sample of each event type the endpoint gets (``leg.classified``,
+``call.completed``) POSTed to a configured endpoint, each answer shown.
 
 The request is built and sent exactly as delivery does it (``build_request`` with every secret, the
 endpoint's own ``Transport``, timeouts and TLS settings), once: no outbox, no retry. The document is
@@ -7,7 +8,7 @@ endpoint's own ``Transport``, timeouts and TLS settings), once: no outbox, no re
 Exit codes (``listener.core.exits``): 0 the receiver answered 2xx; 75 it could not be reached (refused,
 timeout, DNS, TLS, reset) or answered 5xx or 429: try again later; 65 any other answer (3xx, 4xx,
 410): the receiver refused this request, and sending it again will not change that; 64 no endpoint
-has that name.
+has that name. With both types, the worse answer decides.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from typing import Any, TextIO
 
 from listener.config.settings import WebhookConfig
 from listener.core.classifier import Classifier
+from listener.core.document import CALL_COMPLETED, LEG_CLASSIFIED, TYPES, envelope
 from listener.core.exits import EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_USAGE
-from listener.core.sample import sample_document
+from listener.core.sample import sample_call, sample_document
 from listener.core.signing import Delivered, DeliveryOutcome, GiveUp, build_request, render, safe_url
 from listener.webhooks.transport import Transport
 
@@ -35,7 +37,7 @@ def add_webhook_parser(subparsers: Any) -> argparse.ArgumentParser:
         "webhook", help="try a configured webhook endpoint")
     commands = parser.add_subparsers(dest="webhook_command", required=True, metavar="COMMAND")
     test = commands.add_parser(
-        "test", help="POST one signed sample call to an endpoint, once, and show the receiver's answer")
+        "test", help="POST a signed sample of each event type to an endpoint, once, and show the answers")
     test.add_argument("--config", type=Path, help="TOML configuration (its [[webhooks]])")
     test.add_argument("--endpoint", required=True, metavar="NAME", help="the endpoint's name")
     return parser
@@ -54,10 +56,19 @@ def run_webhook_test(name: str, webhooks: Sequence[WebhookConfig], classifier: C
 
 def try_endpoint(config: WebhookConfig, classifier: Classifier, out: TextIO,
                   wall: Callable[[], float] = time.time) -> int:
-    """POST the sample document to ``config`` once, print what came back; the exit code."""
-    document = sample_document(classifier)
-    request = build_request(config.url, config.keys, document["id"], render(document), int(wall()))
-    print(f"{config.name}: POST {safe_url(config.url)} webhook-id {document['id']} "
+    """POST a sample of each type ``config`` gets, once each, print what came back; the exit code
+    (the worse of them: 75 before 65 before 0)."""
+    samples = {LEG_CLASSIFIED: sample_document, CALL_COMPLETED: sample_call}
+    codes = [_try(config, kind, samples[kind](classifier), out, wall)
+             for kind in TYPES if kind in config.types]
+    return max(codes, key=lambda code: (code == EX_TEMPFAIL, code == EX_DATAERR))
+
+
+def _try(config: WebhookConfig, kind: str, document: dict[str, Any], out: TextIO,
+         wall: Callable[[], float]) -> int:
+    body = render(envelope(kind, document))
+    request = build_request(config.url, config.keys, document["id"], body, int(wall()))
+    print(f"{config.name}: POST {kind} {safe_url(config.url)} webhook-id {document['id']} "
           f"({len(request.body)} bytes, {len(config.keys)} signature{'s' * (len(config.keys) > 1)})",
           file=out)
     transport = Transport(config)

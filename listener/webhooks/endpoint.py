@@ -47,6 +47,7 @@ from listener.core.signing import (
     build_request,
 )
 from listener.outbox.store import Delivery, Outbox
+from listener.webhooks.body import request_body
 from listener.webhooks.transport import Transport
 
 Clock = Callable[[], float]
@@ -303,7 +304,8 @@ class EndpointDelivery:
     def _attempt(self, row: Delivery, probe: bool) -> _Result:
         """One request, signed with the wall clock's time (the receiver checks it against its own)."""
         cfg = self.config
-        request = build_request(cfg.url, cfg.keys, row.event_id, row.body, int(self._wall()))
+        body = request_body(row.body, row.variables, cfg.variables, cfg.variables_max_bytes)
+        request = build_request(cfg.url, cfg.keys, row.event_id, body, int(self._wall()))
         started = time.monotonic()
         outcome = self._transport.send(request, self._wall)
         return _Result(row, outcome, time.monotonic() - started, probe)
@@ -343,7 +345,7 @@ class EndpointDelivery:
         """Counters, the log line and the metrics, once the outcome is recorded."""
         attempt, outcome, name = r.row.attempts + 1, r.outcome, self.config.name
         latency_ms = round(r.latency_s * 1000, 1)
-        if isinstance(outcome, Delivered):  # the one line per call is `call.classified`: this one is debug
+        if isinstance(outcome, Delivered):  # the one line per leg is `leg.classified`: this one is debug
             self._counts[(name, "delivered", "ok")] += 1
             self._log.debug("webhook.delivered", webhook_id=r.row.event_id, attempt=attempt,
                             status=outcome.status, latency_ms=latency_ms)

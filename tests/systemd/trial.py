@@ -193,9 +193,9 @@ class Trial:
         fake.ask("burst 2000", 120)
         processes = self.processes()
         done = receiver.ask("target 2000", 120)
-        wait_for("2,000 classified", lambda: self.events("call.classified") >= 2000, 60)
+        wait_for("2,000 classified", lambda: self.events("leg.classified") >= 2000, 60)
         self.check("2,000 hangups classified and delivered", done["unique"] == 2000,
-                   f"{self.events('call.classified')} classified, {done['unique']} webhooks")
+                   f"{self.events('leg.classified')} classified, {done['unique']} webhooks")
         main = host_pid(self.pid1, int(self.show("MainPID")["MainPID"]))
         self.check("one process, no children", processes == [main],
                    f"the unit's processes mid-burst: {processes} (main {main})")
@@ -216,9 +216,9 @@ class Trial:
         if watchdog:
             self.frozen()
 
-        classified = self.events("call.classified")
+        classified = self.events("leg.classified")
         fake.tell("burst 20000")
-        wait_for("the burst under way", lambda: self.events("call.classified") >= classified + 500, 60)
+        wait_for("the burst under way", lambda: self.events("leg.classified") >= classified + 500, 60)
         self.ctl("stop", UNIT)
         shown = self.show("ActiveState", "Result", "ExecMainStatus", "NRestarts")
         lines = self.lines()
