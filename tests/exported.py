@@ -5,6 +5,7 @@ The dashboard, the alert rules and the docs' metrics table are checked against t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -71,3 +72,23 @@ def sample_names(metrics: Metrics) -> frozenset[str]:
     """Every name a query can use: each sample's (``_bucket``, ``_sum``, ``_count``, ``_total`` ...)."""
     return frozenset(sample.name for family in text_string_to_metric_families(metrics.render().decode())
                      for sample in family.samples)
+
+
+_DROPPED = (
+    (re.compile(r'"(?:[^"\\]|\\.)*"'), '""'),  # strings
+    (re.compile(r"\{[^}]*\}"), ""),  # label matchers
+    (re.compile(r"\[[^\]]*\]"), ""),  # ranges and subqueries
+    (re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)"), ""),  # label lists
+    (re.compile(r"\$(?:\{[^}]*\}|\w+)"), ""),  # Grafana variables
+)
+_NAME = re.compile(r"(?<![\w.:])[A-Za-z_:][\w:]*")
+_KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
+                       "group_left", "group_right", "inf", "nan", "Inf", "NaN"})
+
+
+def metric_names_in(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (not its functions, labels or keywords)."""
+    for pattern, replacement in _DROPPED:
+        expr = pattern.sub(replacement, expr)
+    return {m.group() for m in _NAME.finditer(expr)
+            if m.group() not in _KEYWORDS and not expr[m.end():].lstrip().startswith("(")}
