@@ -213,6 +213,7 @@ class App:
             return with_endpoints(reader.stats() if reader is not None else (), sink.endpoints)
 
         self.metrics.watch_outbox(outbox_stats)
+        self.metrics.watch_circuits(lambda: sink.endpoints)
 
     def _outbox_failed(self, exc: OutboxError) -> None:
         """A batch could not be stored (each document was logged whole): stop if the fault cannot clear.

@@ -285,6 +285,9 @@ def test_metrics_and_readiness_report_deliveries_and_the_outbox(
     assert 'hangup_listener_webhook_deliveries_total{endpoint="hook0",outcome="failed"} 1.0' in metrics
     assert 'hangup_listener_outbox_pending_messages{endpoint="hook0"}' in metrics
     assert "hangup_listener_webhook_delivery_latency_seconds_count" in metrics
+    assert 'hangup_listener_webhook_circuit_open{endpoint="hook0"} 0.0' in metrics
+    assert "hangup_listener_build_info{" in metrics
+    assert "process_resident_memory_bytes " in metrics
 
 
 def test_sighup_reloads_webhook_endpoints_keeps_freeswitch(

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import platform
+import re
+import time
+from collections import Counter
+from pathlib import Path
 
-from prometheus_client import REGISTRY
+from exported import ROOT, Stats, every_metric, families, source
+from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from listener.config.settings import ESLSettings, Node
+from listener import __version__
+from listener.config.settings import WebhookConfig
 from listener.core.signing import Delivered, Retry
-from listener.esl.source import ESLSource, Tally
-from listener.service.metrics import Metrics
-from listener.webhooks.endpoint import Attempted
-
-
-@dataclass(frozen=True)
-class Stats:
-    endpoint: str
-    pending: int
-    dead: int
-    oldest_pending_age: float | None
+from listener.service.metrics import Metrics, ProcessFigures
+from listener.webhooks.endpoint import Attempted, EndpointDelivery
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -29,17 +27,6 @@ def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
-
-
-def source(name: str, state: str, connections: int) -> ESLSource:
-    src = ESLSource(Node(name), ESLSettings(), lambda frames: Tally(), _NullLog())
-    src.state, src.connections = state, connections
-    return src
-
-
-class _NullLog:
-    def bind(self, **_: object) -> _NullLog:
-        return self
 
 
 def test_esl_state_reconnects_and_rejections_are_read_from_the_sources() -> None:
@@ -144,3 +131,74 @@ def test_each_instance_has_its_own_registry_and_the_global_one_stays_clean() -> 
     assert "hangup_listener_calls_classified_total" in first.render().decode()
     assert 'status="busy"' not in second.render().decode()
     assert not [m for m in REGISTRY.collect() if m.name.startswith("hangup_listener")]
+
+
+def test_process_and_python_figures_are_on_the_daemons_own_registry() -> None:
+    got = samples(Metrics())
+    assert got[("process_resident_memory_bytes", ())] > 1_000_000
+    assert got[("process_cpu_seconds_total", ())] > 0
+    assert got[("process_open_fds", ())] >= 1
+    assert abs(got[("process_start_time_seconds", ())] - time.time()) < 24 * 3600
+    python = [dict(labels) for (name, labels), value in got.items() if name == "python_info" and value == 1]
+    assert [p["version"] for p in python] == [platform.python_version()]
+    assert ("python_gc_collections_total", (("generation", "0"),)) in got
+    assert not [m for m in REGISTRY.collect() if m.name.startswith("hangup_listener")]
+
+
+def test_process_figures_need_only_proc_self_as_under_the_units_proc_subset(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"  # ProcSubset=pid: /proc/self is there, /proc/stat (the boot time) is not
+    (proc / "self" / "fd").mkdir(parents=True)
+    (proc / "self" / "stat").write_bytes(Path("/proc/self/stat").read_bytes())
+    (proc / "self" / "limits").write_bytes(Path("/proc/self/limits").read_bytes())
+    registry = CollectorRegistry()
+    ProcessFigures(proc=str(proc), registry=registry)
+    started = registry.get_sample_value("process_start_time_seconds")
+    assert started is not None
+    assert abs(started - real_start_time()) < 2.0
+    assert registry.get_sample_value("process_resident_memory_bytes")
+
+
+def real_start_time() -> float:
+    """This process's start time as the stock collector computes it, from /proc/stat's boot time."""
+    btime = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                 if line.startswith("btime "))
+    ticks = Path("/proc/self/stat").read_bytes().split(b")")[-1].split()[19]
+    return btime + float(ticks) / os.sysconf("SC_CLK_TCK")
+
+
+def test_build_info_names_the_version_and_the_python_running_it() -> None:
+    labels = (("python", platform.python_version()), ("version", __version__))
+    assert samples(Metrics())[("hangup_listener_build_info", labels)] == 1
+
+
+def loop(name: str) -> EndpointDelivery:
+    config = WebhookConfig(name=name, url="http://127.0.0.1:9/hook", keys=(b"k" * 32,))
+    return EndpointDelivery(config, writer=None, clock=time.monotonic,  # type: ignore[arg-type]
+                            rng=lambda: 0.5, max_sleep_s=1.0, counts=Counter())
+
+
+def test_an_open_circuit_is_one_and_every_configured_endpoint_is_present() -> None:
+    metrics = Metrics()
+    loops = {"crm": loop("crm"), "bi": loop("bi")}
+    metrics.watch_circuits(lambda: loops)
+    circuit = "hangup_listener_webhook_circuit_open"
+    assert {k: v for k, v in samples(metrics).items() if k[0] == circuit} == {
+        (circuit, (("endpoint", "bi"),)): 0, (circuit, (("endpoint", "crm"),)): 0}
+    assert loops["crm"].circuit.unreachable(100.0, probe=False)  # opened, as a refused request does
+    got = samples(metrics)
+    assert got[(circuit, (("endpoint", "crm"),))] == 1
+    assert got[(circuit, (("endpoint", "bi"),))] == 0
+    loops["crm"].circuit.reached()
+    loops["new"] = loop("new")  # asked at each scrape: a reload's endpoints show at once
+    got = samples(metrics)
+    assert got[(circuit, (("endpoint", "crm"),))] == 0
+    assert got[(circuit, (("endpoint", "new"),))] == 0
+
+
+def test_the_operations_guide_lists_every_metric_of_the_daemon() -> None:
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    table = guide[guide.index("### Metrics"):guide.index("### Alerts")]
+    listed = set(re.findall(r"^\| `(\w+)", table, re.MULTILINE))
+    ours = {name for name in families(every_metric()) if name.startswith("hangup_listener_")}
+    assert ours - listed == set()
+    assert listed - ours == set()  # nothing documented that is gone

@@ -22,6 +22,7 @@ from listener.core.retry import RetrySchedule
 from listener.core.signing import Delivered, GiveUp, Retry
 from listener.outbox.store import DEAD, PENDING
 from listener.outbox.writer import OutboxWriter
+from listener.service.metrics import Metrics
 from listener.webhooks import endpoint as delivery
 from listener.webhooks import sink as sink_module
 from listener.webhooks.endpoint import Attempted
@@ -336,6 +337,28 @@ def test_an_unreachable_endpoint_is_probed_one_message_at_a_time_the_rest_stay_p
     assert sum(r.attempts for r in rows) == 2
     assert all(r.state == PENDING for r in rows)
 
+
+
+def test_the_circuit_open_gauge_is_one_while_an_endpoint_refuses_and_lists_every_endpoint(
+        harness: Any, receiver: Receiver) -> None:
+    h = harness(endpoint("crm", receiver.url()),
+                endpoint("bi", refused_url(), statuses=frozenset({"busy"})))
+    metrics = Metrics()
+    metrics.watch_circuits(lambda: h.sink.endpoints)
+
+    def circuit_open() -> dict[str, float]:
+        return {e: metrics.registry.get_sample_value("hangup_listener_webhook_circuit_open", {"endpoint": e})
+                for e in ("crm", "bi")}
+
+    h.sink.start()
+    receiver.refuse()
+    h.put([doc(1)])  # answered: "bi" (busy legs only) gets nothing, and is listed all the same
+    assert h.next().outcome == Retry("connection_refused")
+    assert circuit_open() == {"crm": 1.0, "bi": 0.0}
+    receiver.listen_again()
+    h.advance(5.0)  # the row's retry, sent as the probe
+    assert h.next().outcome == Delivered(200)
+    assert circuit_open() == {"crm": 0.0, "bi": 0.0}
 
 
 def test_with_more_rows_than_an_endpoint_holds_ready_each_row_is_sent_once(

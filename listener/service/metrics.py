@@ -4,20 +4,33 @@ Names follow ``hangup_listener_<what>_<unit>``, ``_total`` on counters. Labels a
 only (node, endpoint, status, bye reason, outcome): never a call id or a phone number.
 Counters are incremented where things happen (``call_classified``, ``delivery_attempted``);
 everything else is read at scrape time from what the daemon already keeps (the ESL sources'
-state and ``ESLStats``, the outbox statistics, readiness), so it can never drift.
+state and ``ESLStats``, the outbox statistics, readiness, each endpoint's circuit), so it can
+never drift. Beside them: ``hangup_listener_build_info`` and prometheus_client's standard
+``process_*`` and ``python_*`` collectors, registered on the same registry.
 """
 
 from __future__ import annotations
 
 import logging
+import platform
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from listener import __version__
 from listener.esl.source import ESLSource
 from listener.service import logs
 from listener.webhooks.endpoint import Attempted
@@ -42,6 +55,22 @@ class EndpointFigures(Protocol):
 
 
 OutboxStats = Callable[[], Iterable[EndpointFigures]]
+
+
+class CircuitState(Protocol):
+    @property
+    def open(self) -> bool: ...
+
+
+class DeliveryLoop(Protocol):
+    """One endpoint's delivery loop (``listener.webhooks.endpoint.EndpointDelivery`` has this shape)."""
+
+    @property
+    def circuit(self) -> CircuitState: ...
+
+
+DeliveryLoops = Callable[[], Mapping[str, DeliveryLoop]]
+"""Every configured endpoint's delivery loop, by endpoint name."""
 
 
 def _gauge(what: str, doc: str, labels: Sequence[str]) -> GaugeMetricFamily:
@@ -98,6 +127,7 @@ class ProviderCollector(Collector):
         self.outbox: OutboxStats | None = None
         self.waiting: Callable[[], tuple[int, int]] | None = None
         """(open calls, legs waiting for them)."""
+        self.loops: DeliveryLoops | None = None
         self.log = logging.getLogger("listener.service.metrics")
 
     def collect(self) -> Iterator[Metric]:
@@ -114,6 +144,17 @@ class ProviderCollector(Collector):
             waiting = _gauge("calls_waiting_legs", "Legs hung up whose call is not over yet", [])
             waiting.add_metric([], float(legs))
             yield from (open_calls, waiting)
+        if self.loops is not None:
+            yield self._circuits(self.loops())
+
+    @staticmethod
+    def _circuits(loops: Mapping[str, DeliveryLoop]) -> Metric:
+        circuit = _gauge("webhook_circuit_open",
+                         "1 while the endpoint cannot be reached: its messages wait, one is sent as a probe",
+                         ["endpoint"])
+        for name, loop in sorted(loops.items()):
+            circuit.add_metric([name], 1.0 if loop.circuit.open else 0.0)
+        return circuit
 
     def _outbox(self, provider: OutboxStats) -> Iterator[Metric]:
         try:
@@ -141,6 +182,20 @@ class LogCollector(Collector):
         yield dropped
 
 
+class ProcessFigures(ProcessCollector):
+    """prometheus_client's ``process_*`` collector, which also works under the unit's ``ProcSubset=pid``.
+
+    The stock one reads the boot time from ``/proc/stat``, which ``ProcSubset=pid`` hides, and then
+    exports nothing at all. Here the boot time comes from ``CLOCK_BOOTTIME``; every other figure is
+    read from ``/proc/self``, which the unit leaves visible.
+    """
+
+    def _boot_time(self) -> float:
+        if not hasattr(time, "CLOCK_BOOTTIME"):  # not Linux: no /proc/self either, nothing is exported
+            raise OSError("no CLOCK_BOOTTIME")
+        return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 class Metrics:
     """The daemon's metrics; ``render()`` is the body of ``GET /metrics``."""
 
@@ -149,6 +204,12 @@ class Metrics:
         self.providers = ProviderCollector()
         self.registry.register(self.providers)
         self.registry.register(LogCollector())
+        ProcessFigures(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes...
+        PlatformCollector(registry=self.registry)  # python_info
+        GCCollector(registry=self.registry)  # python_gc_*
+        build = Info(f"{PREFIX}_build", "The daemon's version and the Python running it (always 1)",
+                     registry=self.registry)
+        build.info({"version": __version__, "python": platform.python_version()})
         self.calls = Counter(
             f"{PREFIX}_calls_classified", "Call legs classified, by node, status and bye reason",
             ["node", "status", "bye_reason"], registry=self.registry,
@@ -187,6 +248,10 @@ class Metrics:
     def watch_outbox(self, stats: OutboxStats) -> None:
         """Expose pending/dead counts and the oldest pending age per endpoint (called at each scrape)."""
         self.providers.outbox = stats
+
+    def watch_circuits(self, loops: DeliveryLoops) -> None:
+        """Expose whether each endpoint's circuit is open (asked of its delivery loop at each scrape)."""
+        self.providers.loops = loops
 
     def call_classified(self, node: str, document: Mapping[str, Any]) -> None:
         key = (node, document.get("status"), document.get("bye_reason"))
