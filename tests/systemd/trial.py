@@ -1,6 +1,6 @@
 """The shipped unit under a real systemd: start, a burst, reload, the watchdog, a stop mid-burst.
 
-    sudo .venv/bin/python tests/systemd/trial.py [--watchdog] [--keep]
+    sudo .venv/bin/python tests/systemd/trial.py [--watchdog] [--keep] [--installed]
 
 Not part of the test suite (it needs root, ``unshare``, ``nsenter`` and systemd >= 250 installed,
 and takes about a minute; ``--watchdog`` adds a minute more). It is the check to run after a
@@ -11,7 +11,8 @@ and ``/var/tmp`` (tmpfs) and the early-boot units masked: the host's files and s
 touched (its mounts are made shared inside the namespace, as on a booted host: without that,
 ``LoadCredential=`` leaves an empty directory). It runs ``config/hangup-listener.service`` as
 shipped (hardening and all) with a drop-in that only points it at this checkout (a virtual
-environment made from ``/usr/bin/python3``, as ``docs/operations.md`` says), at a trial
+environment made from ``/usr/bin/python3``, as ``docs/operations.md`` says; with ``--installed``, the
+unit and the virtual environment the Debian package installed instead), at a trial
 configuration that names its password and secret as credentials (``LoadCredential=`` from files
 in the trial's folder), and at a state directory of its own. A fake FreeSWITCH
 (``bench.fakefs``) and a receiver (``bench.receiver``) run on the host, on 127.0.0.1.
@@ -47,6 +48,8 @@ from bench.harness import SECRET, Child  # noqa: E402
 from bench.verify import signed  # noqa: E402
 
 UNIT = "hangup-listener.service"
+INSTALLED_UNIT = Path("/lib/systemd/system") / UNIT
+INSTALLED_VENV = Path("/opt/hangup-listener")
 STATE = "hangup-listener-trial"
 MASKED = (
     "sysinit.target", "basic.target", "local-fs.target", "swap.target", "timers.target",
@@ -100,10 +103,12 @@ def wait_for(what: str, ok: Callable[[], bool], timeout: float) -> None:
 
 
 class Trial:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, installed: bool = False) -> None:
         self.folder = folder
         self.log = folder / "daemon.log"
-        self.venv = folder / "venv"
+        self.installed = installed
+        self.venv = INSTALLED_VENV if installed else folder / "venv"
+        self.unit = INSTALLED_UNIT if installed else ROOT / "config" / UNIT
         self.systemd: subprocess.Popen[bytes] | None = None
         self.pid1 = 0
         self.results: list[tuple[str, str]] = []
@@ -111,6 +116,8 @@ class Trial:
     # -- set-up ---------------------------------------------------------------------------------
 
     def install(self) -> None:
+        if self.installed:
+            return
         subprocess.run(["/usr/bin/python3", "-m", "venv", str(self.venv)], check=True)
         subprocess.run([str(self.venv / "bin/pip"), "install", "-q", str(ROOT)], check=True)
 
@@ -128,7 +135,7 @@ class Trial:
             secret.chmod(0o600)
         units = self.folder / "units"
         (units / f"{UNIT}.d").mkdir(parents=True)
-        shutil.copy(ROOT / "config" / UNIT, units / UNIT)
+        shutil.copy(self.unit, units / UNIT)
         (units / f"{UNIT}.d" / "trial.conf").write_text(
             DROP_IN.format(venv=self.venv, config=config, state=STATE, log=self.log, credentials=credentials))
         (units / "trial.target").write_text("[Unit]\nDefaultDependencies=no\n")
@@ -305,13 +312,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--watchdog", action="store_true", help="also freeze the daemon (a minute more)")
     parser.add_argument("--keep", action="store_true", help="keep the trial's folder (log, units)")
+    parser.add_argument("--installed", action="store_true",
+                        help=f"run the unit and the venv the Debian package installed ({INSTALLED_UNIT})")
     args = parser.parse_args()
+    if args.installed and not (INSTALLED_UNIT.exists() and (INSTALLED_VENV / "bin").exists()):
+        print(f"--installed: no {INSTALLED_UNIT} or {INSTALLED_VENV} (dpkg -i the package)", file=sys.stderr)
+        return 2
     if os.geteuid() != 0 or not shutil.which("unshare") or not Path("/usr/lib/systemd/systemd").exists():
         print("needs root, unshare and /usr/lib/systemd/systemd", file=sys.stderr)
         return 2
     folder = Path(tempfile.mkdtemp(prefix="hangup-listener-systemd-", dir="/var/lib"))
     folder.chmod(0o755)  # the service's dynamic user reads the virtual environment and the config
-    trial = Trial(folder)
+    trial = Trial(folder, installed=args.installed)
     fake = Child("bench.fakefs", 11, stderr=subprocess.DEVNULL)  # its traceback when the daemon stops
     receiver = Child("bench.receiver", folder / "webhooks.txt")
     try:
