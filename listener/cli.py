@@ -29,39 +29,49 @@ if TYPE_CHECKING:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hangup-listener",
+        prog="hangup-listener", parents=[common_options()],
         description="Classify every FreeSWITCH hangup into a call status, bye reason and SIP code.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.set_defaults(config=None)  # the top level's own copy: None when no parser read it
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the daemon (connects to every configured FreeSWITCH)")
-    run.add_argument("--config", type=Path, help="TOML configuration (default: built-in defaults)")
+    run = commands.add_parser("run", parents=[common_options()],
+                              help="run the daemon (connects to every configured FreeSWITCH)")
     run.set_defaults(func=_run)
 
     classify = commands.add_parser(
-        "classify", help="classify saved ESL traffic (wire frames, plain or JSON events) or JSON CDR files"
-    )
+        "classify", parents=[common_options()],
+        help="classify saved ESL traffic (wire frames, plain or JSON events) or JSON CDR files")
     classify.add_argument("files", nargs="*", type=Path,
                           help="capture files, *.cdr.json files, directories of *.cdr.json (default: stdin)")
-    classify.add_argument("--config", type=Path, help="TOML configuration (for its rules)")
     classify.add_argument("--node", default="capture", help="node name written in each document")
     classify.add_argument("--calls", action="store_true",
                           help="print one call.completed document per call (its legs grouped from every "
                                "input) instead of one document per leg")
     classify.set_defaults(func=_classify)
 
-    check = commands.add_parser("check-config", help="validate a configuration, report every problem")
-    check.add_argument("--config", type=Path, help="TOML configuration")
+    check = commands.add_parser("check-config", parents=[common_options()],
+                                help="validate a configuration, report every problem")
     check.set_defaults(func=_check_config)
 
-    outbox = add_outbox_parser(commands)
-    outbox.add_argument("--config", type=Path, help="TOML configuration (for its [outbox] path)")
+    outbox = add_outbox_parser(commands, common_options)
     outbox.set_defaults(func=_outbox)
 
-    webhook = add_webhook_parser(commands)
+    webhook = add_webhook_parser(commands, common_options)
     webhook.set_defaults(func=_webhook)
     return parser
+
+
+def common_options() -> argparse.ArgumentParser:
+    """The options every command and sub-command takes, before or after its sub-command
+    (``outbox stats --config F`` and ``outbox --config F stats``): a fresh parser for each, whose
+    options set nothing unless given, so a later, inner parser never resets what an outer one read."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="FILE",
+                        help="the TOML configuration (default: the built-in defaults and HANGUP_LISTENER_* "
+                             "variables)")
+    return common
 
 
 def main(argv: Sequence[str] | None = None) -> int:

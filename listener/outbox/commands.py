@@ -24,19 +24,30 @@ ALL = "all"
 """``list --state all``: every undelivered row, pending and dead (delivered ones are listed on their own)."""
 
 
+def _no_options() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(add_help=False)
+
+
 def failed(exc: OutboxError) -> int:
     """The exit code of a command the outbox failed: 75 if the fault can clear (try again), else 74."""
     return EX_TEMPFAIL if exc.transient else EX_IOERR
 
 
-def add_outbox_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``outbox`` and its sub-commands to the CLI's ``subparsers``."""
+def add_outbox_parser(subparsers: Any, common: Callable[[], argparse.ArgumentParser] = _no_options
+                      ) -> argparse.ArgumentParser:
+    """Add ``outbox`` and its sub-commands to the CLI's ``subparsers``; each takes ``common()``'s
+    options (``--config``), before or after the sub-command."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "outbox", help="inspect and repair the webhook outbox")
+        "outbox", parents=[common()], help="inspect and repair the webhook outbox")
     commands = parser.add_subparsers(dest="outbox_command", required=True, metavar="COMMAND")
-    stats = commands.add_parser("stats", help="pending, dead and oldest pending age per endpoint")
+
+    def add(name: str, **kw: Any) -> argparse.ArgumentParser:
+        made: argparse.ArgumentParser = commands.add_parser(name, parents=[common()], **kw)
+        return made
+
+    stats = add("stats", help="pending, dead and oldest pending age per endpoint")
     stats.add_argument("--json", action="store_true", help="one JSON object per endpoint")
-    listing = commands.add_parser("list", help="list deliveries, oldest first")
+    listing = add("list", help="list deliveries, oldest first")
     listing.add_argument("--state", choices=(PENDING, DEAD, DELIVERED, ALL), default=ALL,
                          help="only this state (all, the default: pending and dead; delivered: those kept"
                               " for resend)")
@@ -46,10 +57,10 @@ def add_outbox_parser(subparsers: Any) -> argparse.ArgumentParser:
     listing.add_argument("--rejected", action="store_true",
                          help="list the frames that held no usable event instead, newest first;"
                               " with --id, print their bodies as received")
-    retry = commands.add_parser("retry", help="make dead deliveries pending again, due now")
+    retry = add("retry", help="make dead deliveries pending again, due now")
     _add_selectors(retry)
     retry.add_argument("--all", action="store_true", help="every dead delivery")
-    resend = commands.add_parser(
+    resend = add(
         "resend", help="deliver delivered messages again (kept for [outbox] keep_delivered_hours), due now")
     _add_selectors(resend)
     resend.add_argument("--since", metavar="ISO",
@@ -57,7 +68,7 @@ def add_outbox_parser(subparsers: Any) -> argparse.ArgumentParser:
     resend.add_argument("--until", metavar="ISO", help="only those delivered before this time")
     resend.add_argument("--all", action="store_true", help="every delivered message kept (needs --yes)")
     resend.add_argument("--yes", action="store_true", help="needed with --all")
-    purge = commands.add_parser("purge", help="delete deliveries for good (dead ones unless --pending)")
+    purge = add("purge", help="delete deliveries for good (dead ones unless --pending)")
     _add_selectors(purge)
     purge.add_argument("--all", action="store_true", help="every matching delivery")
     purge.add_argument("--pending", action="store_true", help="purge pending deliveries instead of dead ones")
