@@ -272,7 +272,7 @@ class App:
     def reload(self) -> bool:
         """Re-read and validate the configuration; apply it, or keep the old one and log every problem."""
         try:
-            new = loader.load(self.config.source)
+            new = loader.load(self.config.source, credentials=self.config.credentials)
         except ConfigError as exc:
             self.log.error("config.reload_failed", source=self.config.source, problems=list(exc.problems))
             return False
@@ -417,5 +417,6 @@ def _redactor(config: Config) -> Redactor:
 
 def _restart_required(old: Config, new: Config) -> list[str]:
     """The sections that changed but are only read at start (nodes, esl, health, ...)."""
-    fixed = [f.name for f in dataclasses.fields(Config) if f.name not in (*RELOADED, "source", "warnings")]
+    kept = (*RELOADED, "source", "credentials", "warnings")
+    fixed = [f.name for f in dataclasses.fields(Config) if f.name not in kept]
     return [name for name in fixed if getattr(new, name) != getattr(old, name)]

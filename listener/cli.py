@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Classify every FreeSWITCH hangup into a call status, bye reason and SIP code.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.set_defaults(config=None)  # the top level's own copy: None when no parser read it
+    parser.set_defaults(config=None, credentials=None)  # the top level's own: None when no parser read it
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", parents=[common_options()],
@@ -71,6 +71,9 @@ def common_options() -> argparse.ArgumentParser:
     common.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="FILE",
                         help="the TOML configuration (default: the built-in defaults and HANGUP_LISTENER_* "
                              "variables)")
+    common.add_argument("--credentials", type=Path, default=argparse.SUPPRESS, metavar="DIR",
+                        help="the folder a bare password_file/secret_file name is read from (default: "
+                             "$CREDENTIALS_DIRECTORY, else /etc/hangup-listener/credentials if it exists)")
     return common
 
 
@@ -84,13 +87,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _load(path: Path | None, err: TextIO) -> object | None:
-    """The validated configuration, or None after printing every problem."""
+def _load(args: argparse.Namespace, err: TextIO) -> object | None:
+    """The validated configuration of ``--config`` (secrets from ``--credentials``), or None after
+    printing every problem."""
     from listener.config import loader as config  # noqa: PLC0415 - imported after monkey-patching
     from listener.core.errors import ConfigError  # noqa: PLC0415
 
+    path = args.config
     try:
-        return config.load(path)
+        return config.load(path, credentials=args.credentials)
     except ConfigError as exc:
         where = f" ({path})" if path else ""
         print(f"hangup-listener: invalid configuration{where}:", file=err)
@@ -118,7 +123,7 @@ def _serve(args: argparse.Namespace) -> int:
     from listener.outbox.lock import OutboxLockedError  # noqa: PLC0415
     from listener.service import logs, monitor  # noqa: PLC0415
 
-    cfg = _load(args.config, sys.stderr)
+    cfg = _load(args, sys.stderr)
     if not isinstance(cfg, Config):
         return EX_CONFIG
     # with webhooks the outbox is the durable record: a stuck stdout then drops log lines, never calls
@@ -147,7 +152,7 @@ def _classify(args: argparse.Namespace) -> int:
     """Every CHANNEL_HANGUP_COMPLETE of every input as one document a line; 65 for an input with none."""
     from listener.config.settings import Config  # noqa: PLC0415
 
-    cfg = _load(args.config, sys.stderr)
+    cfg = _load(args, sys.stderr)
     if not isinstance(cfg, Config):
         return EX_CONFIG
     code = EX_OK
@@ -230,7 +235,7 @@ def _outbox(args: argparse.Namespace) -> int:
     from listener.config.settings import Config  # noqa: PLC0415
     from listener.outbox.commands import run_outbox_command  # noqa: PLC0415
 
-    cfg = _load(args.config, sys.stderr)
+    cfg = _load(args, sys.stderr)
     if not isinstance(cfg, Config):
         return EX_CONFIG
     return run_outbox_command(args, cfg.outbox)
@@ -240,7 +245,7 @@ def _webhook(args: argparse.Namespace) -> int:
     from listener.config.settings import Config  # noqa: PLC0415
     from listener.webhooks.commands import run_webhook_test  # noqa: PLC0415
 
-    cfg = _load(args.config, sys.stderr)
+    cfg = _load(args, sys.stderr)
     if not isinstance(cfg, Config):
         return EX_CONFIG
     return run_webhook_test(args.endpoint, cfg.webhooks, cfg.classifier, out=sys.stdout, err=sys.stderr)
@@ -249,7 +254,7 @@ def _webhook(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     from listener.config.settings import Config  # noqa: PLC0415
 
-    cfg = _load(args.config, sys.stderr)
+    cfg = _load(args, sys.stderr)
     if not isinstance(cfg, Config):
         return EX_CONFIG
     for warning in cfg.warnings:

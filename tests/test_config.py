@@ -31,7 +31,7 @@ def test_no_file_means_freeswitch_stock_settings() -> None:
 def test_the_example_configuration_is_valid(tmp_path: Path) -> None:
     secret = tmp_path / "esl-password"
     secret.write_text("s3cret\n")
-    (tmp_path / "crm-webhook-secret").write_text("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n")
+    (tmp_path / "webhook-crm").write_text("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n")
     environ = {"ESL_PASSWORD_PBX2": "from-env", "CREDENTIALS_DIRECTORY": str(tmp_path)}
     cfg = config.load(EXAMPLE, environ=environ)
     assert [n.name for n in cfg.nodes] == ["pbx1", "pbx2"]

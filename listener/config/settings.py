@@ -28,6 +28,8 @@ DIRECTIONS = ("inbound", "outbound")
 SYNCHRONOUS = ("full", "normal")
 STATE_DIRECTORY = Path("/var/lib/hangup-listener")
 OUTBOX_FILE = "outbox.sqlite3"
+CREDENTIALS_FOLDER = Path("/etc/hangup-listener/credentials")
+"""Where the operator keeps the secrets: the files the unit's ``LoadCredential=`` lines read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +150,19 @@ def default_outbox_path(environ: Mapping[str, str]) -> Path:
     return Path(OUTBOX_FILE)
 
 
+def credentials_folder(given: Path | None, environ: Mapping[str, str],
+                       default: Path = CREDENTIALS_FOLDER) -> Path | None:
+    """The folder a bare ``password_file``/``secret_file`` name is read from: ``given``
+    (``--credentials``), else ``$CREDENTIALS_DIRECTORY`` (the service's, systemd's
+    ``LoadCredential=``), else ``default`` where it exists (what an operator's command finds); None
+    when there is none (a bare name is then relative to the current folder)."""
+    if given is not None:
+        return given
+    if folder := environ.get("CREDENTIALS_DIRECTORY"):
+        return Path(folder)
+    return default if default.is_dir() else None
+
+
 @dataclass(frozen=True, slots=True)
 class CallsConfig:
     """How legs are grouped into calls (``listener.core.calls``)."""
@@ -171,5 +186,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     calls: CallsConfig = field(default_factory=CallsConfig)
     source: str | None = None
+    credentials: Path | None = None
+    """The credentials folder the secrets were read from; a reload reads from it again."""
     warnings: tuple[str, ...] = field(default=(), compare=False)
     """What the loader accepted but wants the operator to know (a removed key, ignored)."""
