@@ -6,20 +6,31 @@ gevent's monkey-patching happens here, first, and only for ``run``. Exit codes a
 used as it is, 75 when another process holds the outbox lock or the health port, 65 for unusable
 ``classify`` input (or input with no CHANNEL_HANGUP_COMPLETE in it). ``webhook test``: 0 on a 2xx
 answer, 75 when the receiver was not reached or answered 5xx or 429, 65 for any other answer, 64
-for an unknown endpoint name (``listener.webhooks.commands``).
+for an unknown endpoint name (``listener.webhooks.commands``). Every expected failure is one line on
+stderr (a configuration with several problems: one line each, under a heading), never a traceback;
+``run``'s are its last log line. A stdout closed by its reader (``| head``) ends a command quietly (74).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from listener import __version__
-from listener.core.exits import EX_CONFIG, EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_OK, EX_TEMPFAIL
+from listener.core.exits import (
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_INTERRUPTED,
+    EX_IOERR,
+    EX_NOINPUT,
+    EX_OK,
+    EX_TEMPFAIL,
+)
 from listener.outbox.commands import add_outbox_parser
 from listener.webhooks.commands import add_webhook_parser
 
@@ -78,13 +89,28 @@ def common_options() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; its expected failures print a line and return a sysexits code, never a traceback."""
     args = build_parser().parse_args(argv)
     if args.command == "run":
         from gevent import monkey  # noqa: PLC0415 - patched first, before anything else is imported
 
         monkey.patch_all()
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except BrokenPipeError:  # stdout's reader went away (`outbox list | head`): stop quietly, as cat does
+        _discard_stdout()
+        return EX_IOERR
+    except KeyboardInterrupt:
+        print("hangup-listener: interrupted", file=sys.stderr)
+        return EX_INTERRUPTED
     return code
+
+
+def _discard_stdout() -> None:
+    """Point fd 1 at /dev/null, so the interpreter's last flush of what is still buffered cannot fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _load(args: argparse.Namespace, err: TextIO) -> object | None:
@@ -93,15 +119,28 @@ def _load(args: argparse.Namespace, err: TextIO) -> object | None:
     from listener.config import loader as config  # noqa: PLC0415 - imported after monkey-patching
     from listener.core.errors import ConfigError  # noqa: PLC0415
 
-    path = args.config
-    try:
-        return config.load(path, credentials=args.credentials)
-    except ConfigError as exc:
-        where = f" ({path})" if path else ""
-        print(f"hangup-listener: invalid configuration{where}:", file=err)
-        for problem in exc.problems:
-            print(f"  {problem}", file=err)
+    path, credentials = args.config, args.credentials
+    if credentials is not None and not credentials.is_dir():
+        print(f"hangup-listener: --credentials {credentials}: not a folder", file=err)
         return None
+    try:
+        return config.load(path, credentials=credentials)
+    except ConfigError as exc:
+        _print_problems(path, exc.problems, err)
+        return None
+
+
+def _print_problems(path: Path | None, problems: Sequence[str], err: TextIO) -> None:
+    """One line for one problem (the file's name once); a list under a heading for several."""
+    where = f" ({path})" if path else ""
+    if len(problems) == 1 and path is not None and problems[0].startswith(f"{path}: "):
+        print(f"hangup-listener: {problems[0]}", file=err)
+    elif len(problems) == 1:
+        print(f"hangup-listener: invalid configuration{where}: {problems[0]}", file=err)
+    else:
+        print(f"hangup-listener: invalid configuration{where}:", file=err)
+        for problem in problems:
+            print(f"  {problem}", file=err)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -170,14 +170,14 @@ def test_resend_of_many_rows_shows_progress_in_batches(tmp_path: Path) -> None:
 def test_resend_needs_a_selection_and_yes_for_all(config: OutboxConfig, argv: list[str]) -> None:
     code, out, err = run(config, *argv)
     assert (code, out) == (64, "")  # EX_USAGE
-    assert err.startswith("outbox resend")
+    assert err.startswith("hangup-listener: outbox resend")
     assert due(config) == {("crm", "e3", 0)}
 
 
 def test_resend_refuses_a_time_that_is_not_iso_8601(config: OutboxConfig) -> None:
     code, _, err = run(config, "resend", "--since", "yesterday")
     assert code == 64  # EX_USAGE
-    assert err == "outbox resend --since: not an ISO 8601 time: 'yesterday'\n"
+    assert err == "hangup-listener: outbox resend --since: not an ISO 8601 time: 'yesterday'\n"
 
 
 def test_resend_on_a_missing_outbox_is_an_error_not_a_new_file(tmp_path: Path) -> None:

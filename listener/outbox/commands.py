@@ -20,6 +20,8 @@ from listener.core.errors import OutboxError
 from listener.core.exits import EX_IOERR, EX_NOINPUT, EX_OK, EX_TEMPFAIL, EX_USAGE
 from listener.outbox.store import DEAD, DELIVERED, PENDING, Outbox, RejectedFrame
 
+PREFIX = "hangup-listener: "
+"""What every line on stderr begins with, as the other commands' do."""
 ALL = "all"
 """``list --state all``: every undelivered row, pending and dead (delivered ones are listed on their own)."""
 
@@ -121,7 +123,7 @@ def run_outbox_command(args: argparse.Namespace, outbox_config: OutboxConfig, *,
     if command == "list" and args.rejected:
         return _run_rejected(args, outbox_config, out, err)
     if (problem := _instants(args) or _usage(args)) is not None:
-        print(problem, file=err)
+        print(f"{PREFIX}{problem}", file=err)
         return EX_USAGE
     run = _COMMANDS[command]
     return _on_outbox(outbox_config, command, err, lambda outbox: run(outbox, args, out, err, now()))
@@ -129,9 +131,13 @@ def run_outbox_command(args: argparse.Namespace, outbox_config: OutboxConfig, *,
 
 def _on_outbox(outbox_config: OutboxConfig, command: str, err: TextIO, work: Callable[[Outbox], None]) -> int:
     """Open the configured outbox (never creating one), do ``work`` on it, close it: the exit code."""
-    if not outbox_config.path.exists():
-        print(f"no outbox at {outbox_config.path}", file=err)
+    path = outbox_config.path
+    if not path.exists():
+        print(f"{PREFIX}no outbox at {path}", file=err)
         return EX_NOINPUT
+    if not path.is_file():
+        print(f"{PREFIX}outbox {command}: {path} is not a file ([outbox] path names the file)", file=err)
+        return EX_IOERR
     try:
         outbox = Outbox.open(outbox_config.path, synchronous=outbox_config.synchronous)
         try:
@@ -139,7 +145,7 @@ def _on_outbox(outbox_config: OutboxConfig, command: str, err: TextIO, work: Cal
         finally:
             outbox.close()
     except OutboxError as exc:
-        print(f"outbox {command} failed: {exc}", file=err)
+        print(f"{PREFIX}outbox {command} failed: {exc}", file=err)
         return failed(exc)
     return EX_OK
 
@@ -210,7 +216,8 @@ def _purge(outbox: Outbox, args: argparse.Namespace, out: TextIO, err: TextIO, n
 def _run_rejected(args: argparse.Namespace, outbox_config: OutboxConfig, out: TextIO, err: TextIO) -> int:
     """``outbox list --rejected``: the kept frames that held no usable event; with ``--id``, their bodies."""
     if args.endpoint or args.state != ALL:
-        print("outbox list --rejected: --state and --endpoint select deliveries, not frames", file=err)
+        print(f"{PREFIX}outbox list --rejected: --state and --endpoint select deliveries, not frames",
+              file=err)
         return EX_USAGE
     rows: list[RejectedFrame] = []
 
@@ -224,7 +231,7 @@ def _run_rejected(args: argparse.Namespace, outbox_config: OutboxConfig, out: Te
         _print_rejected(row, args, out)
     missing = [i for i in args.ids if i not in {row.id for row in rows}]
     for event_id in missing:
-        print(f"no rejected frame {event_id}", file=err)
+        print(f"{PREFIX}no rejected frame {event_id}", file=err)
     return EX_NOINPUT if missing else EX_OK
 
 
