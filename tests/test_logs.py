@@ -67,6 +67,35 @@ def test_debug_level_lets_debug_lines_through() -> None:
     assert json.loads(out.getvalue())["level"] == "debug"
 
 
+def test_a_new_level_reaches_loggers_bound_before_it(stream: io.StringIO) -> None:
+    """A reload's level applies to every logger, also those each node's source, pipeline and endpoint
+    bound at start (``log.bind(node=...)``), which kept the old level before."""
+    logs.configure("warning", stream=stream)
+    bound = structlog.get_logger("listener").bind(node="pbx1")
+    bound.debug("esl.heartbeat_received")
+    bound.info("not at warning")
+    logs.configure("debug", stream=stream)  # the SIGHUP
+    bound.debug("esl.heartbeat_received")
+    bound.bind(endpoint="crm").debug("webhook.delivered")
+    logs.configure("error", stream=stream)
+    bound.warning("not at error")
+    bound.exception("call.handler_failed")
+    assert [(e["event"], e["level"]) for e in entries(stream)] == [
+        ("esl.heartbeat_received", "debug"), ("webhook.delivered", "debug"), ("call.handler_failed", "error")]
+
+
+def test_the_daemons_own_stdlib_loggers_follow_the_level_other_libraries_stay_at_info(
+        stream: io.StringIO) -> None:
+    logs.configure("debug", stream=stream)
+    logging.getLogger("listener.service.metrics").debug("ours")
+    logging.getLogger("greenswitch.esl").debug("theirs")
+    logging.getLogger("greenswitch.esl").log(25, "a custom level")
+    logs.configure("warning", stream=stream)
+    logging.getLogger("listener.service.health").info("ours, below warning")
+    assert [(e["event"], e["level"]) for e in entries(stream)] == [("ours", "debug"),
+                                                                    ("a custom level", "warning")]
+
+
 class Flushes(io.StringIO):
     """A stream that records what had been written at each flush."""
 

@@ -368,6 +368,59 @@ class LineLogger:
     fatal = failure = err = error = critical = exception = msg
 
 
+_level = logging.INFO
+"""The level every logger filters by, read at each call: a reload (``configure``) reaches loggers bound
+before it."""
+_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error",
+          logging.CRITICAL: "critical"}
+
+
+def _name(level: int) -> str:
+    """The method name of a custom stdlib level (a library's): the next standard level's."""
+    return next((name for number, name in sorted(_NAMES.items()) if number >= level), "critical")
+
+
+class LevelLogger(structlog.BoundLoggerBase):
+    """structlog's bound logger, filtering by the process's current level (``_level``) at each call.
+
+    ``make_filtering_bound_logger`` bakes the level into the class it makes: a logger bound before a
+    reload (each node's source and pipeline, each webhook endpoint: ``log.bind(node=...)``) kept the
+    level of the start, and a SIGHUP to debug never showed their debug lines.
+    """
+
+    def _emit(self, level: int, event: str, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+        if level < _level:
+            return None
+        return self._proxy_to_logger(_NAMES.get(level) or _name(level), event % args if args else event, **kw)
+
+    def debug(self, event: str, *args: Any, **kw: Any) -> Any:
+        return self._emit(logging.DEBUG, event, args, kw)
+
+    def info(self, event: str, *args: Any, **kw: Any) -> Any:
+        return self._emit(logging.INFO, event, args, kw)
+
+    def warning(self, event: str, *args: Any, **kw: Any) -> Any:
+        return self._emit(logging.WARNING, event, args, kw)
+
+    warn = warning
+
+    def error(self, event: str, *args: Any, **kw: Any) -> Any:
+        return self._emit(logging.ERROR, event, args, kw)
+
+    def exception(self, event: str, *args: Any, **kw: Any) -> Any:
+        kw.setdefault("exc_info", True)
+        return self._emit(logging.ERROR, event, args, kw)
+
+    def critical(self, event: str, *args: Any, **kw: Any) -> Any:
+        return self._emit(logging.CRITICAL, event, args, kw)
+
+    fatal = critical
+
+    def log(self, level: int, event: str, *args: Any, **kw: Any) -> Any:
+        """At a stdlib level number (a library's record's): a custom one takes the next standard name."""
+        return self._emit(level, event, args, kw)
+
+
 class StdlibBridge(logging.Handler):
     """Forwards stdlib log records (greenswitch's) into structlog as ``<logger name>`` events."""
 
@@ -385,14 +438,14 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
 
     Without ``stream``, the output is the daemon's (``buffer_output``) if there is one, else stdout.
     """
-    global _output  # noqa: PLW0603 - the one log output of the process, as structlog's configuration is
+    global _output, _level  # the process's one output and level, as structlog's configuration is
     numeric = logging.getLevelNamesMapping()[level.upper()]
     output: Output = HeldStream(stream) if stream is not None else _buffered or HeldStream(sys.stdout)
-    _output = output
+    _output, _level = output, numeric
     logger = LineLogger(output)
     structlog.configure(
         processors=_processors(),
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        wrapper_class=LevelLogger,
         logger_factory=lambda *_args: logger,
         cache_logger_on_first_use=False,
     )
@@ -401,4 +454,5 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
         if isinstance(handler, StdlibBridge):
             root.removeHandler(handler)
     root.addHandler(StdlibBridge())
-    root.setLevel(max(numeric, logging.INFO))
+    root.setLevel(max(numeric, logging.INFO))  # other libraries' debug lines stay out
+    logging.getLogger("listener").setLevel(numeric)  # the daemon's own stdlib loggers follow the level
