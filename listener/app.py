@@ -277,7 +277,7 @@ class App:
             self.log.error("config.reload_failed", source=self.config.source, problems=list(exc.problems))
             return False
         if new.log != self.config.log:
-            logs.configure(new.log.level)
+            logs.configure(new.log.level, fmt=new.log.format)
         warn_removed(self.log, new)
         redact = _redactor(new)
         for pipeline in self.pipelines:

@@ -167,7 +167,7 @@ def _serve(args: argparse.Namespace) -> int:
         return EX_CONFIG
     # with webhooks the outbox is the durable record: a stuck stdout then drops log lines, never calls
     logs.buffer_output("drop" if cfg.webhooks else "wait")
-    logs.configure(cfg.log.level)
+    logs.configure(cfg.log.level, fmt=cfg.log.format)
     log = structlog.get_logger("listener")
     app.warn_removed(log, cfg)
     monitor.watch(log)

@@ -118,3 +118,13 @@ def test_a_file_that_is_not_toml_says_so(tmp_path: Path) -> None:
 def test_a_range_problem_writes_a_large_bound_as_written(tmp_path: Path) -> None:
     (problem,) = problems_of("[esl]\nmax_frame_bytes = 2147483648\n", tmp_path)
     assert problem == "esl.max_frame_bytes: must be <= 1073741824, got 2147483648"
+
+
+def test_the_log_format_is_auto_unless_json_or_console(tmp_path: Path) -> None:
+    assert config.load(None).log.format == "auto"
+    path = tmp_path / "c.toml"
+    path.write_text('[log]\nformat = "console"\n')
+    assert config.load(path, environ={}).log.format == "console"
+    assert config.load(None, environ={"HANGUP_LISTENER_LOG__FORMAT": "json"}).log.format == "json"
+    assert problems_of('[log]\nformat = "pretty"\n', tmp_path) == (
+        "log.format: must be one of auto, json, console; got 'pretty'",)

@@ -1,13 +1,20 @@
-"""A SIGHUP that changes ``[log] level`` reaches every part of the running daemon: the loggers each
-node's pipeline and each webhook endpoint bound at start too."""
+"""A SIGHUP that changes ``[log]`` reaches every part of the running daemon: the loggers each node's
+pipeline and each webhook endpoint bound at start too. On a terminal (a pty) the daemon writes for a
+person unless told otherwise."""
 
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import gevent
 import pytest
 from webhook_receiver import Receiver
 
@@ -62,3 +69,40 @@ def test_a_reload_from_warning_to_debug_shows_the_debug_lines_of_the_pipeline_an
     assert [line["level"] for line in before] == ["info"] * len(before)  # the reload's own lines only
     assert (heartbeat["level"], heartbeat["node"]) == ("debug", "lab")  # the pipeline's, bound at start
     assert (delivered["level"], delivered["endpoint"]) == ("debug", "crm")  # the endpoint's
+
+
+def read_until(fd: int, text: str, timeout: float = 15) -> str:
+    """The line the terminal showed holding ``text``, its colours taken out."""
+    seen = b""
+    with gevent.Timeout(timeout, AssertionError(f"no {text!r}; got {seen[-500:]!r}")):
+        while text.encode() not in seen or b"\n" not in seen[seen.index(text.encode()):]:
+            seen += gevent.get_hub().threadpool.apply(os.read, (fd, 65536))
+    line = next(line for line in seen.decode().splitlines() if text in line)
+    return re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
+
+
+def test_on_a_terminal_the_daemon_writes_for_a_person_and_a_reload_switches_to_json(tmp_path: Path) -> None:
+    config = tmp_path / "listener.toml"
+    primary, secondary = pty.openpty()
+    with FakeFreeSWITCH() as fake:
+        base = f'[[freeswitch]]\nname = "lab"\nport = {fake.port}\n[health]\nport = 0\n'
+        config.write_text(base)
+        env = {**os.environ, "STATE_DIRECTORY": str(tmp_path)}
+        proc = subprocess.Popen([sys.executable, "-m", "listener", "run", "--config", str(config)],
+                                stdout=secondary, stderr=subprocess.DEVNULL, env=env)
+        os.close(secondary)
+        try:
+            fake.next_session(timeout=15)
+            shown = read_until(primary, "esl.connected")
+            config.write_text(base + '[log]\nformat = "json"\n')
+            proc.send_signal(signal.SIGHUP)
+            reloaded = read_until(primary, '"event":"config.reloaded"')
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+        finally:
+            proc.kill()
+            proc.wait()
+            os.close(primary)
+    assert not shown.startswith("{")  # structlog's console columns
+    assert "node=lab" in shown
+    assert json.loads(reloaded)["level"] == "info"

@@ -96,6 +96,55 @@ def test_the_daemons_own_stdlib_loggers_follow_the_level_other_libraries_stay_at
                                                                     ("a custom level", "warning")]
 
 
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_auto_renders_for_a_person_on_a_terminal_and_json_otherwise() -> None:
+    tty, pipe = Terminal(), io.StringIO()
+    logs.configure("info", stream=tty)
+    structlog.get_logger().info("esl.connected", node="pbx1")
+    logs.configure("info", stream=pipe)
+    structlog.get_logger().info("esl.connected", node="pbx1")
+    structlog.reset_defaults()
+    line = tty.getvalue()
+    assert not line.startswith("{")
+    assert "esl.connected" in line
+    assert "\x1b[" in line  # coloured: a terminal
+    assert json.loads(pipe.getvalue())["node"] == "pbx1"
+
+
+def test_the_format_can_be_forced_and_isatty_injected(stream: io.StringIO) -> None:
+    log = structlog.get_logger().bind(node="pbx1")  # bound before: the format reaches it
+    logs.configure("info", stream=stream, fmt="console")
+    log.info("one")
+    logs.configure("info", stream=stream, fmt="json", isatty=lambda: True)
+    log.info("two")
+    logs.configure("info", stream=stream, fmt="auto", isatty=lambda: True)
+    log.info("three")
+    first, second, third = stream.getvalue().splitlines()
+    assert "one" in first
+    assert "node=pbx1" in first
+    assert "\x1b[" not in first  # forced on a stream that is no terminal: no colours
+    assert json.loads(second)["event"] == "two"
+    assert not third.startswith("{")
+
+
+def test_an_exception_is_a_traceback_in_either_format(stream: io.StringIO) -> None:
+    for fmt in ("console", "json"):
+        logs.configure("info", stream=stream, fmt=fmt)
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            structlog.get_logger().exception("call.handler_failed")
+    console, json_line = stream.getvalue().split("\n{", 1)
+    assert "ValueError: boom" in console
+    assert "ValueError: boom" in json.loads("{" + json_line)["exception"]
+
+
 class Flushes(io.StringIO):
     """A stream that records what had been written at each flush."""
 

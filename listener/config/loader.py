@@ -23,6 +23,7 @@ from listener.config.settings import (
     CREDENTIALS_FOLDER,
     EVENT_FORMATS,
     LEVELS,
+    LOG_FORMATS,
     MASK_MODES,
     CallsConfig,
     Config,
@@ -97,9 +98,10 @@ def _esl(reader: TableReader) -> ESLSettings:
 
 def _log(reader: TableReader) -> LogConfig:
     level = reader.string("level", "info", choices=LEVELS)
+    fmt = reader.string("format", "auto", choices=LOG_FORMATS)
     variables, max_bytes = parse_variables(reader)
     reader.reject_unknown()
-    return LogConfig(level=level, variables=variables, variables_max_bytes=max_bytes)
+    return LogConfig(level=level, variables=variables, variables_max_bytes=max_bytes, format=fmt)
 
 
 def _health(reader: TableReader) -> HealthConfig:

@@ -20,6 +20,7 @@ from listener.core.retry import RetrySchedule
 from listener.core.variables import DEFAULT_MAX_BYTES, NO_VARIABLES, NUMBER_VARIABLES, Selection
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("auto", "json", "console")
 MASK_MODES = ("none", "mask", "hash")
 DEFAULT_EVENTS = ("CHANNEL_HANGUP_COMPLETE", "HEARTBEAT")
 EVENT_FORMATS = ("json", "plain")
@@ -113,12 +114,14 @@ class OutboxConfig:
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
-    """The log level, and the channel variables the ``call.classified`` line carries (capped as an
+    """The log level and format, and the channel variables the ``call.classified`` line carries (capped as an
     endpoint's)."""
 
     level: str = "info"
     variables: Selection = NO_VARIABLES
     variables_max_bytes: int = DEFAULT_MAX_BYTES
+    format: str = "auto"
+    """``json``, ``console`` (structlog's columns, for a person), or ``auto``: console on a terminal."""
 
 
 @dataclass(frozen=True, slots=True)

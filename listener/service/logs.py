@@ -34,7 +34,6 @@ Its invariants:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -48,9 +47,10 @@ from typing import Any, Literal, Protocol, TextIO
 import gevent
 import gevent.event
 import gevent.threadpool
-import orjson
 import structlog
 from gevent import monkey
+
+from listener.service.render import Renderer
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 CAPACITY = 4 << 20
@@ -68,23 +68,12 @@ _thread_id: Callable[[], int] = monkey.get_original("_thread", "get_ident")
 _select: Callable[..., Any] = monkey.get_original("select", "select")
 
 
-def dumps(event: dict[str, Any], **kw: Any) -> str:
-    """One log line's JSON: orjson (several times faster for a call's document), the stdlib as fallback.
-
-    The fallback takes what orjson refuses (integers over 64 bits, non-string keys).
-    """
-    default = kw.get("default")
-    try:
-        return orjson.dumps(event, default=default).decode()
-    except TypeError:
-        return json.dumps(event, default=default)
-
-
 class Output(Protocol):
     """Where rendered lines go: ``HeldStream`` (a stream, synchronously) or ``BoundedOutput``."""
 
     def line(self, text: str) -> None: ...
     def held(self) -> AbstractContextManager[None]: ...
+    def isatty(self) -> bool: ...
 
 
 class HeldStream:
@@ -102,6 +91,12 @@ class HeldStream:
         self.stream.write(text + "\n")
         if not self._holding:
             self.stream.flush()
+
+    def isatty(self) -> bool:
+        try:
+            return bool(self.stream.isatty())
+        except (AttributeError, ValueError):  # no such method; closed
+            return False
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -156,6 +151,9 @@ class BoundedOutput:
         self._writer = gevent.spawn(self._drain)
 
     # -- the callers' side --------------------------------------------------------------------
+    def isatty(self) -> bool:
+        return os.isatty(self.fd)
+
     def line(self, text: str) -> None:
         if self._holding:
             self._pending.append(text)
@@ -341,13 +339,16 @@ def dropped_total() -> int:
     return _buffered.dropped_total if _buffered is not None else 0
 
 
+_renderer = Renderer()
+"""The last step of every logger's chain, switched in place by ``configure`` (``[log] format``)."""
+
+
 def _processors() -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.format_exc_info,
-        structlog.processors.JSONRenderer(serializer=dumps),
+        _renderer,
     ]
 
 
@@ -433,15 +434,19 @@ class StdlibBridge(logging.Handler):
         log.log(record.levelno, message)
 
 
-def configure(level: str = "info", stream: TextIO | None = None) -> None:
+def configure(level: str = "info", stream: TextIO | None = None, *, fmt: str = "auto",
+              isatty: Callable[[], bool] | None = None) -> None:
     """Configure structlog and the stdlib bridge; safe to call again (e.g. on reload).
 
     Without ``stream``, the output is the daemon's (``buffer_output``) if there is one, else stdout.
+    ``fmt`` (``[log] format``): ``auto`` renders for a person when the output is a terminal (``isatty``,
+    the output's own unless given), as JSON otherwise.
     """
     global _output, _level  # the process's one output and level, as structlog's configuration is
     numeric = logging.getLevelNamesMapping()[level.upper()]
     output: Output = HeldStream(stream) if stream is not None else _buffered or HeldStream(sys.stdout)
     _output, _level = output, numeric
+    _renderer.configure(fmt, (isatty or output.isatty)())
     logger = LineLogger(output)
     structlog.configure(
         processors=_processors(),
