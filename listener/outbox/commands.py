@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -152,9 +152,9 @@ def _on_outbox(outbox_config: OutboxConfig, command: str, err: TextIO, work: Cal
 
 def _stats(outbox: Outbox, args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> None:
     stats = outbox.stats(now)
-    if args.json:
-        for s in stats:
-            print(json.dumps(asdict(s)), file=out)
+    if args.json:  # one object keyed by endpoint: {} when the outbox holds nothing undelivered
+        by_endpoint = {s.endpoint: {k: v for k, v in asdict(s).items() if k != "endpoint"} for s in stats}
+        print(json.dumps(by_endpoint), file=out)
         return
     print(f"{'endpoint':40} {'pending':>9} {'dead':>9} {'oldest pending':>15}", file=out)
     for s in stats:
@@ -174,14 +174,33 @@ def _age(seconds: float | None) -> str:
 
 def _list(outbox: Outbox, args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> None:
     state = None if args.state == ALL else args.state
-    for row in outbox.list(state=state, endpoint=args.endpoint, event_ids=args.ids, limit=args.limit):
-        fields = {"id": row.event_id, "endpoint": row.endpoint, "state": row.state, "attempts": row.attempts,
-                  "created": _when(row.created_at),
-                  "next_attempt": _when(row.next_at) if row.state == PENDING else None,
-                  "delivered": _when(row.delivered_at) if row.delivered_at is not None else None,
-                  "last_error": row.last_error}
-        text = "  ".join(str(v) for v in fields.values() if v is not None)
-        print(json.dumps(fields) if args.json else text, file=out)
+    rows = [{"id": row.event_id, "endpoint": row.endpoint, "state": row.state, "attempts": row.attempts,
+             "created": _when(row.created_at),
+             "next_attempt": _when(row.next_at) if row.state == PENDING else None,
+             "delivered": _when(row.delivered_at) if row.delivered_at is not None else None,
+             "last_error": row.last_error}
+            for row in outbox.list(state=state, endpoint=args.endpoint, event_ids=args.ids, limit=args.limit)]
+    if args.json:
+        for fields in rows:
+            print(json.dumps(fields), file=out)
+    else:
+        _table(LIST_COLUMNS, rows, out, empty="(no deliveries match)")
+
+
+LIST_COLUMNS = ("id", "endpoint", "state", "attempts", "created", "next_attempt", "delivered", "last_error")
+REJECTED_COLUMNS = ("id", "received_at", "node", "content_type", "size", "reason")
+
+
+def _table(columns: Sequence[str], rows: Sequence[dict[str, Any]], out: TextIO, *, empty: str) -> None:
+    """A header row, then each row, every column as wide as its widest value ("-" for none or empty);
+    ``empty`` under the header when there is no row."""
+    cells = [[("-" if row[c] in (None, "") else str(row[c])) for c in columns] for row in rows]
+    widths = [max(len(text) for text in column) for column in zip(columns, *cells, strict=True)]
+    for line in ([*columns], *cells):
+        padded = (text.ljust(width) for text, width in zip(line, widths, strict=True))
+        print("  ".join(padded).rstrip(), file=out)
+    if not rows:
+        print(empty, file=out)
 
 
 def _when(epoch: float) -> str:
@@ -227,6 +246,8 @@ def _run_rejected(args: argparse.Namespace, outbox_config: OutboxConfig, out: Te
     code = _on_outbox(outbox_config, "list", err, read)
     if code != EX_OK:
         return code
+    if not args.ids and not args.json:
+        _table(REJECTED_COLUMNS, [_rejected_fields(row) for row in rows], out, empty="(no rejected frames)")
     for row in rows:
         _print_rejected(row, args, out)
     missing = [i for i in args.ids if i not in {row.id for row in rows}]
@@ -235,15 +256,19 @@ def _run_rejected(args: argparse.Namespace, outbox_config: OutboxConfig, out: Te
     return EX_NOINPUT if missing else EX_OK
 
 
+def _rejected_fields(row: RejectedFrame) -> dict[str, Any]:
+    return {"id": row.id, "received_at": _when(row.received_at), "node": row.node,
+            "content_type": row.content_type, "size": row.size, "reason": row.reason}
+
+
 def _print_rejected(row: RejectedFrame, args: argparse.Namespace, out: TextIO) -> None:
-    """One rejected frame: a line (or JSON object) about it; its body exactly as received with ``--id``."""
-    fields = {"id": row.id, "received_at": _when(row.received_at), "node": row.node,
-              "content_type": row.content_type, "size": row.size, "reason": row.reason}
+    """One rejected frame as a JSON object, or its body exactly as received (``--id``); the table of
+    them is printed whole before."""
     if args.json:
         body = {"body": row.body.decode("utf-8", "replace")} if args.ids else {}
-        print(json.dumps({**fields, **body}), file=out)
+        print(json.dumps({**_rejected_fields(row), **body}), file=out)
     elif not args.ids:
-        print("  ".join(str(v) for v in fields.values()), file=out)
+        return
     elif (raw := getattr(out, "buffer", None)) is not None:
         out.flush()
         raw.write(row.body)
