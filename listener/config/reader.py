@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from listener.core.errors import unknown_key
+
 T = TypeVar("T")
 
 REMOVED = "removed in 0.2.0 (the daemon runs as one process) and ignored; delete it from the configuration"
@@ -65,6 +67,7 @@ class TableReader:
         self.credentials = credentials
         """The folder a bare ``*_file`` name is read from (``settings.credentials_folder``)."""
         self._seen: set[str] = set()
+        self._removed: set[str] = set()
 
     def key_path(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
@@ -233,11 +236,14 @@ class TableReader:
 
     def removed(self, key: str, message: str = REMOVED) -> None:
         """A key this release no longer uses: accepted whatever its value, with a warning."""
+        self._removed.add(key)
         if self.has(key):
             self.problems.warn(self.key_path(key), message)
 
     def reject_unknown(self) -> None:
-        """Report every key of this table that no one asked for (typos are caught)."""
+        """Report every key of this table that no one asked for, with the known key it most likely
+        misspells (a removed key is never suggested)."""
+        known = self._seen - self._removed
         for key in self.table:
             if key not in self._seen:
-                self.problem(key, "unknown key")
+                self.problem(key, unknown_key(key, known))
