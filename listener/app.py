@@ -34,7 +34,7 @@ from listener.esl.cdr import CDRSource
 from listener.esl.nodestate import NodeStateFile
 from listener.esl.source import ESLSource
 from listener.outbox.lock import OutboxLock
-from listener.outbox.opening import open_outbox
+from listener.outbox.opening import old_outbox, open_outbox
 from listener.outbox.reader import OutboxReader
 from listener.outbox.store import EndpointStats, with_endpoints
 from listener.outbox.writer import OutboxWriter
@@ -344,6 +344,19 @@ def warn_removed(log: Any, config: Config) -> None:
     for warning in config.warnings:
         key, _, message = warning.partition(": ")
         log.warning("config.key_removed", key=key, reason=message)
+
+
+def warn_old_outbox(log: Any, config: Config, cwd: Path) -> None:
+    """One ``outbox.old_location`` warning when the current folder holds an outbox with pending
+    deliveries that is not the configured one (the default was ./outbox.sqlite3 before 0.2.0)."""
+    found = old_outbox(config.outbox.path, cwd, time.time())
+    if found is None:
+        return
+    old, pending, new = found[0].absolute(), found[1], config.outbox.path
+    log.warning("outbox.old_location", path=str(old), pending=pending, outbox=str(new),
+                action=f"its deliveries are not sent from there: stop the daemon, move {old} (with its -wal "
+                       f"and -shm, if any) to {new} if nothing is there yet, and start it again; or set "
+                       f'[outbox] path = "{old}"')
 
 
 def _wal_gone(path: Path) -> bool:

@@ -170,6 +170,7 @@ def _serve(args: argparse.Namespace) -> int:
     logs.configure(cfg.log.level, fmt=cfg.log.format)
     log = structlog.get_logger("listener")
     app.warn_removed(log, cfg)
+    app.warn_old_outbox(log, cfg, Path.cwd())
     monitor.watch(log)
     try:
         daemon = app.App.from_config(cfg)

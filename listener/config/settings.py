@@ -29,6 +29,7 @@ DIRECTIONS = ("inbound", "outbound")
 SYNCHRONOUS = ("full", "normal")
 STATE_DIRECTORY = Path("/var/lib/hangup-listener")
 OUTBOX_FILE = "outbox.sqlite3"
+APP_FOLDER = "hangup-listener"
 CREDENTIALS_FOLDER = Path("/etc/hangup-listener/credentials")
 """Where the operator keeps the secrets: the files the unit's ``LoadCredential=`` lines read."""
 
@@ -143,14 +144,34 @@ class PrivacyConfig:
     """Channel variables masked like the numbers (the operator's list replaces the default)."""
 
 
-def default_outbox_path(environ: Mapping[str, str]) -> Path:
-    """``$STATE_DIRECTORY`` (systemd), else /var/lib/hangup-listener if it exists, else the current folder."""
+def default_outbox_path(environ: Mapping[str, str], uid: int | None = None) -> Path:
+    """Where the outbox is when ``[outbox] path`` is not set; never the current folder (it moved with
+    whatever folder the daemon happened to be started from):
+
+    ``$STATE_DIRECTORY`` (systemd's ``StateDirectory=``), else /var/lib/hangup-listener for root
+    (``uid``: the effective user's), else the user's XDG state folder: ``$XDG_STATE_HOME/hangup-listener``,
+    by default ``~/.local/state/hangup-listener``.
+    """
     state = environ.get("STATE_DIRECTORY", "").split(":")[0]
     if state:
         return Path(state) / OUTBOX_FILE
-    if STATE_DIRECTORY.is_dir():
+    if (os.geteuid() if uid is None else uid) == 0:
         return STATE_DIRECTORY / OUTBOX_FILE
-    return Path(OUTBOX_FILE)
+    xdg = environ.get("XDG_STATE_HOME", "")
+    if xdg and Path(xdg).is_absolute():  # a relative one is invalid (the XDG spec): ignored
+        return Path(xdg) / APP_FOLDER / OUTBOX_FILE
+    home = environ.get("HOME") or _home()
+    if not home:  # a user without a home folder: the system's
+        return STATE_DIRECTORY / OUTBOX_FILE
+    return Path(home) / ".local" / "state" / APP_FOLDER / OUTBOX_FILE
+
+
+def _home() -> str | None:
+    """The user's home folder from the password database; None for a user without one."""
+    try:
+        return str(Path.home())
+    except (KeyError, RuntimeError):
+        return None
 
 
 def credentials_folder(given: Path | None, environ: Mapping[str, str],
