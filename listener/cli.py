@@ -299,5 +299,6 @@ def _check_config(args: argparse.Namespace) -> int:
         return EX_CONFIG
     for warning in cfg.warnings:
         print(f"hangup-listener: warning: {warning}", file=sys.stderr)
-    print(f"configuration {'in ' + str(args.config) if args.config else '(defaults)'} is valid")
+    secrets = f" (bare secret file names read from {cfg.credentials})" if cfg.credentials else ""
+    print(f"configuration {'in ' + str(args.config) if args.config else '(defaults)'} is valid{secrets}")
     return EX_OK

@@ -100,6 +100,7 @@ def test_operator_commands_read_the_secrets_from_the_credentials_option(
     creds = str(folder(tmp_path / "creds"))
     capture = Path(__file__).parent / "data" / "fixtures" / "uas_486" / "hangup_complete.plain.txt"
     assert main(["check-config", "--config", str(config), "--credentials", creds]) == 0
+    assert capsys.readouterr().out.endswith(f"is valid (bare secret file names read from {creds})\n")
     assert main(["classify", str(capture), "--config", str(config), "--credentials", creds]) == 0
     assert main(["outbox", "--credentials", creds, "stats", "--config", str(config)]) == 66  # no file yet
     assert "no outbox at" in capsys.readouterr().err
