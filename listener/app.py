@@ -34,7 +34,7 @@ from listener.esl.cdr import CDRSource
 from listener.esl.nodestate import NodeStateFile
 from listener.esl.source import ESLSource
 from listener.outbox.lock import OutboxLock
-from listener.outbox.opening import open_outbox
+from listener.outbox.opening import old_outbox, open_outbox
 from listener.outbox.reader import OutboxReader
 from listener.outbox.store import EndpointStats, with_endpoints
 from listener.outbox.writer import OutboxWriter
@@ -273,12 +273,12 @@ class App:
     def reload(self) -> bool:
         """Re-read and validate the configuration; apply it, or keep the old one and log every problem."""
         try:
-            new = loader.load(self.config.source)
+            new = loader.load(self.config.source, credentials=self.config.credentials)
         except ConfigError as exc:
             self.log.error("config.reload_failed", source=self.config.source, problems=list(exc.problems))
             return False
         if new.log != self.config.log:
-            logs.configure(new.log.level)
+            logs.configure(new.log.level, fmt=new.log.format)
         warn_removed(self.log, new)
         redact = _redactor(new)
         for pipeline in self.pipelines:
@@ -345,6 +345,19 @@ def warn_removed(log: Any, config: Config) -> None:
     for warning in config.warnings:
         key, _, message = warning.partition(": ")
         log.warning("config.key_removed", key=key, reason=message)
+
+
+def warn_old_outbox(log: Any, config: Config, cwd: Path) -> None:
+    """One ``outbox.old_location`` warning when the current folder holds an outbox with pending
+    deliveries that is not the configured one (the default was ./outbox.sqlite3 before 0.2.0)."""
+    found = old_outbox(config.outbox.path, cwd, time.time())
+    if found is None:
+        return
+    old, pending, new = found[0].absolute(), found[1], config.outbox.path
+    log.warning("outbox.old_location", path=str(old), pending=pending, outbox=str(new),
+                action=f"its deliveries are not sent from there: stop the daemon, move {old} (with its -wal "
+                       f"and -shm, if any) to {new} if nothing is there yet, and start it again; or set "
+                       f'[outbox] path = "{old}"')
 
 
 def _wal_gone(path: Path) -> bool:
@@ -418,5 +431,6 @@ def _redactor(config: Config) -> Redactor:
 
 def _restart_required(old: Config, new: Config) -> list[str]:
     """The sections that changed but are only read at start (nodes, esl, health, ...)."""
-    fixed = [f.name for f in dataclasses.fields(Config) if f.name not in (*RELOADED, "source", "warnings")]
+    kept = (*RELOADED, "source", "credentials", "warnings")
+    fixed = [f.name for f in dataclasses.fields(Config) if f.name not in kept]
     return [name for name in fixed if getattr(new, name) != getattr(old, name)]

@@ -26,12 +26,13 @@ class Daemon:
     default outbox folder, where the daemon keeps its state file, is never the current folder.
     """
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None, *, user: int | None = None) -> None:
+    def __init__(self, config: Path, env: dict[str, str] | None = None, *, user: int | None = None,
+                 cwd: Path | None = None) -> None:
         state = {"STATE_DIRECTORY": str(config.parent)}
         environ = {**state, **os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "listener", "run", "--config", str(config)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ, user=user,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ, user=user, cwd=cwd,
         )
         self.output: list[str] = []
 

@@ -23,7 +23,8 @@ def check(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> subpr
 
 
 BROKEN = {
-    "a typo in a section": ("[esl]\nliveness_timout = 30\n", ["esl.liveness_timout: unknown key"]),
+    "a typo in a section": ("[esl]\nliveness_timout = 30\n",
+                            ["esl.liveness_timout: unknown key (did you mean 'liveness_timeout'?)"]),
     "a wrong type and a range": (
         '[[freeswitch]]\nport = "8021"\n[esl]\nliveness_timeout = 0\n',
         ["freeswitch[0].port: must be an integer, got str", "esl.liveness_timeout: must be >= 1, got 0"],

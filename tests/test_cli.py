@@ -168,16 +168,3 @@ def test_run_prints_one_classified_line_per_hangup_and_stops_on_sigterm(tmp_path
         finally:
             daemon.kill()
             daemon.wait()
-
-
-def test_help_lists_only_the_commands_an_operator_runs() -> None:
-    """The removed children's commands are gone, and no hidden command shows as ``==SUPPRESS==``."""
-    result = cli("--help")
-    text = result.stdout.decode()
-    assert result.returncode == 0
-    assert "SUPPRESS" not in text
-    assert "deliver" not in text
-    assert "classify-process" not in text
-    for command in ("run", "classify", "check-config", "outbox"):
-        assert command in text
-    assert cli("deliver", "--report-fd", "1").returncode == 2  # an unknown command now

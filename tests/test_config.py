@@ -31,7 +31,7 @@ def test_no_file_means_freeswitch_stock_settings() -> None:
 def test_the_example_configuration_is_valid(tmp_path: Path) -> None:
     secret = tmp_path / "esl-password"
     secret.write_text("s3cret\n")
-    (tmp_path / "crm-webhook-secret").write_text("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n")
+    (tmp_path / "webhook-crm").write_text("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n")
     environ = {"ESL_PASSWORD_PBX2": "from-env", "CREDENTIALS_DIRECTORY": str(tmp_path)}
     cfg = config.load(EXAMPLE, environ=environ)
     assert [n.name for n in cfg.nodes] == ["pbx1", "pbx2"]
@@ -72,7 +72,7 @@ def test_every_problem_is_reported_at_once_with_its_path(tmp_path: Path) -> None
     )
     assert problems == (
         "freeswitch[0].port: must be <= 65535, got 70000",
-        "freeswitch[0].pasword: unknown key",
+        "freeswitch[0].pasword: unknown key (did you mean 'password'?)",
         "esl.liveness_timeout: must be a number, got str",
         "esl.backoff_max: must be >= backoff_initial",
         "log.level: must be one of debug, info, warning, error, critical; got 'loud'",
@@ -118,3 +118,26 @@ def test_a_file_that_is_not_toml_says_so(tmp_path: Path) -> None:
 def test_a_range_problem_writes_a_large_bound_as_written(tmp_path: Path) -> None:
     (problem,) = problems_of("[esl]\nmax_frame_bytes = 2147483648\n", tmp_path)
     assert problem == "esl.max_frame_bytes: must be <= 1073741824, got 2147483648"
+
+
+def test_the_log_format_is_auto_unless_json_or_console(tmp_path: Path) -> None:
+    assert config.load(None).log.format == "auto"
+    path = tmp_path / "c.toml"
+    path.write_text('[log]\nformat = "console"\n')
+    assert config.load(path, environ={}).log.format == "console"
+    assert config.load(None, environ={"HANGUP_LISTENER_LOG__FORMAT": "json"}).log.format == "json"
+    assert problems_of('[log]\nformat = "pretty"\n', tmp_path) == (
+        "log.format: must be one of auto, json, console; got 'pretty'",)
+
+
+def test_a_misspelt_key_names_the_known_key_it_most_likely_means(tmp_path: Path) -> None:
+    text = ('[esl]\nclassify_proces = true\n[[webhooks]]\nurl = "http://a/"\nsecert = "whsec_x"\n'
+            '[[classification.rules]]\nid = "r"\nstatus = "busy"\nbye_reson = "USER_BUSY"\n')
+    assert problems_of(text, tmp_path) == (
+        "esl.classify_proces: unknown key",  # a removed key is never suggested
+        "classification.rules[0] (id 'r').bye_reson: unknown key (did you mean 'bye_reason'?)",
+        "classification.rules[0] (id 'r').bye_reason: is required",
+        "webhooks[0].secret: is required (secret, secret_file, secret_env, or a list: secrets, secret_files, "
+        "secret_envs)",
+        "webhooks[0].secert: unknown key (did you mean 'secret'?)",
+    )

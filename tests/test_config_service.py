@@ -35,7 +35,7 @@ def test_health_problems_are_named_by_their_path(tmp_path: Path) -> None:
         "health.enabled: must be true or false, got str",
         "health.host: must be an IP address (or localhost), got 'example.com'",
         "health.port: must be <= 65535, got 70000",
-        "health.prot: unknown key",
+        "health.prot: unknown key (did you mean 'port'?)",
     )
 
 

@@ -95,8 +95,10 @@ def test_the_cap_must_be_an_integer_in_range(value: Any, problem: str) -> None:
 
 
 def test_a_typo_near_the_new_keys_is_still_an_unknown_key() -> None:
-    assert problems_of(webhook(variable=["sip_call_id"])) == ("webhooks[0].variable: unknown key",)
-    assert problems_of({"log": {"variables_max_byte": 300}}) == ("log.variables_max_byte: unknown key",)
+    assert problems_of(webhook(variable=["sip_call_id"])) == (
+        "webhooks[0].variable: unknown key (did you mean 'variables'?)",)
+    assert problems_of({"log": {"variables_max_byte": 300}}) == (
+        "log.variables_max_byte: unknown key (did you mean 'variables_max_bytes'?)",)
 
 
 def test_the_environment_sets_the_logs_variables() -> None:

@@ -71,7 +71,8 @@ def test_problems_name_the_variable_and_never_the_value() -> None:
         "$HANGUP_LISTENER_FREESWITCH__2__HOST: freeswitch has no entry 2 (entries: 1)",
         "freeswitch[0].password (from $HANGUP_LISTENER_FREESWITCH__0__PASSWORD): must be a string, got int",
         "esl.queue_size (from $HANGUP_LISTENER_ESL__QUEUE_SIZE__X): must be an integer, got dict",
-        "esl.liveness_timout (from $HANGUP_LISTENER_ESL__LIVENESS_TIMOUT): unknown key",
+        "esl.liveness_timout (from $HANGUP_LISTENER_ESL__LIVENESS_TIMOUT): unknown key"
+        " (did you mean 'liveness_timeout'?)",
         "log.level (from $HANGUP_LISTENER_LOG__LEVEL): must be one of debug, info, warning, error, critical;"
         " got 'loud'",
     )

@@ -67,6 +67,84 @@ def test_debug_level_lets_debug_lines_through() -> None:
     assert json.loads(out.getvalue())["level"] == "debug"
 
 
+def test_a_new_level_reaches_loggers_bound_before_it(stream: io.StringIO) -> None:
+    """A reload's level applies to every logger, also those each node's source, pipeline and endpoint
+    bound at start (``log.bind(node=...)``), which kept the old level before."""
+    logs.configure("warning", stream=stream)
+    bound = structlog.get_logger("listener").bind(node="pbx1")
+    bound.debug("esl.heartbeat_received")
+    bound.info("not at warning")
+    logs.configure("debug", stream=stream)  # the SIGHUP
+    bound.debug("esl.heartbeat_received")
+    bound.bind(endpoint="crm").debug("webhook.delivered")
+    logs.configure("error", stream=stream)
+    bound.warning("not at error")
+    bound.exception("call.handler_failed")
+    assert [(e["event"], e["level"]) for e in entries(stream)] == [
+        ("esl.heartbeat_received", "debug"), ("webhook.delivered", "debug"), ("call.handler_failed", "error")]
+
+
+def test_the_daemons_own_stdlib_loggers_follow_the_level_other_libraries_stay_at_info(
+        stream: io.StringIO) -> None:
+    logs.configure("debug", stream=stream)
+    logging.getLogger("listener.service.metrics").debug("ours")
+    logging.getLogger("greenswitch.esl").debug("theirs")
+    logging.getLogger("greenswitch.esl").log(25, "a custom level")
+    logs.configure("warning", stream=stream)
+    logging.getLogger("listener.service.health").info("ours, below warning")
+    assert [(e["event"], e["level"]) for e in entries(stream)] == [("ours", "debug"),
+                                                                    ("a custom level", "warning")]
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_auto_renders_for_a_person_on_a_terminal_and_json_otherwise() -> None:
+    tty, pipe = Terminal(), io.StringIO()
+    logs.configure("info", stream=tty)
+    structlog.get_logger().info("esl.connected", node="pbx1")
+    logs.configure("info", stream=pipe)
+    structlog.get_logger().info("esl.connected", node="pbx1")
+    structlog.reset_defaults()
+    line = tty.getvalue()
+    assert not line.startswith("{")
+    assert "esl.connected" in line
+    assert "\x1b[" in line  # coloured: a terminal
+    assert json.loads(pipe.getvalue())["node"] == "pbx1"
+
+
+def test_the_format_can_be_forced_and_isatty_injected(stream: io.StringIO) -> None:
+    log = structlog.get_logger().bind(node="pbx1")  # bound before: the format reaches it
+    logs.configure("info", stream=stream, fmt="console")
+    log.info("one")
+    logs.configure("info", stream=stream, fmt="json", isatty=lambda: True)
+    log.info("two")
+    logs.configure("info", stream=stream, fmt="auto", isatty=lambda: True)
+    log.info("three")
+    first, second, third = stream.getvalue().splitlines()
+    assert "one" in first
+    assert "node=pbx1" in first
+    assert "\x1b[" not in first  # forced on a stream that is no terminal: no colours
+    assert json.loads(second)["event"] == "two"
+    assert not third.startswith("{")
+
+
+def test_an_exception_is_a_traceback_in_either_format(stream: io.StringIO) -> None:
+    for fmt in ("console", "json"):
+        logs.configure("info", stream=stream, fmt=fmt)
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            structlog.get_logger().exception("call.handler_failed")
+    console, json_line = stream.getvalue().split("\n{", 1)
+    assert "ValueError: boom" in console
+    assert "ValueError: boom" in json.loads("{" + json_line)["exception"]
+
+
 class Flushes(io.StringIO):
     """A stream that records what had been written at each flush."""
 

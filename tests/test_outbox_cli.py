@@ -41,7 +41,15 @@ def test_stats_shows_pending_dead_and_oldest_age_per_endpoint(config: OutboxConf
     assert lines[1].split() == ["billing", "1", "2", "1.0h"]
     assert lines[2].split() == ["crm", "3", "0", "1.0h"]
     code, out, _ = run(config, "stats", "--json")
-    assert [json.loads(line)["dead"] for line in out.splitlines()] == [2, 0]
+    assert json.loads(out) == {"billing": {"pending": 1, "dead": 2, "oldest_pending_age": 3600.0},
+                               "crm": {"pending": 3, "dead": 0, "oldest_pending_age": 3600.0}}
+    assert len(out.splitlines()) == 1
+
+
+def test_stats_json_of_an_outbox_with_nothing_undelivered_is_an_empty_object(config: OutboxConfig) -> None:
+    run(config, "purge", "--pending", "--all", "--yes")
+    run(config, "purge", "--all")
+    assert run(config, "stats", "--json")[:2] == (0, "{}\n")
 
 
 def test_list_filters_by_state_endpoint_and_id(config: OutboxConfig) -> None:
@@ -50,7 +58,16 @@ def test_list_filters_by_state_endpoint_and_id(config: OutboxConfig) -> None:
     assert [(r["id"], r["endpoint"], r["last_error"]) for r in rows] == [
         ("e0", "billing", "gone (410)"), ("e1", "billing", "gone (410)")]
     _, out, _ = run(config, "list", "--endpoint", "crm", "--id", "e2")
-    assert out.split()[:3] == ["e2", "crm", "pending"]
+    header, row = out.splitlines()
+    assert header.split() == ["id", "endpoint", "state", "attempts", "created", "next_attempt", "delivered",
+                              "last_error"]
+    created = "1970-01-01T00:16:40+00:00"
+    assert row.split() == ["e2", "crm", "pending", "0", created, created, "-", "-"]
+    assert header.index("endpoint") == row.index("crm")  # the columns line up
+
+
+def test_list_says_when_nothing_matches(config: OutboxConfig) -> None:
+    assert run(config, "list", "--endpoint", "nobody")[1].splitlines()[1:] == ["(no deliveries match)"]
 
 
 def test_retry_by_id_then_all(config: OutboxConfig) -> None:

@@ -89,7 +89,7 @@ def test_sighup_reloads_rules_keeps_connections_and_keeps_the_old_config_when_th
             daemon.send(signal.SIGHUP)
             assert daemon.expect("config.reload_failed")["problems"] == [
                 "log.level: must be one of debug, info, warning, error, critical; got 'loud'",
-                "log.levle: unknown key",
+                "log.levle: unknown key (did you mean 'level'?)",
             ]
             session.send(BUSY)
             assert statuses(daemon) == ["declined", "declined"]

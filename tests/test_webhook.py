@@ -139,7 +139,7 @@ def test_every_problem_is_reported_with_its_path_and_never_the_secret() -> None:
     assert any(p.startswith("webhooks[0].legs: must be among a, b") for p in problems)
     assert any(p.startswith("webhooks[0].statuses: must be among ended, declined") for p in problems)
     assert any(p.startswith("webhooks[0].timeout: must be > 0") for p in problems)
-    assert "webhooks[0].tiemout: unknown key" in problems
+    assert "webhooks[0].tiemout: unknown key (did you mean 'timeout'?)" in problems
     assert "webhooks[1].secret: must decode to 24..64 bytes, got 3" in problems
     assert ("webhooks[2].secret: is required (secret, secret_file, secret_env, or a list: secrets, "
             "secret_files, secret_envs)") in problems

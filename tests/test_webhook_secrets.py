@@ -54,9 +54,11 @@ def test_neither_the_request_nor_the_config_shows_any_secret_or_signature() -> N
 
 # -- configuration ---------------------------------------------------------------------------
 
-def read(hook: dict[str, Any], environ: dict[str, str] | None = None) -> tuple[Any, list[str]]:
+def read(hook: dict[str, Any], environ: dict[str, str] | None = None,
+         credentials: Path | None = None) -> tuple[Any, list[str]]:
     problems = Problems()
-    reader = TableReader({"webhooks": [{"url": "http://a/", **hook}]}, "", problems, environ or {})
+    hooks = {"webhooks": [{"url": "http://a/", **hook}]}
+    reader = TableReader(hooks, "", problems, environ or {}, credentials)
     return parse_webhooks(reader), problems.items
 
 
@@ -76,7 +78,7 @@ def test_secret_files_read_one_secret_each_bare_names_from_the_credentials_direc
     (tmp_path / "old.secret").write_text(OLD + "\n")
     (tmp_path / "new.secret").write_text(NEW + "\n")
     (config,), problems = read({"secret_files": [str(tmp_path / "new.secret"), "old.secret"]},
-                               {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+                               credentials=tmp_path)
     assert problems == []
     assert config.keys == (NEW_KEY, OLD_KEY)
 

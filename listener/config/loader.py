@@ -20,8 +20,10 @@ from listener.config.classification import parse_classification
 from listener.config.environ import Overrides
 from listener.config.reader import Problems, TableReader
 from listener.config.settings import (
+    CREDENTIALS_FOLDER,
     EVENT_FORMATS,
     LEVELS,
+    LOG_FORMATS,
     MASK_MODES,
     CallsConfig,
     Config,
@@ -30,6 +32,7 @@ from listener.config.settings import (
     LogConfig,
     Node,
     PrivacyConfig,
+    credentials_folder,
 )
 from listener.config.variables import parse_selection, parse_variables
 from listener.config.webhooks import parse_outbox, parse_webhooks
@@ -95,9 +98,10 @@ def _esl(reader: TableReader) -> ESLSettings:
 
 def _log(reader: TableReader) -> LogConfig:
     level = reader.string("level", "info", choices=LEVELS)
+    fmt = reader.string("format", "auto", choices=LOG_FORMATS)
     variables, max_bytes = parse_variables(reader)
     reader.reject_unknown()
-    return LogConfig(level=level, variables=variables, variables_max_bytes=max_bytes)
+    return LogConfig(level=level, variables=variables, variables_max_bytes=max_bytes, format=fmt)
 
 
 def _health(reader: TableReader) -> HealthConfig:
@@ -135,11 +139,13 @@ def _calls(reader: TableReader) -> CallsConfig:
 
 
 def from_mapping(
-    data: Mapping[str, Any], *, source: str | None = None, environ: Mapping[str, str] | None = None
+    data: Mapping[str, Any], *, source: str | None = None, environ: Mapping[str, str] | None = None,
+    credentials: Path | None = None,
 ) -> Config:
-    """Validate a parsed TOML document; raises ConfigError listing every problem."""
+    """Validate a parsed TOML document (bare secret file names read from ``credentials``); raises
+    ConfigError listing every problem."""
     problems = Problems()
-    root = TableReader(data, "", problems, environ)
+    root = TableReader(data, "", problems, environ, credentials)
     config = Config(
         nodes=_nodes(root),
         esl=_esl(root.table_at("esl")),
@@ -151,6 +157,7 @@ def from_mapping(
         privacy=_privacy(root.table_at("privacy")),
         calls=_calls(root.table_at("calls")),
         source=source,
+        credentials=credentials,
     )
     root.reject_unknown()
     if problems:
@@ -158,13 +165,22 @@ def from_mapping(
     return dataclasses.replace(config, warnings=tuple(problems.warnings)) if problems.warnings else config
 
 
-def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Config:
-    """Read a TOML file (None: the defaults), apply ``HANGUP_LISTENER_*`` variables, validate."""
+def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None, *,
+         credentials: Path | None = None, credentials_default: Path = CREDENTIALS_FOLDER) -> Config:
+    """Read a TOML file (None: the defaults), apply ``HANGUP_LISTENER_*`` variables, validate.
+
+    Bare secret file names are read from ``credentials`` (``--credentials``), else from the folder
+    ``settings.credentials_folder`` finds (``credentials_default``: /etc/hangup-listener/credentials).
+    """
+    env = os.environ if environ is None else environ
+    if credentials is not None and not credentials.is_dir():
+        raise ConfigError([f"credentials folder {credentials}: not a folder (--credentials)"])
+    folder = credentials_folder(credentials, env, credentials_default)
     data = {} if path is None else _read(Path(path))
-    overrides = Overrides(data, os.environ if environ is None else environ)
+    overrides = Overrides(data, env)
     source = None if path is None else str(Path(path))
     try:
-        config = from_mapping(overrides.data, source=source, environ=environ)
+        config = from_mapping(overrides.data, source=source, environ=environ, credentials=folder)
     except ConfigError as exc:
         raise ConfigError([*overrides.problems, *overrides.annotate(exc.problems)]) from None
     if overrides.problems:

@@ -12,10 +12,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from listener.core.errors import unknown_key
+
 T = TypeVar("T")
 
 REMOVED = "removed in 0.2.0 (the daemon runs as one process) and ignored; delete it from the configuration"
 """The warning for a key of the two child processes that were removed, accepted for one release."""
+
+NO_CREDENTIALS = (" (a bare name is read from the credentials folder: --credentials, else"
+                  " $CREDENTIALS_DIRECTORY, else /etc/hangup-listener/credentials; there is none)")
+"""Said of a bare ``*_file`` name that was not found while no credentials folder is known."""
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
 
@@ -52,12 +58,16 @@ class TableReader:
         path: str,
         problems: Problems,
         environ: Mapping[str, str] | None = None,
+        credentials: Path | None = None,
     ) -> None:
         self.table = table
         self.path = path
         self.problems = problems
         self.environ = os.environ if environ is None else environ
+        self.credentials = credentials
+        """The folder a bare ``*_file`` name is read from (``settings.credentials_folder``)."""
         self._seen: set[str] = set()
+        self._removed: set[str] = set()
 
     def key_path(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
@@ -128,7 +138,7 @@ class TableReader:
     def table_at(self, key: str) -> TableReader:
         """A sub-table (an empty one where the key is absent or not a table)."""
         raw = self.value(key, dict, {})
-        return TableReader(raw, self.key_path(key), self.problems, self.environ)
+        return TableReader(raw, self.key_path(key), self.problems, self.environ, self.credentials)
 
     def tables(self, key: str) -> list[TableReader]:
         """An array of tables (``[[key]]``)."""
@@ -139,14 +149,15 @@ class TableReader:
             if not isinstance(item, dict):
                 self.problems.add(path, "must be a table")
                 continue
-            readers.append(TableReader(item, path, self.problems, self.environ))
+            readers.append(TableReader(item, path, self.problems, self.environ, self.credentials))
         return readers
 
     def secret(self, key: str, default: str | None = None) -> str | None:
         """A secret from ``key``, ``key_file`` (a path) or ``key_env`` (a variable name); at most one.
 
-        A ``key_file`` that is a bare name is looked up in ``$CREDENTIALS_DIRECTORY`` (systemd's
-        ``LoadCredential=``) when that is set. Problems never include the secret itself.
+        A ``key_file`` that is a bare name is read from the credentials folder (``--credentials``,
+        else ``$CREDENTIALS_DIRECTORY``, where systemd's ``LoadCredential=`` puts it, else
+        /etc/hangup-listener/credentials). Problems never include the secret itself.
         """
         given = [name for name in (key, f"{key}_file", f"{key}_env") if self.has(name)]
         if len(given) > 1:
@@ -209,14 +220,14 @@ class TableReader:
         return value
 
     def _secret_from_file(self, name: str, raw: str, default: str | None) -> str | None:
-        path = Path(raw)
-        creds = self.environ.get("CREDENTIALS_DIRECTORY")
-        if creds and not path.is_absolute() and "/" not in raw:
-            path = Path(creds) / raw
+        path, bare = Path(raw), "/" not in raw
+        if bare and self.credentials is not None:
+            path = self.credentials / raw
         try:
             value = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            self.problem(name, f"cannot read {path}: {exc.strerror or exc}")
+            hint = NO_CREDENTIALS if bare and self.credentials is None else ""
+            self.problem(name, f"cannot read {path}: {exc.strerror or exc}{hint}")
             return default
         if not value:
             self.problem(name, f"{path} is empty")
@@ -225,11 +236,14 @@ class TableReader:
 
     def removed(self, key: str, message: str = REMOVED) -> None:
         """A key this release no longer uses: accepted whatever its value, with a warning."""
+        self._removed.add(key)
         if self.has(key):
             self.problems.warn(self.key_path(key), message)
 
     def reject_unknown(self) -> None:
-        """Report every key of this table that no one asked for (typos are caught)."""
+        """Report every key of this table that no one asked for, with the known key it most likely
+        misspells (a removed key is never suggested)."""
+        known = self._seen - self._removed
         for key in self.table:
             if key not in self._seen:
-                self.problem(key, "unknown key")
+                self.problem(key, unknown_key(key, known))

@@ -20,6 +20,7 @@ from listener.core.retry import RetrySchedule
 from listener.core.variables import DEFAULT_MAX_BYTES, NO_VARIABLES, NUMBER_VARIABLES, Selection
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("auto", "json", "console")
 MASK_MODES = ("none", "mask", "hash")
 DEFAULT_EVENTS = ("CHANNEL_HANGUP_COMPLETE", "HEARTBEAT")
 EVENT_FORMATS = ("json", "plain")
@@ -28,6 +29,9 @@ DIRECTIONS = ("inbound", "outbound")
 SYNCHRONOUS = ("full", "normal")
 STATE_DIRECTORY = Path("/var/lib/hangup-listener")
 OUTBOX_FILE = "outbox.sqlite3"
+APP_FOLDER = "hangup-listener"
+CREDENTIALS_FOLDER = Path("/etc/hangup-listener/credentials")
+"""Where the operator keeps the secrets: the files the unit's ``LoadCredential=`` lines read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +115,14 @@ class OutboxConfig:
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
-    """The log level, and the channel variables the ``leg.classified`` and ``call.completed`` lines
-    carry (capped as an endpoint's)."""
+    """The log level and format, and the channel variables the ``leg.classified`` and
+    ``call.completed`` lines carry (capped as an endpoint's)."""
 
     level: str = "info"
     variables: Selection = NO_VARIABLES
     variables_max_bytes: int = DEFAULT_MAX_BYTES
+    format: str = "auto"
+    """``json``, ``console`` (structlog's columns, for a person), or ``auto``: console on a terminal."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,14 +144,47 @@ class PrivacyConfig:
     """Channel variables masked like the numbers (the operator's list replaces the default)."""
 
 
-def default_outbox_path(environ: Mapping[str, str]) -> Path:
-    """``$STATE_DIRECTORY`` (systemd), else /var/lib/hangup-listener if it exists, else the current folder."""
+def default_outbox_path(environ: Mapping[str, str], uid: int | None = None) -> Path:
+    """Where the outbox is when ``[outbox] path`` is not set; never the current folder (it moved with
+    whatever folder the daemon happened to be started from):
+
+    ``$STATE_DIRECTORY`` (systemd's ``StateDirectory=``), else /var/lib/hangup-listener for root
+    (``uid``: the effective user's), else the user's XDG state folder: ``$XDG_STATE_HOME/hangup-listener``,
+    by default ``~/.local/state/hangup-listener``.
+    """
     state = environ.get("STATE_DIRECTORY", "").split(":")[0]
     if state:
         return Path(state) / OUTBOX_FILE
-    if STATE_DIRECTORY.is_dir():
+    if (os.geteuid() if uid is None else uid) == 0:
         return STATE_DIRECTORY / OUTBOX_FILE
-    return Path(OUTBOX_FILE)
+    xdg = environ.get("XDG_STATE_HOME", "")
+    if xdg and Path(xdg).is_absolute():  # a relative one is invalid (the XDG spec): ignored
+        return Path(xdg) / APP_FOLDER / OUTBOX_FILE
+    home = environ.get("HOME") or _home()
+    if not home:  # a user without a home folder: the system's
+        return STATE_DIRECTORY / OUTBOX_FILE
+    return Path(home) / ".local" / "state" / APP_FOLDER / OUTBOX_FILE
+
+
+def _home() -> str | None:
+    """The user's home folder from the password database; None for a user without one."""
+    try:
+        return str(Path.home())
+    except (KeyError, RuntimeError):
+        return None
+
+
+def credentials_folder(given: Path | None, environ: Mapping[str, str],
+                       default: Path = CREDENTIALS_FOLDER) -> Path | None:
+    """The folder a bare ``password_file``/``secret_file`` name is read from: ``given``
+    (``--credentials``), else ``$CREDENTIALS_DIRECTORY`` (the service's, systemd's
+    ``LoadCredential=``), else ``default`` where it exists (what an operator's command finds); None
+    when there is none (a bare name is then relative to the current folder)."""
+    if given is not None:
+        return given
+    if folder := environ.get("CREDENTIALS_DIRECTORY"):
+        return Path(folder)
+    return default if default.is_dir() else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,5 +210,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     calls: CallsConfig = field(default_factory=CallsConfig)
     source: str | None = None
+    credentials: Path | None = None
+    """The credentials folder the secrets were read from; a reload reads from it again."""
     warnings: tuple[str, ...] = field(default=(), compare=False)
     """What the loader accepted but wants the operator to know (a removed key, ignored)."""

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, get_args
 
+from listener.core.errors import unknown_key
 from listener.core.facts import HangupBy
 from listener.core.rules import Condition, Report, RuleContext, compile_when, holds_all, rule_path
 from listener.core.subject import Subject
@@ -70,7 +71,7 @@ def compile_hangup_by_rule(raw: Mapping[str, Any], path: str, ctx: RuleContext,
         report(where, message)
 
     for key in sorted(set(raw) - KEYS):
-        note(f"{path}.{key}", "unknown key")
+        note(f"{path}.{key}", unknown_key(key, KEYS))
     rule_id, target, why = raw.get("id"), raw.get("hangup_by"), raw.get("why", "")
     if not isinstance(rule_id, str) or not rule_id.strip():
         note(f"{path}.id", "must be a non-empty string")

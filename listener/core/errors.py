@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,6 +17,13 @@ class ConfigError(ListenerError):
     def __init__(self, problems: Iterable[str]) -> None:
         self.problems: tuple[str, ...] = tuple(problems)
         super().__init__("; ".join(self.problems) or "invalid configuration")
+
+
+def unknown_key(key: str, known: Iterable[str]) -> str:
+    """The problem of a key no one asked for, with the known key it most likely misspells:
+    ``unknown key (did you mean 'secret'?)``."""
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
 
 
 class FrameError(ListenerError):

@@ -19,12 +19,15 @@ EX_NOINPUT: Final = 66
 EX_SOFTWARE: Final = 70
 """A bug: an exception nobody expected."""
 EX_IOERR: Final = 74
-"""The outbox cannot clear by itself: corrupt, read-only, not a database, a foreign ``-wal``."""
+"""The outbox cannot clear by itself: corrupt, read-only, not a database, a foreign ``-wal``; a
+command's stdout closed by its reader (``| head``)."""
 EX_TEMPFAIL: Final = 75
 """Another process holds the outbox lock or the health port (or the outbox stayed locked at start);
 ``webhook test``: the receiver could not be reached or answered 5xx or 429."""
 EX_CONFIG: Final = 78
-"""The configuration is invalid."""
+"""The configuration is invalid or cannot be read (its file, a secret's file, ``--credentials``)."""
+EX_INTERRUPTED: Final = 130
+"""A command stopped by Ctrl-C (SIGINT) before ``run`` handles it: the shell's 128 + 2, not sysexits'."""
 
 NO_RESTART: Final = (EX_IOERR, EX_TEMPFAIL, EX_CONFIG)
 """What the unit's ``RestartPreventExitStatus=`` lists."""

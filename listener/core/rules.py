@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from listener.core.errors import unknown_key
 from listener.core.patterns import Pattern, PatternError, compile_pattern
 from listener.core.spec import Spec
 from listener.core.subject import (
@@ -185,7 +186,7 @@ def compile_rule(raw: Mapping[str, Any], path: str, ctx: RuleContext, report: Re
     """Compile one raw rule table; None (with problems reported) when it is invalid."""
     ok = True
     for key in sorted(set(raw) - RULE_KEYS):
-        report(f"{path}.{key}", "unknown key")
+        report(f"{path}.{key}", unknown_key(key, RULE_KEYS))
         ok = False
     rule_id = raw.get("id")
     if not isinstance(rule_id, str) or not rule_id.strip():

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -20,8 +20,14 @@ from listener.core.errors import OutboxError
 from listener.core.exits import EX_IOERR, EX_NOINPUT, EX_OK, EX_TEMPFAIL, EX_USAGE
 from listener.outbox.store import DEAD, DELIVERED, PENDING, Outbox, RejectedFrame
 
+PREFIX = "hangup-listener: "
+"""What every line on stderr begins with, as the other commands' do."""
 ALL = "all"
 """``list --state all``: every undelivered row, pending and dead (delivered ones are listed on their own)."""
+
+
+def _no_options() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(add_help=False)
 
 
 def failed(exc: OutboxError) -> int:
@@ -29,14 +35,21 @@ def failed(exc: OutboxError) -> int:
     return EX_TEMPFAIL if exc.transient else EX_IOERR
 
 
-def add_outbox_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``outbox`` and its sub-commands to the CLI's ``subparsers``."""
+def add_outbox_parser(subparsers: Any, common: Callable[[], argparse.ArgumentParser] = _no_options
+                      ) -> argparse.ArgumentParser:
+    """Add ``outbox`` and its sub-commands to the CLI's ``subparsers``; each takes ``common()``'s
+    options (``--config``), before or after the sub-command."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "outbox", help="inspect and repair the webhook outbox")
+        "outbox", parents=[common()], help="inspect and repair the webhook outbox")
     commands = parser.add_subparsers(dest="outbox_command", required=True, metavar="COMMAND")
-    stats = commands.add_parser("stats", help="pending, dead and oldest pending age per endpoint")
+
+    def add(name: str, **kw: Any) -> argparse.ArgumentParser:
+        made: argparse.ArgumentParser = commands.add_parser(name, parents=[common()], **kw)
+        return made
+
+    stats = add("stats", help="pending, dead and oldest pending age per endpoint")
     stats.add_argument("--json", action="store_true", help="one JSON object per endpoint")
-    listing = commands.add_parser("list", help="list deliveries, oldest first")
+    listing = add("list", help="list deliveries, oldest first")
     listing.add_argument("--state", choices=(PENDING, DEAD, DELIVERED, ALL), default=ALL,
                          help="only this state (all, the default: pending and dead; delivered: those kept"
                               " for resend)")
@@ -46,10 +59,10 @@ def add_outbox_parser(subparsers: Any) -> argparse.ArgumentParser:
     listing.add_argument("--rejected", action="store_true",
                          help="list the frames that held no usable event instead, newest first;"
                               " with --id, print their bodies as received")
-    retry = commands.add_parser("retry", help="make dead deliveries pending again, due now")
+    retry = add("retry", help="make dead deliveries pending again, due now")
     _add_selectors(retry)
     retry.add_argument("--all", action="store_true", help="every dead delivery")
-    resend = commands.add_parser(
+    resend = add(
         "resend", help="deliver delivered messages again (kept for [outbox] keep_delivered_hours), due now")
     _add_selectors(resend)
     resend.add_argument("--since", metavar="ISO",
@@ -57,7 +70,7 @@ def add_outbox_parser(subparsers: Any) -> argparse.ArgumentParser:
     resend.add_argument("--until", metavar="ISO", help="only those delivered before this time")
     resend.add_argument("--all", action="store_true", help="every delivered message kept (needs --yes)")
     resend.add_argument("--yes", action="store_true", help="needed with --all")
-    purge = commands.add_parser("purge", help="delete deliveries for good (dead ones unless --pending)")
+    purge = add("purge", help="delete deliveries for good (dead ones unless --pending)")
     _add_selectors(purge)
     purge.add_argument("--all", action="store_true", help="every matching delivery")
     purge.add_argument("--pending", action="store_true", help="purge pending deliveries instead of dead ones")
@@ -110,7 +123,7 @@ def run_outbox_command(args: argparse.Namespace, outbox_config: OutboxConfig, *,
     if command == "list" and args.rejected:
         return _run_rejected(args, outbox_config, out, err)
     if (problem := _instants(args) or _usage(args)) is not None:
-        print(problem, file=err)
+        print(f"{PREFIX}{problem}", file=err)
         return EX_USAGE
     run = _COMMANDS[command]
     return _on_outbox(outbox_config, command, err, lambda outbox: run(outbox, args, out, err, now()))
@@ -118,9 +131,13 @@ def run_outbox_command(args: argparse.Namespace, outbox_config: OutboxConfig, *,
 
 def _on_outbox(outbox_config: OutboxConfig, command: str, err: TextIO, work: Callable[[Outbox], None]) -> int:
     """Open the configured outbox (never creating one), do ``work`` on it, close it: the exit code."""
-    if not outbox_config.path.exists():
-        print(f"no outbox at {outbox_config.path}", file=err)
+    path = outbox_config.path
+    if not path.exists():
+        print(f"{PREFIX}no outbox at {path}", file=err)
         return EX_NOINPUT
+    if not path.is_file():
+        print(f"{PREFIX}outbox {command}: {path} is not a file ([outbox] path names the file)", file=err)
+        return EX_IOERR
     try:
         outbox = Outbox.open(outbox_config.path, synchronous=outbox_config.synchronous)
         try:
@@ -128,16 +145,16 @@ def _on_outbox(outbox_config: OutboxConfig, command: str, err: TextIO, work: Cal
         finally:
             outbox.close()
     except OutboxError as exc:
-        print(f"outbox {command} failed: {exc}", file=err)
+        print(f"{PREFIX}outbox {command} failed: {exc}", file=err)
         return failed(exc)
     return EX_OK
 
 
 def _stats(outbox: Outbox, args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> None:
     stats = outbox.stats(now)
-    if args.json:
-        for s in stats:
-            print(json.dumps(asdict(s)), file=out)
+    if args.json:  # one object keyed by endpoint: {} when the outbox holds nothing undelivered
+        by_endpoint = {s.endpoint: {k: v for k, v in asdict(s).items() if k != "endpoint"} for s in stats}
+        print(json.dumps(by_endpoint), file=out)
         return
     print(f"{'endpoint':40} {'pending':>9} {'dead':>9} {'oldest pending':>15}", file=out)
     for s in stats:
@@ -157,14 +174,33 @@ def _age(seconds: float | None) -> str:
 
 def _list(outbox: Outbox, args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> None:
     state = None if args.state == ALL else args.state
-    for row in outbox.list(state=state, endpoint=args.endpoint, event_ids=args.ids, limit=args.limit):
-        fields = {"id": row.event_id, "endpoint": row.endpoint, "state": row.state, "attempts": row.attempts,
-                  "created": _when(row.created_at),
-                  "next_attempt": _when(row.next_at) if row.state == PENDING else None,
-                  "delivered": _when(row.delivered_at) if row.delivered_at is not None else None,
-                  "last_error": row.last_error}
-        text = "  ".join(str(v) for v in fields.values() if v is not None)
-        print(json.dumps(fields) if args.json else text, file=out)
+    rows = [{"id": row.event_id, "endpoint": row.endpoint, "state": row.state, "attempts": row.attempts,
+             "created": _when(row.created_at),
+             "next_attempt": _when(row.next_at) if row.state == PENDING else None,
+             "delivered": _when(row.delivered_at) if row.delivered_at is not None else None,
+             "last_error": row.last_error}
+            for row in outbox.list(state=state, endpoint=args.endpoint, event_ids=args.ids, limit=args.limit)]
+    if args.json:
+        for fields in rows:
+            print(json.dumps(fields), file=out)
+    else:
+        _table(LIST_COLUMNS, rows, out, empty="(no deliveries match)")
+
+
+LIST_COLUMNS = ("id", "endpoint", "state", "attempts", "created", "next_attempt", "delivered", "last_error")
+REJECTED_COLUMNS = ("id", "received_at", "node", "content_type", "size", "reason")
+
+
+def _table(columns: Sequence[str], rows: Sequence[dict[str, Any]], out: TextIO, *, empty: str) -> None:
+    """A header row, then each row, every column as wide as its widest value ("-" for none or empty);
+    ``empty`` under the header when there is no row."""
+    cells = [[("-" if row[c] in (None, "") else str(row[c])) for c in columns] for row in rows]
+    widths = [max(len(text) for text in column) for column in zip(columns, *cells, strict=True)]
+    for line in ([*columns], *cells):
+        padded = (text.ljust(width) for text, width in zip(line, widths, strict=True))
+        print("  ".join(padded).rstrip(), file=out)
+    if not rows:
+        print(empty, file=out)
 
 
 def _when(epoch: float) -> str:
@@ -199,7 +235,8 @@ def _purge(outbox: Outbox, args: argparse.Namespace, out: TextIO, err: TextIO, n
 def _run_rejected(args: argparse.Namespace, outbox_config: OutboxConfig, out: TextIO, err: TextIO) -> int:
     """``outbox list --rejected``: the kept frames that held no usable event; with ``--id``, their bodies."""
     if args.endpoint or args.state != ALL:
-        print("outbox list --rejected: --state and --endpoint select deliveries, not frames", file=err)
+        print(f"{PREFIX}outbox list --rejected: --state and --endpoint select deliveries, not frames",
+              file=err)
         return EX_USAGE
     rows: list[RejectedFrame] = []
 
@@ -209,23 +246,29 @@ def _run_rejected(args: argparse.Namespace, outbox_config: OutboxConfig, out: Te
     code = _on_outbox(outbox_config, "list", err, read)
     if code != EX_OK:
         return code
+    if not args.ids and not args.json:
+        _table(REJECTED_COLUMNS, [_rejected_fields(row) for row in rows], out, empty="(no rejected frames)")
     for row in rows:
         _print_rejected(row, args, out)
     missing = [i for i in args.ids if i not in {row.id for row in rows}]
     for event_id in missing:
-        print(f"no rejected frame {event_id}", file=err)
+        print(f"{PREFIX}no rejected frame {event_id}", file=err)
     return EX_NOINPUT if missing else EX_OK
 
 
+def _rejected_fields(row: RejectedFrame) -> dict[str, Any]:
+    return {"id": row.id, "received_at": _when(row.received_at), "node": row.node,
+            "content_type": row.content_type, "size": row.size, "reason": row.reason}
+
+
 def _print_rejected(row: RejectedFrame, args: argparse.Namespace, out: TextIO) -> None:
-    """One rejected frame: a line (or JSON object) about it; its body exactly as received with ``--id``."""
-    fields = {"id": row.id, "received_at": _when(row.received_at), "node": row.node,
-              "content_type": row.content_type, "size": row.size, "reason": row.reason}
+    """One rejected frame as a JSON object, or its body exactly as received (``--id``); the table of
+    them is printed whole before."""
     if args.json:
         body = {"body": row.body.decode("utf-8", "replace")} if args.ids else {}
-        print(json.dumps({**fields, **body}), file=out)
+        print(json.dumps({**_rejected_fields(row), **body}), file=out)
     elif not args.ids:
-        print("  ".join(str(v) for v in fields.values()), file=out)
+        return
     elif (raw := getattr(out, "buffer", None)) is not None:
         out.flush()
         raw.write(row.body)

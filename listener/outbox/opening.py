@@ -23,7 +23,7 @@ import gevent
 import gevent.event
 import gevent.threadpool
 
-from listener.config.settings import OutboxConfig, WebhookConfig
+from listener.config.settings import OUTBOX_FILE, OutboxConfig, WebhookConfig
 from listener.core.errors import OutboxError
 from listener.core.retry import reconnect_delay
 from listener.outbox.lock import OutboxLock, foreign_wal
@@ -125,3 +125,21 @@ def _size(path: Any) -> int | None:
         return int(path.stat().st_size)
     except OSError:
         return None
+
+
+def old_outbox(configured: Path, cwd: Path, now: float) -> tuple[Path, int] | None:
+    """An ``outbox.sqlite3`` in ``cwd`` (the default folder before 0.2.0) that is not the ``configured``
+    outbox and holds pending deliveries: its path and how many. Read only, without leaving a file."""
+    old = cwd / OUTBOX_FILE
+    try:
+        if not old.is_file() or (configured.exists() and old.samefile(configured)):
+            return None
+        wal = old.with_name(old.name + "-wal").exists()  # none: nothing writes it, read it as it is
+        outbox = Outbox.open_readonly(old, immutable=not wal)
+        try:
+            pending = sum(s.pending for s in outbox.stats(now))
+        finally:
+            outbox.close()
+    except (OSError, OutboxError):  # not ours, unreadable: nothing to say about it
+        return None
+    return (old, pending) if pending else None

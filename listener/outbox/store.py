@@ -41,6 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from listener.core.errors import OutboxError
 from listener.core.rejection import Rejection
@@ -340,12 +341,15 @@ class Outbox:
         return not busy
 
     @classmethod
-    def open_readonly(cls, path: Path) -> Outbox:
+    def open_readonly(cls, path: Path, *, immutable: bool = False) -> Outbox:
         """A second, read-only connection to an outbox the daemon has open: for work that must not
-        wait behind commits (statistics, an integrity check). Never creates or migrates anything."""
+        wait behind commits (statistics, an integrity check). Never creates or migrates anything.
+
+        ``immutable``: a file no one writes (no ``-wal`` beside it): read without locks, so not even
+        its ``-shm`` and ``-wal`` are created."""
+        uri = f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else "")
         try:
-            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
-                                 check_same_thread=False)
+            db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA query_only=ON")
         except sqlite3.Error as exc:
             raise _error(exc, f"read-only open of {path}") from exc

@@ -34,7 +34,6 @@ Its invariants:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -48,9 +47,10 @@ from typing import Any, Literal, Protocol, TextIO
 import gevent
 import gevent.event
 import gevent.threadpool
-import orjson
 import structlog
 from gevent import monkey
+
+from listener.service.render import Renderer
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 CAPACITY = 4 << 20
@@ -68,23 +68,12 @@ _thread_id: Callable[[], int] = monkey.get_original("_thread", "get_ident")
 _select: Callable[..., Any] = monkey.get_original("select", "select")
 
 
-def dumps(event: dict[str, Any], **kw: Any) -> str:
-    """One log line's JSON: orjson (several times faster for a call's document), the stdlib as fallback.
-
-    The fallback takes what orjson refuses (integers over 64 bits, non-string keys).
-    """
-    default = kw.get("default")
-    try:
-        return orjson.dumps(event, default=default).decode()
-    except TypeError:
-        return json.dumps(event, default=default)
-
-
 class Output(Protocol):
     """Where rendered lines go: ``HeldStream`` (a stream, synchronously) or ``BoundedOutput``."""
 
     def line(self, text: str) -> None: ...
     def held(self) -> AbstractContextManager[None]: ...
+    def isatty(self) -> bool: ...
 
 
 class HeldStream:
@@ -102,6 +91,12 @@ class HeldStream:
         self.stream.write(text + "\n")
         if not self._holding:
             self.stream.flush()
+
+    def isatty(self) -> bool:
+        try:
+            return bool(self.stream.isatty())
+        except (AttributeError, ValueError):  # no such method; closed
+            return False
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -156,6 +151,9 @@ class BoundedOutput:
         self._writer = gevent.spawn(self._drain)
 
     # -- the callers' side --------------------------------------------------------------------
+    def isatty(self) -> bool:
+        return os.isatty(self.fd)
+
     def line(self, text: str) -> None:
         if self._holding:
             self._pending.append(text)
@@ -341,13 +339,16 @@ def dropped_total() -> int:
     return _buffered.dropped_total if _buffered is not None else 0
 
 
+_renderer = Renderer()
+"""The last step of every logger's chain, switched in place by ``configure`` (``[log] format``)."""
+
+
 def _processors() -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.format_exc_info,
-        structlog.processors.JSONRenderer(serializer=dumps),
+        _renderer,
     ]
 
 
@@ -368,6 +369,59 @@ class LineLogger:
     fatal = failure = err = error = critical = exception = msg
 
 
+_level = logging.INFO
+"""The level every logger filters by, read at each call: a reload (``configure``) reaches loggers bound
+before it."""
+_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error",
+          logging.CRITICAL: "critical"}
+
+
+def _name(level: int) -> str:
+    """The method name of a custom stdlib level (a library's): the next standard level's."""
+    return next((name for number, name in sorted(_NAMES.items()) if number >= level), "critical")
+
+
+class LevelLogger(structlog.BoundLoggerBase):
+    """structlog's bound logger, filtering by the process's current level (``_level``) at each call.
+
+    ``make_filtering_bound_logger`` bakes the level into the class it makes: a logger bound before a
+    reload (each node's source and pipeline, each webhook endpoint: ``log.bind(node=...)``) kept the
+    level of the start, and a SIGHUP to debug never showed their debug lines.
+    """
+
+    def _emit(self, level: int, event: str, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+        if level < _level:
+            return None
+        return self._proxy_to_logger(_NAMES.get(level) or _name(level), event % args if args else event, **kw)
+
+    def debug(self, event: str, *args: Any, **kw: Any) -> Any:
+        return self._emit(logging.DEBUG, event, args, kw)
+
+    def info(self, event: str, *args: Any, **kw: Any) -> Any:
+        return self._emit(logging.INFO, event, args, kw)
+
+    def warning(self, event: str, *args: Any, **kw: Any) -> Any:
+        return self._emit(logging.WARNING, event, args, kw)
+
+    warn = warning
+
+    def error(self, event: str, *args: Any, **kw: Any) -> Any:
+        return self._emit(logging.ERROR, event, args, kw)
+
+    def exception(self, event: str, *args: Any, **kw: Any) -> Any:
+        kw.setdefault("exc_info", True)
+        return self._emit(logging.ERROR, event, args, kw)
+
+    def critical(self, event: str, *args: Any, **kw: Any) -> Any:
+        return self._emit(logging.CRITICAL, event, args, kw)
+
+    fatal = critical
+
+    def log(self, level: int, event: str, *args: Any, **kw: Any) -> Any:
+        """At a stdlib level number (a library's record's): a custom one takes the next standard name."""
+        return self._emit(level, event, args, kw)
+
+
 class StdlibBridge(logging.Handler):
     """Forwards stdlib log records (greenswitch's) into structlog as ``<logger name>`` events."""
 
@@ -380,19 +434,23 @@ class StdlibBridge(logging.Handler):
         log.log(record.levelno, message)
 
 
-def configure(level: str = "info", stream: TextIO | None = None) -> None:
+def configure(level: str = "info", stream: TextIO | None = None, *, fmt: str = "auto",
+              isatty: Callable[[], bool] | None = None) -> None:
     """Configure structlog and the stdlib bridge; safe to call again (e.g. on reload).
 
     Without ``stream``, the output is the daemon's (``buffer_output``) if there is one, else stdout.
+    ``fmt`` (``[log] format``): ``auto`` renders for a person when the output is a terminal (``isatty``,
+    the output's own unless given), as JSON otherwise.
     """
-    global _output  # noqa: PLW0603 - the one log output of the process, as structlog's configuration is
+    global _output, _level  # the process's one output and level, as structlog's configuration is
     numeric = logging.getLevelNamesMapping()[level.upper()]
     output: Output = HeldStream(stream) if stream is not None else _buffered or HeldStream(sys.stdout)
-    _output = output
+    _output, _level = output, numeric
+    _renderer.configure(fmt, (isatty or output.isatty)())
     logger = LineLogger(output)
     structlog.configure(
         processors=_processors(),
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        wrapper_class=LevelLogger,
         logger_factory=lambda *_args: logger,
         cache_logger_on_first_use=False,
     )
@@ -401,4 +459,5 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
         if isinstance(handler, StdlibBridge):
             root.removeHandler(handler)
     root.addHandler(StdlibBridge())
-    root.setLevel(max(numeric, logging.INFO))
+    root.setLevel(max(numeric, logging.INFO))  # other libraries' debug lines stay out
+    logging.getLogger("listener").setLevel(numeric)  # the daemon's own stdlib loggers follow the level

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TextIO
 
 from listener.config.settings import WebhookConfig
@@ -31,14 +30,16 @@ SHOWN_BYTES = 512
 """How much of the answer's body is printed."""
 
 
-def add_webhook_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``webhook`` and its sub-command ``test`` to the CLI's ``subparsers``."""
+def add_webhook_parser(subparsers: Any, common: Callable[[], argparse.ArgumentParser]
+                       ) -> argparse.ArgumentParser:
+    """Add ``webhook`` and its sub-command ``test`` to the CLI's ``subparsers``; both take ``common()``'s
+    options (``--config``)."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "webhook", help="try a configured webhook endpoint")
+        "webhook", parents=[common()], help="try a configured webhook endpoint")
     commands = parser.add_subparsers(dest="webhook_command", required=True, metavar="COMMAND")
     test = commands.add_parser(
-        "test", help="POST a signed sample of each event type to an endpoint, once, and show the answers")
-    test.add_argument("--config", type=Path, help="TOML configuration (its [[webhooks]])")
+        "test", parents=[common()],
+        help="POST a signed sample of each event type to an endpoint, once, and show the answers")
     test.add_argument("--endpoint", required=True, metavar="NAME", help="the endpoint's name")
     return parser
 
