@@ -411,9 +411,7 @@ class Outbox:
         wanted = [entry for entry in entries if entry.endpoints]
         created: Counter[str] = Counter()
         with self._transaction("put") as db:
-            for start in range(0, len(wanted), CHUNK):
-                chunk = wanted[start:start + CHUNK]
-                created.update(_insert_deliveries(db, chunk, _insert_messages(db, chunk, now), now))
+            created.update(_store(db, wanted, now))
         return created
 
     def take(self, legs: Sequence[Leg], entries: Sequence[Entry], now: float,
@@ -438,9 +436,7 @@ class Outbox:
                 writes = calls(frozenset(fresh), lambda keys: _taken_keys(db, keys))
                 wanted += [entry for entry in writes.entries if entry.endpoints]
                 _write_waits(db, writes)
-            for start in range(0, len(wanted), CHUNK):
-                chunk = wanted[start:start + CHUNK]
-                created.update(_insert_deliveries(db, chunk, _insert_messages(db, chunk, now), now))
+            created.update(_store(db, wanted, now))
         return created, frozenset(leg.id for leg in legs) - fresh
 
     def complete_calls(self, writes: CallWrites, now: float) -> Counter[str]:
@@ -449,9 +445,7 @@ class Outbox:
         wanted = [entry for entry in writes.entries if entry.endpoints]
         with self._transaction("complete_calls") as db:
             _write_waits(db, writes)
-            for start in range(0, len(wanted), CHUNK):
-                chunk = wanted[start:start + CHUNK]
-                created.update(_insert_deliveries(db, chunk, _insert_messages(db, chunk, now), now))
+            created.update(_store(db, wanted, now))
         return created
 
     def waiting(self) -> list[Waiting]:
@@ -688,6 +682,16 @@ def _taken_keys(db: sqlite3.Connection, keys: Sequence[tuple[str, str]]) -> list
         rows = db.execute(f"SELECT node, unique_id FROM taken WHERE unique_id IN ({marks})", part).fetchall()
         found += [(str(node), str(uid)) for node, uid in rows if (node, uid) in wanted]
     return found
+
+
+def _store(db: sqlite3.Connection, entries: Sequence[Entry], now: float) -> list[str]:
+    """Insert the entries' messages and delivery rows, ``CHUNK`` at a time; the endpoint of each row
+    created."""
+    created: list[str] = []
+    for start in range(0, len(entries), CHUNK):
+        chunk = entries[start:start + CHUNK]
+        created += _insert_deliveries(db, chunk, _insert_messages(db, chunk, now), now)
+    return created
 
 
 def _write_waits(db: sqlite3.Connection, writes: CallWrites) -> None:
