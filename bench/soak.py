@@ -124,7 +124,7 @@ def soak(events: int, every: float, out: Path | None, daemon_log: Path | None) -
             f'[[freeswitch]]\nname = "soak"\nport = {fake.port}\n[health]\nport = {health_port}\n'
             f'[outbox]\npath = "{tmp / "outbox.sqlite3"}"\nsynchronous = "normal"\n'
             f'[[webhooks]]\nname = "sink"\nurl = "http://127.0.0.1:{hook_port}/hook"\nsecret = "{SECRET}"\n'
-            f"max_concurrency = 8\ntypes = ["leg.classified"]\n")
+            f"max_concurrency = 8\ntypes = ['leg.classified']\n")
         env = {**os.environ, "SOAK_SAMPLES": str(samples_file), "SOAK_EVERY": str(every)}
         daemon = subprocess.Popen(
             [sys.executable, str(ROOT / "bench" / "soak_daemon.py"), "run", "--config", str(config)],
