@@ -26,7 +26,8 @@ def test_the_benchmark_configuration_is_valid_and_sets_no_removed_key(tmp_path: 
 def test_a_small_benchmark_run_completes_and_delivers_every_event_as_classified(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "--events", "1500", "--latency-rate", "300",
+        [sys.executable, "-m", "bench", "--only", "ingest", "e2e", "latency", "memory", "steady",
+         "--events", "1500", "--latency-rate", "300",
          "--latency-seconds", "2", "--memory-events", "1500", "--backlog-new-rate", "200",
          "--steady-rate", "200", "--steady-seconds", "2", "--synchronous", "normal", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=110, check=False)
@@ -48,3 +49,28 @@ def test_a_small_benchmark_run_completes_and_delivers_every_event_as_classified(
     assert figures["daemon_cpu_ms_per_event"] > 0
     assert figures["bare_greenswitch_cpu_ms_per_event"] > 0
     assert 0 < figures["idle_rss_mb"] <= figures["peak_rss_mb"]
+
+
+@pytest.mark.slow
+def test_the_other_rates_the_cdr_and_both_types_row_and_idle_connected_run_and_deliver_every_event(
+        tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--only", "rates", "steady-cdr", "connected", "--rates", "50", "400",
+         "--steady-rate", "200", "--steady-seconds", "2", "--connected-seconds", "2",
+         "--synchronous", "normal", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=110, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    results = json.loads(out.read_text())
+    assert results["correct"] is True
+    for key in ("steady_50", "steady_400", "steady_cdr"):  # each with its own reference at its rate
+        figures = results[key]["steady"]
+        assert results[key]["checks"]["outbox"]["left"] == 0
+        assert figures["daemon_cpu_ms_per_event"] > 0
+        assert figures["bare_greenswitch_cpu_ms_per_event"] > 0
+    assert results["steady_400"]["steady"]["events_per_s"] > results["steady_50"]["steady"]["events_per_s"]
+    assert results["steady_cdr"]["checks"]["calls"]["missing"] == 0  # both types: the calls arrived too
+    assert "calls" not in results["steady_50"]["checks"]  # the defaults: legs only
+    connected = results["idle_connected"]["idle_connected"]
+    assert connected["seconds"] >= 2
+    assert 0 <= connected["core_share"] < 1

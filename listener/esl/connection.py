@@ -36,6 +36,11 @@ from listener.core.errors import AuthError, CommandTimeoutError, ESLError, Frame
 from listener.core.frame import Frame, FrameDecoder
 
 MAX_BATCH = 500
+LINGER_S = 0.01
+"""How long a batch waits for more events once its first is queued: at moderate rates the hangups of a
+few milliseconds share one batch, so one outbox commit (one fsync, one hand-off to the SQLite thread),
+one wake of each endpoint's delivery loop and one write of the log lines serve them all. It bounds the
+latency it adds; at rates where events queue during a commit the batches fill without it."""
 """Most event frames handed to the consumer at once (what is queued when it is free)."""
 _END = object()  # queued after the last event of a connection
 SLICE_S = 0.01
@@ -246,10 +251,20 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
         queue = self._esl_event_queue
         batch: list[Frame] = []
         item = queue.get()
+        until = time.monotonic() + LINGER_S
         while item is not _END:
             batch.append(item)
-            if len(batch) >= MAX_BATCH or queue.empty():
+            if len(batch) >= MAX_BATCH:
                 return batch, False
+            if queue.empty():
+                left = until - time.monotonic()
+                if left <= 0:
+                    return batch, False
+                try:
+                    item = queue.get(timeout=left)
+                except gevent.queue.Empty:
+                    return batch, False
+                continue
             item = queue.get_nowait()
         return batch, True
 

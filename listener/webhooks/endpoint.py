@@ -61,6 +61,9 @@ one indexed query per endpoint every 10 s costs nothing measurable."""
 OUTBOX_RETRY_INITIAL_S = 0.5
 OUTBOX_RETRY_MAX_S = 30.0
 """The backoff (equal jitter, doubling) of a loop whose outbox turn failed with a transient fault."""
+SETTLE_AFTER_S = 0.1
+"""The longest a delivered outcome waits to be recorded when nothing else needs a turn: recorded with
+the next turn a commit or a due row brings (one outbox hand-off for both), or by then."""
 PREFETCH = 256
 """Rows an endpoint holds ready beyond its request slots, claimed in one turn: a turn that waits behind
 the daemon's commits never leaves the request slots without work."""
@@ -159,6 +162,9 @@ class EndpointDelivery:
         self._results: list[_Result] = []
         self._settlement = _Settlement()
         self._next_due: float | None = None
+        self._more = False
+        self._settle_timer: gevent.Greenlet | None = None
+        """The last claim took all it asked for: more rows may be due, so a freed slot wants a turn."""
         self._running = 0
         self._room = max(PREFETCH, 2 * config.max_concurrency)
         self._batch = max(config.max_concurrency, 16)
@@ -236,10 +242,11 @@ class EndpointDelivery:
 
     def _wait_s(self) -> float:
         """Until the next row may be sent (invariant 1); a busy loop waits for its answers instead."""
+        longest = SETTLE_AFTER_S if self._results else self._max_sleep
         if self._next_due is None or self._probing or self._running >= self.config.max_concurrency:
-            return self._max_sleep
+            return longest
         at = self.circuit.next_send_at(self._next_due)
-        return min(max(at - self._clock(), 0.0), self._max_sleep)
+        return min(max(at - self._clock(), 0.0), longest)
 
     def _turn(self, *, claim: bool) -> None:
         """Record what came back (and what an earlier turn could not), then claim what the free slots
@@ -261,6 +268,7 @@ class EndpointDelivery:
             self._claimed.discard(result.row.id)
             self._report(result, settled)
         self._next_due = turn.next_due_at
+        self._more = 0 < limit == len(turn.rows)
         self._claim(turn.rows)
 
     def _claim(self, rows: Sequence[Delivery]) -> None:
@@ -290,16 +298,25 @@ class EndpointDelivery:
             while row is not None:
                 result = self._attempt(row, probe)
                 self._results.append(result)
-                if (len(self._results) >= self._batch or isinstance(result.outcome, Retry)
-                        or len(self._ready) < self.config.max_concurrency):
+                if (len(self._results) >= self._batch or probe or isinstance(result.outcome, Retry)
+                        or (self._more and len(self._ready) < self.config.max_concurrency)):
                     self._wake.set()  # under load outcomes are recorded a batch at a time; refill early
+                elif len(self._results) == 1:
+                    self._settle_later()
                 unreachable = isinstance(result.outcome, Retry) and result.outcome.reason in UNREACHABLE
                 go_on = self._ready and not (probe or unreachable or self.stopping or self.circuit.open)
                 row = self._ready.popleft() if go_on else None
         finally:
             self._running -= 1
-            if self._running == 0 or not self._ready:
-                self._wake.set()
+            if self._more and (self._running == 0 or not self._ready):
+                self._wake.set()  # else the outcomes wait for the next turn (``SETTLE_AFTER_S`` at most)
+            elif self._results:
+                self._settle_later()
+
+    def _settle_later(self) -> None:
+        """Wake the loop ``SETTLE_AFTER_S`` from now (once): the outcomes waiting then are recorded."""
+        if self._settle_timer is None or self._settle_timer.dead:
+            self._settle_timer = gevent.spawn_later(SETTLE_AFTER_S, self._wake.set)
 
     def _attempt(self, row: Delivery, probe: bool) -> _Result:
         """One request, signed with the wall clock's time (the receiver checks it against its own)."""
@@ -386,6 +403,8 @@ class EndpointDelivery:
                 self.crashed = exc
             self._log.error("webhook.outcomes_unrecorded", outcomes=len(self._settlement.results),
                             code=exc.code, error=str(exc))
+        if self._settle_timer is not None:
+            self._settle_timer.kill(block=False)
         self._transport.close()
         return bool(done)
 
