@@ -395,3 +395,22 @@ def test_a_non_utf8_byte_in_a_json_event_is_replaced_and_the_connection_kept(
     assert fake.accepted == 1
     assert not [e for e in logs if e["event"] in ("esl.connection_lost", "esl.event_rejected")]
     listener.stop()
+
+
+def test_a_batch_lingers_for_followers_only_while_hangups_come_close_together(logs: list) -> None:
+    """At a moderate rate a batch waits LINGER_S for the events right behind its first (one commit
+    for them all); a lone event after a quiet spell is handed on at once, with no timer."""
+    from listener.esl import connection  # noqa: PLC0415
+
+    conn = HardenedInboundESL(Node("fs1"), FAST, lambda frames: None, structlog.get_logger())
+    frame = Frame({"Content-Type": "text/event-plain"}, busy_body())
+    queue = conn._esl_event_queue
+
+    conn._esl_event_queue.put(frame)  # first ever: nothing came before, no wait
+    with gevent.Timeout(connection.LINGER_S / 2, AssertionError("a lone event waited")):
+        assert conn._next_batch() == ([frame], False)
+
+    gevent.spawn_later(connection.LINGER_S / 4, queue.put, frame)  # a follower, a moment later
+    queue.put(frame)  # a second batch right after the first: the rate is up, it lingers
+    batch, ended = conn._next_batch()
+    assert (len(batch), ended) == (2, False)

@@ -36,12 +36,15 @@ from listener.core.errors import AuthError, CommandTimeoutError, ESLError, Frame
 from listener.core.frame import Frame, FrameDecoder
 
 MAX_BATCH = 500
+"""Most event frames handed to the consumer at once (what is queued when it is free)."""
 LINGER_S = 0.01
 """How long a batch waits for more events once its first is queued: at moderate rates the hangups of a
 few milliseconds share one batch, so one outbox commit (one fsync, one hand-off to the SQLite thread),
 one wake of each endpoint's delivery loop and one write of the log lines serve them all. It bounds the
 latency it adds; at rates where events queue during a commit the batches fill without it."""
-"""Most event frames handed to the consumer at once (what is queued when it is free)."""
+LINGER_WHEN_APART_S = 0.04
+"""A batch lingers only when its first event came this soon after the previous batch's: at a few
+hangups a second nothing would join it, and the wait's timer would be pure cost."""
 _END = object()  # queued after the last event of a connection
 SLICE_S = 0.01
 """Longest run of the reader or the pipeline without yielding: a backlog never stalls the loop."""
@@ -104,6 +107,8 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
         self._decoder = FrameDecoder(settings.max_frame_bytes)
         self._esl_event_queue = gevent.queue.Queue(maxsize=settings.queue_size)
         self._in_hand = 0
+        self._last_batch_at = float("-inf")
+        """When (monotonic) the last batch began: a batch lingers only at a rate where others follow."""
 
     # -- connecting ---------------------------------------------------------------------------
     def connect(self) -> None:
@@ -251,7 +256,9 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
         queue = self._esl_event_queue
         batch: list[Frame] = []
         item = queue.get()
-        until = time.monotonic() + LINGER_S
+        now = time.monotonic()
+        busy, self._last_batch_at = now - self._last_batch_at < LINGER_WHEN_APART_S, now
+        until = now + LINGER_S if busy else now
         while item is not _END:
             batch.append(item)
             if len(batch) >= MAX_BATCH:
