@@ -159,9 +159,8 @@ class App:
     def _expire_calls(self) -> None:
         """Without an outbox: complete the calls open past their bound, in memory."""
         while not self.stopping.is_set():
-            first = self.calls.next_expiry()
-            delay = 60.0 if first is None else max(first + self.calls.wait_s - time.time(), 0.0) + 0.01
-            self.stopping.wait(min(delay, 60.0))
+            left = self.calls.expires_in(time.time())
+            self.stopping.wait(60.0 if left is None else min(left + 0.01, 60.0))
             self._expire_now(time.time())
 
     def _expire_now(self, now: float) -> None:

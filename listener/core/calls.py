@@ -27,6 +27,7 @@ import itertools
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -207,6 +208,12 @@ class Grouper:
         while heap and not (heap[0][2].open and heap[0][2].since == heap[0][0]):
             heapq.heappop(heap)
         return heap[0][0] if heap else None
+
+    def expires_in(self, now: float) -> float | None:
+        """Seconds from ``now`` until the oldest open call reaches its bound (0: it has; None: none is
+        open): how long whoever runs ``expire`` may sleep."""
+        first = self.next_expiry()
+        return None if first is None else max(first + self.wait_s - now, 0.0)
 
     def late_call(self, node: str, unique_id: str) -> str | None:
         """The id of the completed call ``unique_id`` was part of (or missing from), if remembered."""
@@ -463,8 +470,6 @@ def _us(iso: object) -> int | None:
     precision, as written)."""
     if not isinstance(iso, str) or len(iso) < 24:
         return None
-    from datetime import datetime  # noqa: PLC0415 - rare: once per timestamp of a completed call
-
     try:
         moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
     except ValueError:

@@ -326,17 +326,16 @@ class OutboxWriter:
                 log.info("calls.restored", legs=len(rows), calls=self.grouper.open_calls)
 
     def _until_expiry(self) -> float | None:
-        first = self.grouper.next_expiry()
-        if first is None or self._closing:
+        left = self.grouper.expires_in(self.clock())
+        if left is None or self._closing:
             return None
-        return min(max(first + self.grouper.wait_s - self.clock(), 0.0) + 0.01, FORGET_EVERY_S)
+        return min(left + 0.01, FORGET_EVERY_S)
 
     def _expire(self) -> None:
         """Complete the calls open past their bound (``complete: false``); a fault: next time."""
-        first = self.grouper.next_expiry()
-        if first is None or self.failure is not None or self.clock() < first + self.grouper.wait_s:
-            return
         now = self.clock()
+        if self.failure is not None or self.grouper.expires_in(now) != 0.0:
+            return
         plan = self.grouper.expire(now)
         if not plan.completed:
             return
