@@ -303,17 +303,8 @@ def idle_connected(settings: Settings, seconds: float) -> Result:
     with setup(settings, "connected", listening=True) as s:
         s.fake.ask("connected", settings.timeout)
         idle = s.daemon.settled()
-        started, cpu = time.monotonic(), s.daemon.cpu_s()
-        slices, last = [], cpu
-        step = min(60.0, seconds)
-        while (mark := started + step * (len(slices) + 1)) <= started + seconds + 0.001:
-            time.sleep(max(mark - time.monotonic(), 0.0))
-            now = s.daemon.cpu_s()
-            slices.append(round(now - last, 2))
-            last = now
-        wall = time.monotonic() - started
+        wall, total, slices, step = _cpu_slices(s.daemon, seconds)
         rss = s.daemon.rss()
-    total = last - cpu
     return {
         "idle_connected": {"seconds": round(wall, 1), "daemon_cpu_s": round(total, 2),
                            "core_share": round(total / wall, 4), "cpu_s_each_slice": slices,
@@ -321,6 +312,20 @@ def idle_connected(settings: Settings, seconds: float) -> Result:
                            "rss_end_mb": _mb(rss["VmRSS"]), "target_core_share": 0.005},
         "checks": {"connected": {"ok": True}},
     }
+
+
+def _cpu_slices(daemon: Daemon, seconds: float) -> tuple[float, float, list[float], float]:
+    """The daemon's CPU time over ``seconds`` from now, read every minute (or ``seconds``, if shorter):
+    (wall seconds, CPU seconds, the CPU seconds of each slice, the slice's length)."""
+    started, cpu = time.monotonic(), daemon.cpu_s()
+    slices, last = [], cpu
+    step = min(60.0, seconds)
+    while (mark := started + step * (len(slices) + 1)) <= started + seconds + 0.001:
+        time.sleep(max(mark - time.monotonic(), 0.0))
+        now = daemon.cpu_s()
+        slices.append(round(now - last, 2))
+        last = now
+    return time.monotonic() - started, last - cpu, slices, step
 
 
 def bare_cpu(settings: Settings, per_s: float, seconds: float, count: int) -> dict[str, float]:
@@ -364,19 +369,10 @@ def idle_down(settings: Settings, rows: int, seconds: float, expected: Expected)
         idle = s.daemon.settled()
         s.fake.ask(f"burst {rows}", settings.timeout)
         s.daemon.wait_count(rows, settings.timeout)
-        started, cpu = time.monotonic(), s.daemon.cpu_s()
-        slices, last = [], cpu
-        step = min(60.0, seconds)
-        while (mark := started + step * (len(slices) + 1)) <= started + seconds + 0.001:
-            time.sleep(max(mark - time.monotonic(), 0.0))
-            now = s.daemon.cpu_s()
-            slices.append(round(now - last, 2))
-            last = now
-        wall = time.monotonic() - started
+        wall, total, slices, step = _cpu_slices(s.daemon, seconds)
         pending, attempts = outbox_rows(s.folder / "outbox.sqlite3")
         checks, hooks = _verified(s, expected, 0, rows)
         checks["webhooks"] = {"received": hooks.received, "ok": hooks.received == 0}  # it never listened
-    total = last - cpu
     checks["outbox"] = {"pending": pending, "expected": rows, "ok": pending == rows}
     return {
         "idle_down": {"rows": rows, "seconds": round(wall, 1), "daemon_cpu_s": round(total, 2),
