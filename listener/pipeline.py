@@ -58,6 +58,13 @@ class Wakeable(Protocol):
     def wake(self, endpoints: frozenset[str] | None = None) -> None: ...
 
 
+@runtime_checkable
+class Handing(Wakeable, Protocol):
+    """Delivery that takes the rows a commit created as they are, without claiming them from the outbox."""
+
+    def hand(self, rows: Sequence[Any]) -> None: ...
+
+
 class CallMetrics(Protocol):
     """Where each classified call is counted (``listener.service.metrics.Metrics``)."""
 
@@ -217,7 +224,11 @@ class Pipeline:
                 self._not_stored(ready, exc)
                 return 0
             if created and self.delivery is not None:
-                self.delivery.wake(created)
+                rows = getattr(created, "rows", ())  # a writer's Stored: the rows, for the first caller
+                if rows and isinstance(self.delivery, Handing):
+                    self.delivery.hand(rows)
+                else:
+                    self.delivery.wake(created)
             duplicates: frozenset[str] = getattr(created, "duplicates", frozenset())  # a writer's Stored
             completed = getattr(created, "calls", ())
             if duplicates:

@@ -414,3 +414,23 @@ def test_a_batch_lingers_for_followers_only_while_hangups_come_close_together(lo
     queue.put(frame)  # a second batch right after the first: the rate is up, it lingers
     batch, ended = conn._next_batch()
     assert (len(batch), ended) == (2, False)
+
+
+def test_a_lingering_batch_stops_waiting_once_it_holds_linger_batch_events(logs: list) -> None:
+    """At a high rate the linger ends with the batch's LINGER_BATCH-th event, not at LINGER_S: the
+    per-batch costs are shared by then, and the latency stays low."""
+    from listener.esl import connection  # noqa: PLC0415
+
+    conn = HardenedInboundESL(Node("fs1"), FAST, lambda frames: None, structlog.get_logger())
+    frame = Frame({"Content-Type": "text/event-plain"}, busy_body())
+    queue = conn._esl_event_queue
+    queue.put(frame)
+    conn._next_batch()  # the rate is up from here: the next batch lingers
+
+    for _ in range(connection.LINGER_BATCH):
+        queue.put(frame)
+    later = gevent.spawn_later(connection.LINGER_S / 4, queue.put, frame)  # would join a lingering batch
+    with gevent.Timeout(connection.LINGER_S / 8, AssertionError("a full batch kept lingering")):
+        batch, ended = conn._next_batch()
+    assert (len(batch), ended) == (connection.LINGER_BATCH, False)
+    later.kill()

@@ -70,10 +70,15 @@ class Harness:
     def delivery_attempted(self, attempt: Attempted) -> None:
         self.attempts.put(attempt)
 
-    def put(self, documents: list[dict[str, Any]]) -> frozenset[str]:
-        """As the pipeline does: commit, then wake the endpoints that got rows."""
+    def put(self, documents: list[dict[str, Any]], *, hand: bool = True) -> frozenset[str]:
+        """As the pipeline does: commit, then hand the rows created to their endpoints (or, with ``hand``
+        false, as before handing: wake the endpoints that got rows, which claim them)."""
         created = self.writer.put(documents)
-        self.sink.wake(created)
+        rows = getattr(created, "rows", ())
+        if hand and rows:
+            self.sink.hand(rows)
+        else:
+            self.sink.wake(created)
         return created
 
     def next(self, timeout: float = 5.0) -> Attempted:
@@ -425,3 +430,67 @@ class Recording:
 
     def delivery_attempted(self, attempt: Attempted) -> None:
         self.attempts.put(attempt)
+
+
+class DueSpy:
+    """``Outbox.due`` as the loop calls it, recording the ids of the rows each claim returned."""
+
+    def __init__(self, h: Harness) -> None:
+        self.due = h.writer.outbox.due
+        self.claimed: list[str] = []
+        h.writer.outbox.due = self  # type: ignore[method-assign]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        rows = self.due(*args, **kwargs)
+        self.claimed += [row.event_id for row in rows]
+        return rows
+
+
+def test_rows_handed_by_their_commit_are_sent_without_an_outbox_turn_to_claim_them(
+        harness: Any, receiver: Receiver) -> None:
+    h = harness(endpoint("crm", receiver.url()))
+    h.sink.start()
+    h.writer.call(lambda: None)  # the loop's first turn (it finds nothing to claim) is behind us
+    spy = DueSpy(h)
+    created = h.put([doc(1), doc(2)])
+    assert {row.event_id for row in created.rows} == {"call-1", "call-2"}
+    assert {receiver.get().webhook_id, receiver.get().webhook_id} == {"call-1", "call-2"}
+    assert {h.next().outcome, h.next().outcome} == {Delivered(200)}
+    assert spy.claimed == []  # sent as handed: no claim returned them
+    h.sink.stop(1.0)
+    assert h.rows() == ()  # the outcomes were recorded by the loop's next turn
+    assert len(receiver.received) == 2
+
+
+def test_a_row_handed_while_a_turn_claims_it_too_is_sent_once(harness: Any, receiver: Receiver) -> None:
+    """The commit ran before the claim of a turn in flight: the claim returns the rows the commit hands
+    too; whichever comes first holds them, the other skips them."""
+    h = harness(endpoint("crm", receiver.url()))
+    loop = h.sink.endpoints["crm"]
+    for round_ in range(20):
+        documents = [doc(100 * round_ + i) for i in range(3)]
+        created = h.writer.put(documents)
+        turn = gevent.spawn(loop._turn, claim=True)  # a turn whose claim will find the rows pending
+        if round_ % 2:
+            gevent.sleep(0)  # its claim is on the outbox thread now
+        h.sink.hand(created.rows)
+        turn.join()
+        for _ in documents:
+            receiver.get()
+    h.sink.stop(1.0)
+    assert h.rows() == ()
+    sent = [r.webhook_id for r in receiver.received]
+    assert sorted(sent) == sorted(set(sent))
+    assert len(sent) == 60
+
+
+def test_rows_handed_to_an_endpoint_whose_circuit_is_open_wait_for_its_probe(harness: Any) -> None:
+    h = harness(endpoint("down", refused_url()))
+    h.sink.start()
+    h.put([doc(1)])
+    assert h.next().outcome == Retry("connection_refused")  # the circuit opens
+    loop = h.sink.endpoints["down"]
+    assert loop.circuit.open
+    created = h.writer.put([doc(2), doc(3)])
+    assert loop.offer(created.rows) is False  # not taken: the probe decides when they go
+    assert sorted(r.event_id for r in h.rows(state=PENDING)) == ["call-1", "call-2", "call-3"]

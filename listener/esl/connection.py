@@ -37,11 +37,14 @@ from listener.core.frame import Frame, FrameDecoder
 
 MAX_BATCH = 500
 """Most event frames handed to the consumer at once (what is queued when it is free)."""
-LINGER_S = 0.01
+LINGER_S = 0.025
 """How long a batch waits for more events once its first is queued: at moderate rates the hangups of a
-few milliseconds share one batch, so one outbox commit (one fsync, one hand-off to the SQLite thread),
-one wake of each endpoint's delivery loop and one write of the log lines serve them all. It bounds the
-latency it adds; at rates where events queue during a commit the batches fill without it."""
+few tens of milliseconds share one batch, so one outbox commit (one fsync, one hand-off to the SQLite
+thread), one write of the log lines and one handing of rows to each endpoint serve them all. It bounds
+the latency it adds; at rates where events queue during a commit the batches fill without it."""
+LINGER_BATCH = 12
+"""A batch stops lingering once it holds this many events: at 1,000 hangups/s it waits ~12 ms, not
+``LINGER_S`` (the per-batch costs are shared by enough hangups by then; the latency is not)."""
 LINGER_WHEN_APART_S = 0.04
 """A batch lingers only when its first event came this soon after the previous batch's: at a few
 hangups a second nothing would join it, and the wait's timer would be pure cost."""
@@ -264,7 +267,7 @@ class HardenedInboundESL(InboundESL):  # type: ignore[misc]
             if len(batch) >= MAX_BATCH:
                 return batch, False
             if queue.empty():
-                left = until - time.monotonic()
+                left = until - time.monotonic() if len(batch) < LINGER_BATCH else 0.0
                 if left <= 0:
                     return batch, False
                 try:

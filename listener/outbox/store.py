@@ -409,20 +409,17 @@ class Outbox:
         id stored before keeps its first body; only its missing delivery rows are added.
         """
         wanted = [entry for entry in entries if entry.endpoints]
-        created: Counter[str] = Counter()
         with self._transaction("put") as db:
-            created.update(_store(db, wanted, now))
-        return created
+            return Counter(row.endpoint for row in _store(db, wanted, now))
 
     def take(self, legs: Sequence[Leg], entries: Sequence[Entry], now: float,
              calls: Callable[[frozenset[str], TakenLookup], CallWrites] | None = None,
-             ) -> tuple[Counter[str], frozenset[str]]:
+             ) -> tuple[list[Delivery], frozenset[str]]:
         """In one transaction: remember every leg as taken, and store the entries of the legs that
         were not taken before (by either source); then ``calls`` (given the ids that are new) says
         which calls those legs complete and which legs now wait, written in the same transaction.
-        Returns the delivery rows created per endpoint and the ids that were taken before
-        (duplicates: not stored, not to be logged again)."""
-        created: Counter[str] = Counter()
+        Returns the delivery rows created (pending, as a claim would read them) and the ids that were
+        taken before (duplicates: not stored, not to be logged again)."""
         fresh: set[str] = set()
         with self._transaction("put") as db:
             for start in range(0, len(legs), CHUNK):
@@ -436,17 +433,15 @@ class Outbox:
                 writes = calls(frozenset(fresh), lambda keys: _taken_keys(db, keys))
                 wanted += [entry for entry in writes.entries if entry.endpoints]
                 _write_waits(db, writes)
-            created.update(_store(db, wanted, now))
+            created = _store(db, wanted, now)
         return created, frozenset(leg.id for leg in legs) - fresh
 
     def complete_calls(self, writes: CallWrites, now: float) -> Counter[str]:
         """Store calls completed at their bound and end their legs' waits, in one transaction."""
-        created: Counter[str] = Counter()
         wanted = [entry for entry in writes.entries if entry.endpoints]
         with self._transaction("complete_calls") as db:
             _write_waits(db, writes)
-            created.update(_store(db, wanted, now))
-        return created
+            return Counter(row.endpoint for row in _store(db, wanted, now))
 
     def waiting(self) -> list[Waiting]:
         """Every leg waiting for its call, oldest first (read once at start to group them again)."""
@@ -684,10 +679,10 @@ def _taken_keys(db: sqlite3.Connection, keys: Sequence[tuple[str, str]]) -> list
     return found
 
 
-def _store(db: sqlite3.Connection, entries: Sequence[Entry], now: float) -> list[str]:
-    """Insert the entries' messages and delivery rows, ``CHUNK`` at a time; the endpoint of each row
-    created."""
-    created: list[str] = []
+def _store(db: sqlite3.Connection, entries: Sequence[Entry], now: float) -> list[Delivery]:
+    """Insert the entries' messages and delivery rows, ``CHUNK`` at a time; each delivery row created, as
+    a claim would read it (the writer hands them to their endpoints: no claim of their own)."""
+    created: list[Delivery] = []
     for start in range(0, len(entries), CHUNK):
         chunk = entries[start:start + CHUNK]
         created += _insert_deliveries(db, chunk, _insert_messages(db, chunk, now), now)
@@ -704,31 +699,44 @@ def _write_waits(db: sqlite3.Connection, writes: CallWrites) -> None:
             [(w.node, w.unique_id, w.body, w.partners, w.variables, w.arrived_at) for w in writes.waiting])
 
 
-def _insert_messages(db: sqlite3.Connection, chunk: Sequence[Entry], now: float) -> dict[str, int]:
-    """Insert the chunk's messages; every event id of the chunk mapped to its message row's id."""
+_Message = tuple[int, str, str | None, float]
+"""A message row as its delivery rows need it: id, body, variables, created_at."""
+
+
+def _insert_messages(db: sqlite3.Connection, chunk: Sequence[Entry], now: float) -> dict[str, _Message]:
+    """Insert the chunk's messages; every event id of the chunk mapped to its message row (the row
+    stored first, with its body, when an earlier put stored that event id)."""
     params = [value for entry in chunk for value in (entry.event_id, entry.body, now, entry.variables)]
-    ids: dict[str, int] = dict(db.execute(
-        f"INSERT INTO message (event_id, body, created_at, variables) VALUES {_marks(len(chunk), 4)}"
-        " ON CONFLICT (event_id) DO NOTHING RETURNING event_id, id", params).fetchall())
-    missing = list({entry.event_id for entry in chunk if entry.event_id not in ids})
+    entries = {entry.event_id: entry for entry in reversed(chunk)}  # the first of an id is the one stored
+    stored: dict[str, _Message] = {
+        event_id: (row_id, entries[event_id].body, entries[event_id].variables, now)
+        for event_id, row_id in db.execute(
+            f"INSERT INTO message (event_id, body, created_at, variables) VALUES {_marks(len(chunk), 4)}"
+            " ON CONFLICT (event_id) DO NOTHING RETURNING event_id, id", params)}
+    missing = [event_id for event_id in entries if event_id not in stored]
     if missing:  # stored by an earlier put: keep that row and its body
-        ids.update(db.execute(
-            f"SELECT event_id, id FROM message WHERE event_id IN ({','.join('?' * len(missing))})",
-            missing).fetchall())
-    return ids
+        stored.update((row[0], row[1:]) for row in db.execute(
+            "SELECT event_id, id, body, variables, created_at FROM message"
+            f" WHERE event_id IN ({','.join('?' * len(missing))})", missing))
+    return stored
 
 
-def _insert_deliveries(db: sqlite3.Connection, chunk: Sequence[Entry], ids: dict[str, int],
-                       now: float) -> list[str]:
-    """Insert one delivery row per (message, endpoint) not there yet; the endpoint of each row created."""
+def _insert_deliveries(db: sqlite3.Connection, chunk: Sequence[Entry], messages: dict[str, _Message],
+                       now: float) -> list[Delivery]:
+    """Insert one delivery row per (message, endpoint) not there yet; each row created."""
     pairs = list(dict.fromkeys((entry.event_id, endpoint) for entry in chunk for endpoint in entry.endpoints))
-    created: list[str] = []
+    created: list[Delivery] = []
     for start in range(0, len(pairs), CHUNK):
         part = pairs[start:start + CHUNK]
-        params = [v for event_id, endpoint in part for v in (ids[event_id], endpoint, now, now)]
-        created += (endpoint for (endpoint,) in db.execute(
-            f"INSERT INTO delivery (message, endpoint, next_at, updated_at) VALUES {_marks(len(part), 4)}"
-            " ON CONFLICT (message, endpoint) DO NOTHING RETURNING endpoint", params))
+        by_message = {messages[event_id][0]: event_id for event_id, _ in part}
+        params = [v for event_id, endpoint in part for v in (messages[event_id][0], endpoint, now, now)]
+        for row_id, message, endpoint in db.execute(
+                f"INSERT INTO delivery (message, endpoint, next_at, updated_at) VALUES {_marks(len(part), 4)}"
+                " ON CONFLICT (message, endpoint) DO NOTHING RETURNING id, message, endpoint", params):
+            event_id = by_message[message]
+            _, body, variables, created_at = messages[event_id]
+            created.append(Delivery(row_id, event_id, endpoint, "pending", 0, now, created_at, "", body,
+                                    None, variables))
     return created
 
 

@@ -39,7 +39,7 @@ from listener.core.errors import OutboxClosedError, OutboxError
 from listener.core.rejection import Rejection
 from listener.core.retry import reconnect_delay
 from listener.core.signing import render
-from listener.outbox.store import BATCH, CallWrites, Entry, Leg, Outbox, TakenLookup, Waiting
+from listener.outbox.store import BATCH, CallWrites, Delivery, Entry, Leg, Outbox, TakenLookup, Waiting
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -80,17 +80,21 @@ def _outcome(fn: Callable[..., Any], args: Any, kwargs: Any) -> tuple[bool, Any]
 class Stored(frozenset[str]):
     """What ``put`` returns: the endpoints that got new rows (a frozenset of their names); in
     ``duplicates`` the ids of the documents that were taken before, from either source: those were
-    not stored again and are not to be logged again; in ``calls`` the calls these legs completed."""
+    not stored again and are not to be logged again; in ``calls`` the calls these legs completed; in
+    ``rows`` the delivery rows the commit created, pending, for the caller to hand to their endpoints
+    (each row is given to one caller of the commit only)."""
 
     duplicates: frozenset[str] = frozenset()
     calls: tuple[Call, ...] = ()
+    rows: tuple[Delivery, ...] = ()
 
     @classmethod
     def of(cls, endpoints: frozenset[str], duplicates: frozenset[str],
-           calls: tuple[Call, ...] = ()) -> Stored:
+           calls: tuple[Call, ...] = (), rows: tuple[Delivery, ...] = ()) -> Stored:
         stored = cls(endpoints)
         stored.duplicates = duplicates
         stored.calls = calls
+        stored.rows = rows
         return stored
 
 
@@ -402,13 +406,14 @@ class OutboxWriter:
         if planned:
             self.grouper.apply(planned[-1], self.clock())
             completed = list(planned[-1].completed)
-        endpoints, seen = frozenset(created), set[str]()
+        endpoints, seen, rows = frozenset(row.endpoint for row in created), set[str](), tuple(created)
         for _, legs, _, waiter in batch:  # a leg twice in one commit (both sources at once) is new for one
             ids = {leg.id for leg in legs}
             mine = tuple(c for c in completed if any(leg.id in ids for leg in c.legs))
             completed = [c for c in completed if all(c is not m for m in mine)]
-            waiter.set(Stored.of(endpoints, frozenset((ids & duplicates) | (ids & seen)), mine))
+            waiter.set(Stored.of(endpoints, frozenset((ids & duplicates) | (ids & seen)), mine, rows))
             seen |= ids
+            rows = ()  # the first caller hands them all
 
     def _giving_up(self) -> bool:
         return self._give_up_at is not None and time.monotonic() >= self._give_up_at

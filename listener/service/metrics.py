@@ -215,6 +215,8 @@ class Metrics:
             ["node", "status", "bye_reason"], registry=self.registry,
         )
         self._call_counters: dict[tuple[str, Any, Any], Any] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}
+        """The label children of the per-call and per-attempt metrics (``_child``), one per combination."""
         self.completed = Counter(
             f"{PREFIX}_calls_completed",
             "Calls completed (call.completed), by node, status and whether every leg was seen",
@@ -263,7 +265,7 @@ class Metrics:
 
     def call_completed(self, node: str, document: Mapping[str, Any]) -> None:
         complete = "true" if document.get("complete") else "false"
-        self.completed.labels(node=node, status=str(document.get("status")), complete=complete).inc()
+        self._child(self.completed, node=node, status=str(document.get("status")), complete=complete).inc()
 
     def watch_calls(self, waiting: Callable[[], tuple[int, int]]) -> None:
         """Expose the calls still open and their waiting legs (asked at each scrape)."""
@@ -271,8 +273,16 @@ class Metrics:
 
     def delivery_attempted(self, attempt: Attempted) -> None:
         """One webhook attempt, counted by its kind: a small fixed set (delivered, failed, gave_up)."""
-        self.deliveries.labels(endpoint=attempt.endpoint, outcome=attempt.kind).inc()
-        self.latency.labels(endpoint=attempt.endpoint).observe(attempt.latency_s)
+        self._child(self.deliveries, endpoint=attempt.endpoint, outcome=attempt.kind).inc()
+        self._child(self.latency, endpoint=attempt.endpoint).observe(attempt.latency_s)
+
+    def _child(self, metric: Any, **labels: str) -> Any:
+        """``metric.labels(**labels)``, kept: ``labels()`` takes a lock and checks every value each call."""
+        key = (id(metric), *labels.values())
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(**labels)
+        return child
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -2,16 +2,17 @@
 
 The loop talks to the outbox once per turn, on the writer's thread: it records every outcome that
 came back since the last turn (acks, reschedules, burials: one transaction) and claims as many due
-rows as it has free request slots. A row stays claimed (excluded from the next claims) until its
-outcome is recorded. Metrics and log lines see an outcome after it is recorded. While the
-endpoint cannot be reached at all its ``Circuit`` is open: one probe at a time, the rest stays
-pending (``listener.core.circuit``).
+rows as it has free request slots. The rows a commit creates are handed to the loop by that commit
+(``offer``) and sent at once, with no turn to claim them, while the endpoint is reachable and has room.
+A row stays claimed (excluded from the next claims) until its outcome is recorded. Metrics and log
+lines see an outcome after it is recorded. While the endpoint cannot be reached at all its ``Circuit``
+is open: one probe at a time, the rest stays pending (``listener.core.circuit``).
 
 Invariants:
 
 1. No busy loop. Between turns the loop sleeps until the next row may be sent (its due time, and
-   while the circuit is open not before the probe time), at most ``max_sleep_s``; a commit
-   (``wake``) or an answer wakes it sooner. Every time is read from one clock (``SteadyClock``
+   while the circuit is open not before the probe time), at most ``max_sleep_s``; a commit whose
+   rows it could not take (``wake``) or an answer wakes it sooner. Every time is read from one clock (``SteadyClock``
    by default: a wall-clock step moves no due time nor probe); the wall clock only signs.
 2. An outcome is learned once (the circuit, the retry delay) and kept until the outbox recorded
    it; its row stays claimed meanwhile, so it is not sent again. Recording twice is harmless
@@ -181,6 +182,21 @@ class EndpointDelivery:
     def wake(self) -> None:
         self._wake.set()
 
+    def offer(self, rows: Sequence[Delivery]) -> bool:
+        """Rows just committed for this endpoint (pending, due now), handed over by the commit that created
+        them: held and sent as if claimed, without an outbox turn. False (nothing taken) when the loop
+        should claim them itself: the circuit is open or probing, the outbox unavailable, no room.
+
+        A row a turn claimed meanwhile (the commit ran before that turn's claim) is not taken twice:
+        both read and fill ``_claimed`` on the loop's thread."""
+        if (self.stopping or self.crashed is not None or self.circuit.open or self._probing
+                or self._unavailable_since is not None):
+            return False
+        if self._running + len(self._ready) + len(rows) > self._room:
+            return False
+        self._claim(rows)
+        return True
+
     @property
     def in_flight(self) -> int:
         """Requests sent and not answered yet."""
@@ -272,9 +288,11 @@ class EndpointDelivery:
         self._claim(turn.rows)
 
     def _claim(self, rows: Sequence[Delivery]) -> None:
-        """Hold ``rows`` ready (excluded from claims until settled) and fill the free request slots."""
-        self._claimed.update(row.id for row in rows)
-        self._ready.extend(rows)
+        """Hold ``rows`` ready (excluded from claims until settled) and fill the free request slots; a
+        row held already (handed by its commit meanwhile) is not held twice."""
+        fresh = [row for row in rows if row.id not in self._claimed]
+        self._claimed.update(row.id for row in fresh)
+        self._ready.extend(fresh)
         while self._ready and self._running < self.config.max_concurrency:
             self._running += 1
             self._probing = self.circuit.open

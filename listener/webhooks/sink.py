@@ -2,7 +2,8 @@
 
 Each loop (``listener.webhooks.endpoint``) has its own keep-alive connection pool and at most
 ``max_concurrency`` requests in flight, so a slow or dead endpoint delays no other. The pipeline
-wakes the loops whose endpoints just got rows; otherwise each sleeps until its next row is due.
+hands each loop the rows a commit just created for its endpoint (sent at once when it has room, else
+it is woken to claim them); otherwise each sleeps until its next row is due.
 A row leaves the outbox only after its endpoint answered 2xx. The clock and the randomness are
 injected so tests never sleep for retry timing; by default the clock is a ``SteadyClock`` (epoch
 seconds that no wall-clock step moves), which the outbox writer stamping new rows must share.
@@ -23,6 +24,7 @@ from listener.config.settings import WebhookConfig
 from listener.core.clock import SteadyClock
 from listener.core.retry import Random
 from listener.core.signing import safe_url
+from listener.outbox.store import Delivery
 from listener.outbox.writer import OutboxWriter
 from listener.webhooks.endpoint import MAX_SLEEP_S, DeliveryMetrics, EndpointDelivery
 
@@ -92,6 +94,17 @@ class WebhookSink:
             loop.join(timeout=deadline_s)
             loop.kill(block=True, timeout=1.0)
         endpoint.finish(deadline_s)
+
+    def hand(self, rows: Sequence[Delivery]) -> None:
+        """Rows a commit just created: each endpoint sends its own without an outbox turn to claim them
+        when it has room; else it is woken, and claims them itself."""
+        by_endpoint: dict[str, list[Delivery]] = {}
+        for row in rows:
+            by_endpoint.setdefault(row.endpoint, []).append(row)
+        for name, mine in by_endpoint.items():
+            endpoint = self.endpoints.get(name)
+            if endpoint is not None and not endpoint.offer(mine):
+                endpoint.wake()
 
     def wake(self, endpoints: frozenset[str] | None = None) -> None:
         """Make the named loops (all by default) look for due rows now, e.g. after a commit."""
