@@ -7,6 +7,7 @@ expected status, which is the call's.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import uuid
@@ -169,6 +170,31 @@ def test_a_call_open_past_its_bound_is_completed_incomplete_and_a_late_leg_is_a_
     late = grouper.add([a])
     assert (late.completed, late.late) == ((), (a,))
     assert grouper.late_call("n", a.unique_id) == call.id
+
+
+def test_the_uuids_of_completed_calls_remembered_are_bounded_and_older_late_legs_are_told_by_the_outbox(
+        ) -> None:
+    """Memory stays flat at any rate: only the newest ``remember_max`` uuids are kept; a late leg of a call
+    forgotten since is told by the outbox's record of legs taken (``taken``)."""
+    b, a = two_leg_call()
+    grouper = calls.Grouper(wait_s=60.0, remember_max=3)
+    feed(grouper, [calls.Leg(b.document, b.node, b.partners, 100.0)])
+    plan = grouper.expire(160.0)  # b's call completes without a: b and a are remembered
+    grouper.apply(plan, 160.0)
+    for n in range(3):  # three more one-leg calls push them out
+        other = calls.Leg({**b.document, "channel_uuid": f"x{n}"}, "n", frozenset(), 161.0 + n)
+        feed(grouper, [dataclasses.replace(other, document={**other.document, "id": f"id-{n}"})], 161.0 + n)
+    assert grouper.late_call("n", b.unique_id) is None
+    assert len(grouper._done) == 3
+    asked: list[list[tuple[str, str]]] = []
+
+    def taken(keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        asked.append(list(keys))
+        return [key for key in keys if key == ("n", b.unique_id)]
+
+    late = grouper.add([a], taken)
+    assert (late.completed, late.late) == ((), (a,))  # still late, not a new call
+    assert asked == [[("n", b.unique_id)]]
 
 
 def test_undo_leaves_the_grouping_exactly_as_before() -> None:
