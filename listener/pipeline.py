@@ -15,7 +15,6 @@ are woken. If the outbox cannot take them, each is logged whole (``outbox.write_
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -235,7 +234,7 @@ class Pipeline:
                 ready = [leg for leg in ready if leg.id not in duplicates]
         elif self.calls is not None:
             now = self.clock()
-            plan = self.calls.add([dataclasses.replace(leg, arrived_at=now) for leg in ready])
+            plan = self.calls.add([leg.arriving(now) for leg in ready])
             self.calls.apply(plan, now)
             completed = plan.completed
         with logs.held():  # the batch's lines in one write, flushed when it ends

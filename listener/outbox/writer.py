@@ -18,7 +18,6 @@ Each change of state sets ``changed``, so the app can react without a callback.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -124,8 +123,11 @@ def entry_for(document: Mapping[str, Any], webhooks: Sequence[WebhookConfig], ki
     event_id = document.get("id")
     if not isinstance(event_id, str) or not event_id:
         raise ValueError("a document needs a non-empty string id")
-    body = render(envelope(kind, dict(document), now))
-    return Entry(event_id, body, tuple(w.name for w in webhooks if w.matches(document, kind)), variables)
+    endpoints = tuple(w.name for w in webhooks if w.matches(document, kind))
+    if not endpoints:  # not stored (only remembered as taken): its body is never rendered
+        return Entry(event_id, "", endpoints, variables)
+    data = document if isinstance(document, dict) else dict(document)  # no copy of the usual dict
+    return Entry(event_id, render(envelope(kind, data, now)), endpoints, variables)
 
 
 class OutboxWriter:
@@ -373,7 +375,7 @@ class OutboxWriter:
         def calls(fresh: frozenset[str], taken: TakenLookup) -> CallWrites:
             """On the outbox thread, inside the transaction: the grouping of the legs that are new."""
             now = self.clock()
-            new = {leg.id: dataclasses.replace(leg, arrived_at=now)
+            new = {leg.id: leg.arriving(now)
                    for _, _, call_legs, _ in batch for leg in call_legs if leg.id in fresh}
             try:
                 plan = self.grouper.add(list(new.values()), taken)
@@ -407,10 +409,9 @@ class OutboxWriter:
             self.grouper.apply(planned[-1], self.clock())
             completed = list(planned[-1].completed)
         endpoints, seen, rows = frozenset(row.endpoint for row in created), set[str](), tuple(created)
-        for _, legs, _, waiter in batch:  # a leg twice in one commit (both sources at once) is new for one
-            ids = {leg.id for leg in legs}
-            mine = tuple(c for c in completed if any(leg.id in ids for leg in c.legs))
-            completed = [c for c in completed if all(c is not m for m in mine)]
+        theirs = _calls_by_caller([legs for _, legs, _, _ in batch], completed)
+        for (_, legs, _, waiter), mine in zip(batch, theirs, strict=True):  # a leg twice in one commit
+            ids = {leg.id for leg in legs}  # (both sources at once) is new for one
             waiter.set(Stored.of(endpoints, frozenset((ids & duplicates) | (ids & seen)), mine, rows))
             seen |= ids
             rows = ()  # the first caller hands them all
@@ -466,6 +467,20 @@ class OutboxWriter:
             self._fail(exc)
         finally:
             self._pool.kill()
+
+
+def _calls_by_caller(callers: Sequence[Sequence[Leg]], completed: Sequence[Call]) -> list[tuple[Call, ...]]:
+    """Each completed call goes to the first caller of the commit that put one of its legs."""
+    first: dict[str, int] = {}
+    for n, legs in enumerate(callers):
+        for leg in legs:
+            first.setdefault(leg.id, n)
+    theirs: list[list[Call]] = [[] for _ in callers]
+    for call in completed:
+        found = [first[leg.id] for leg in call.legs if leg.id in first]
+        if found:
+            theirs[min(found)].append(call)
+    return [tuple(calls) for calls in theirs]
 
 
 def _shares(call: Call) -> str | None:
