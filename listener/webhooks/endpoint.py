@@ -11,9 +11,10 @@ is open: one probe at a time, the rest stays pending (``listener.core.circuit``)
 Invariants:
 
 1. No busy loop. Between turns the loop sleeps until the next row may be sent (its due time, and
-   while the circuit is open not before the probe time), at most ``max_sleep_s``; a commit whose
-   rows it could not take (``wake``) or an answer wakes it sooner. Every time is read from one clock (``SteadyClock``
-   by default: a wall-clock step moves no due time nor probe); the wall clock only signs.
+   while the circuit is open not before the probe time), at most ``max_sleep_s``; a commit whose rows
+   it could not take (``wake``) or an answer wakes it sooner. Every time is read from one clock
+   (``SteadyClock`` by default: a wall-clock step moves no due time nor probe); the wall clock only
+   signs.
 2. An outcome is learned once (the circuit, the retry delay) and kept until the outbox recorded
    it; its row stays claimed meanwhile, so it is not sent again. Recording twice is harmless
    (an ack deletes, a reschedule or burial sets the same values).
