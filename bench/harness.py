@@ -85,6 +85,19 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14 and 15
 
 
+def threads_cpu_s(pid: int) -> dict[int, float]:
+    """CPU time (user + system) of each thread of a process so far, by thread id (the main thread's id is
+    ``pid``); a thread that ended meanwhile is left out."""
+    times = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        times[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return times
+
+
 def children(pid: int) -> list[int]:
     """The direct children of ``pid``: the daemon has none (what is measured is one process)."""
     try:
@@ -175,6 +188,9 @@ class Daemon:
 
     def cpu_s(self) -> float:
         return cpu_s(self.proc.pid)
+
+    def threads_cpu_s(self) -> dict[int, float]:
+        return threads_cpu_s(self.proc.pid)
 
     def settled(self, timeout: float = 30.0) -> dict[str, int]:
         """The daemon's RSS once it stopped growing (everything imported, connected).

@@ -49,6 +49,9 @@ def test_a_small_benchmark_run_completes_and_delivers_every_event_as_classified(
     assert figures["daemon_cpu_ms_per_event"] > 0
     assert figures["bare_greenswitch_cpu_ms_per_event"] > 0
     assert 0 < figures["idle_rss_mb"] <= figures["peak_rss_mb"]
+    split = figures["daemon_threads_ms_per_event"]  # by thread: the loop, then the others (SQLite first)
+    assert split["loop"] > 0
+    assert split["loop"] + sum(split["others"]) <= figures["daemon_cpu_ms_per_event"] + 0.1  # 10 ms ticks
 
 
 @pytest.mark.slow
