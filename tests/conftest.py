@@ -29,6 +29,7 @@ import greenlet
 import pytest
 from gevent.events import EventLoopBlocked, subscribers
 from structlog.testing import capture_logs
+from webhook_receiver import Receiver
 
 gevent.config.monitor_thread = True
 gevent.config.max_blocking_time = 0.1
@@ -99,3 +100,11 @@ def logs() -> Iterator[list[dict[str, object]]]:
     """Every structlog line the test's code logs, captured (structlog.testing)."""
     with capture_logs() as captured:
         yield captured
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A local webhook receiver on 127.0.0.1 (``webhook_receiver``), closed after the test."""
+    r = Receiver()
+    yield r
+    r.close()

@@ -43,7 +43,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -288,13 +288,6 @@ def write_config(tmp_path: Path, fake: FakeFreeSWITCH, url: str) -> Path:
         f"timeout = {WEBHOOK_TIMEOUT}\nconnect_timeout = 1\nretry_jitter = 0\ntypes = [\"leg.classified\"]\n"
         f"retry_schedule = [{schedule}]\n")
     return config
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
 
 
 @pytest.mark.slow

@@ -16,13 +16,12 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gevent
 import gevent.event
-import pytest
 from standardwebhooks.webhooks import Webhook
 from webhook_receiver import Receiver
 
@@ -36,13 +35,6 @@ from tests.test_daemon_webhooks import NEW_SECRET, SECRET
 
 SINGLE_LEG = ("api_originate_486", "dialplan_respond_486", "park_caller_hangup")
 Document = dict[str, Any]
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
 
 
 # -- the daemon, its configuration and its log -------------------------------------------------------

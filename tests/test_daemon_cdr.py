@@ -11,7 +11,6 @@ import json
 import shutil
 import signal
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import gevent
@@ -26,13 +25,6 @@ from tests.test_daemon_webhooks import SECRET
 
 FIXTURES = Path(__file__).parent / "data" / "fixtures-cdr"
 SCENARIOS = ("answered_caller_bye", "answered_callee_bye", "caller_cancel_while_ringing", "api_originate_486")
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
 
 
 def esl_bodies(scenario: str) -> list[bytes]:

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,13 +29,6 @@ MIB = 1024 * 1024
 ADDRESS_SPACE = 1024 * MIB
 """The daemon's RLIMIT_AS: about twice what it maps when idle (~470 MiB, most of it thread stacks and
 malloc arenas reserved, not used); a reader of a 1 GB body could not stay within it."""
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
 
 
 class Log:

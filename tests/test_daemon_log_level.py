@@ -11,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import gevent
@@ -27,13 +26,6 @@ pytestmark = pytest.mark.slow
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 HEARTBEAT = (b"Event-Name: HEARTBEAT\nCore-UUID: 1b8e5af5-676a-4b2e-91a0-1ac1b56080da\n"
              b"FreeSWITCH-Hostname: pbx\n")
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
 
 
 def write_config(path: Path, fake: FakeFreeSWITCH, url: str, level: str) -> None:

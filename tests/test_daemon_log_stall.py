@@ -9,7 +9,6 @@ import json
 import re
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,6 @@ from tests.test_daemon_webhooks import bodies, expected_ids, send, verified_ids,
 
 CALLS = 4_500
 """More ``leg.classified`` lines (about 1.1 KB each) than the pipe (64 KiB) and the buffer hold."""
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
 
 
 def metric(port: int, name: str) -> float:

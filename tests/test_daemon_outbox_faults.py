@@ -42,13 +42,6 @@ from tests.fakeesl import FakeFreeSWITCH
 from tests.test_daemon_webhooks import bodies, expected_ids, send, verified_ids, write_config
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
-
-
 def critical(daemon: Daemon) -> dict[str, Any]:
     """The daemon's one critical log line: why it stopped, and what to do."""
     (line,) = [entry for entry in (json.loads(line) for line in daemon.output if line.startswith("{"))

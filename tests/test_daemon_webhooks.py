@@ -26,13 +26,6 @@ from tests.fakeesl import FakeFreeSWITCH, Session, capture_bodies, event_frame, 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
-
-
 def write_config(tmp_path: Path, fake: FakeFreeSWITCH, *urls: str, timeout: float = 2,
                  secrets: tuple[str, ...] = (SECRET,), types: str = '["leg.classified"]') -> Path:
     """The daemon's configuration; its endpoints get ``leg.classified`` only unless ``types`` says

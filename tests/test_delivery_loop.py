@@ -160,13 +160,6 @@ class FlakyWriter:
         return fn(*args, **kwargs)
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
-
-
 def flaky(tmp_path: Path, config: WebhookConfig, failing: range, code: str) -> FlakyWriter:
     outbox = Outbox.open(tmp_path / "outbox.sqlite3")
     outbox.put([entry_for(doc(n), [config]) for n in (1, 2, 3)], START)

@@ -52,13 +52,6 @@ def endpoint(name: str, url: str, **kw: Any) -> WebhookConfig:
     return WebhookConfig(name=name, url=url, **kw)
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
-
-
 class Harness:
     def __init__(self, path: Path, webhooks: list[WebhookConfig]) -> None:
         self.clock = FakeClock()
